@@ -1,0 +1,211 @@
+"""The Engine protocol: the one seam between the planner and whatever decodes tokens.
+
+Owns the request/response vocabulary shared by every engine (embedded llama.cpp, remote
+OpenAI-compatible servers, the scripted fake in unit tests) and the error hierarchy they raise.
+Nothing here imports grpc or llama_cpp: the planner depends on this module only.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class Role(enum.StrEnum):
+    """Which loaded model a request runs on."""
+
+    LARGE = "large"
+    SMALL = "small"
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens reached
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+# --- errors: a small hierarchy, mapped to status codes at exactly one boundary (service) ---
+
+
+class EngineError(Exception):
+    """Base of every error an engine raises on purpose."""
+
+
+class InvalidRequest(EngineError):
+    """The request itself is wrong (empty or over-long prompt, bad sampling values)."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RoleNotLoaded(EngineError):
+    """The request names a model role that this engine did not load."""
+
+
+class Exhausted(EngineError):
+    """All slots are busy and the waiting queue is full; retry later."""
+
+
+class EngineClosed(EngineError):
+    """The engine is draining or closed and takes no new work."""
+
+
+class EngineFault(EngineError):
+    """The native decoder failed for this sequence; other sequences keep running."""
+
+
+# --- request / response ---
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Per-sequence sampling settings. temperature 0 means greedy and deterministic."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0  # 1 = off
+    seed: int = 0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        """Raise InvalidRequest naming the first bad field."""
+        checks: list[tuple[str, bool, str]] = [
+            ("temperature", math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0,
+             "must be between 0 and 5"),
+            ("top_p", math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("top_k", 0 <= self.top_k <= 1000, "must be between 0 and 1000"),
+            ("min_p", math.isfinite(self.min_p) and 0.0 <= self.min_p < 1.0, "must be in [0, 1)"),
+            ("repeat_penalty", math.isfinite(self.repeat_penalty) and 0.5 <= self.repeat_penalty <= 2.0,
+             "must be between 0.5 and 2"),
+            ("seed", 0 <= self.seed < 2**32, "must fit in 32 bits"),
+            ("max_tokens", 1 <= self.max_tokens <= 32768, "must be between 1 and 32768"),
+            ("stop", len(self.stop) <= 8 and all(0 < len(s) <= 64 for s in self.stop),
+             "at most 8 strings of 1 to 64 characters"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise InvalidRequest(f"sampling.{name} {why} (got {getattr(self, name)!r})",
+                                     field=f"sampling.{name}")
+
+
+@runtime_checkable
+class Prefix(Protocol):
+    """A prompt prefix prefilled once and shared by the requests that fork from it.
+
+    Obtained from Engine.prefix(); usable as `async with`. While open, its KV stays resident.
+    """
+
+    @property
+    def role(self) -> Role: ...
+
+    @property
+    def text(self) -> str: ...
+
+    async def ready(self) -> int:
+        """Wait until the prefix is prefilled; returns its token count."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Prefix: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One sequence to decode.
+
+    prompt: text (special tokens such as chat markers are parsed) or token ids.
+    prefix: an open Prefix; the sequence's full prompt is prefix.text + prompt, and the prefix's
+    KV is copied instead of prefilled again.
+    """
+
+    prompt: str | Sequence[int]
+    role: Role = Role.LARGE
+    sampling: Sampling = field(default_factory=Sampling)
+    prefix: Prefix | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a sequence's output. The last chunk of a sequence carries `finish`."""
+
+    text: str
+    tokens: int  # tokens this chunk covers (a chunk may hold 0 when text was held back)
+    finish: FinishReason | None = None
+    prompt_tokens: int = 0  # set on the last chunk: prompt length including any prefix
+    reused_tokens: int = 0  # set on the last chunk: prompt tokens copied from a prefix, not prefilled
+
+
+@dataclass(frozen=True, slots=True)
+class RoleStats:
+    role: Role
+    model: str
+    slots_total: int
+    slots_busy: int
+    queue_depth: int
+    prefilled_tokens: int  # prompt tokens actually run through the model
+    reused_tokens: int  # prompt tokens copied from a resident or explicit prefix
+    generated_tokens: int
+    tokens_per_s: float  # recent decode throughput, all sequences together
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    roles: tuple[RoleStats, ...] = ()
+
+    def role(self, role: Role) -> RoleStats | None:
+        return next((r for r in self.roles if r.role == role), None)
+
+    @property
+    def slots_busy(self) -> int:
+        return sum(r.slots_busy for r in self.roles)
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(r.queue_depth for r in self.roles)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+class Engine(Protocol):
+    """What the planner needs from a decoder."""
+
+    def roles(self) -> frozenset[Role]:
+        """The model roles that are loaded."""
+        ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        """Decode one sequence. Closing or cancelling the iterator frees the sequence at once."""
+        ...
+
+    def prefix(self, role: Role, text: str) -> Prefix:
+        """Open a shared prefix (prefilled once, forked per request)."""
+        ...
+
+    def chat_prompt(self, role: Role, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        """Format messages with the model's own chat template."""
+        ...
+
+    def free_slots(self, role: Role) -> int:
+        """Slots not busy right now (a scheduling hint, not a reservation)."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,160 @@
+"""`espalier bench engine`: what batching and prefix forks buy on this machine, measured.
+
+Owns the engine benchmark: aggregate decode throughput of the engine at 1, 2, 4, 8 concurrent
+sequences against a bare llama_decode loop on a context with the same settings (measured in the same
+run, so the ratio is fair), and how many prompt tokens a shared-prefix fork saves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from planner.engine import GenerateRequest, Message, Role, Sampling
+from service.engine.config import ContextConfig, EngineConfig
+from service.engine.llama_engine import LlamaEngine
+from service.engine.native import Context, ContextParams, Model, SamplerChain
+
+TOPICS = ("the sea", "a clockmaker", "winter in a mountain village", "a lost robot", "the first train",
+          "a lighthouse keeper", "an old library", "a desert caravan")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: str = "small"
+    tokens: int = 128  # generated tokens per sequence
+    counts: tuple[int, ...] = (1, 2, 4, 8)
+    prefix_tokens: int = 200
+    threads: int = 0
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench engine] {msg}", file=sys.stderr, flush=True)
+
+
+def _prompts(engine: LlamaEngine, n: int) -> list[str]:
+    return [engine.chat_prompt(Role.SMALL, [Message("user", f"Write a long, detailed story about {TOPICS[i % 8]}.")])
+            for i in range(n)]
+
+
+async def _engine_rate(engine: LlamaEngine, prompts: list[str], tokens: int) -> float:
+    """Aggregate tok/s once every sequence is decoding (prefill excluded, as in the raw loop)."""
+    firsts: list[float] = []
+    stamps: list[tuple[float, int]] = []
+
+    async def one(prompt: str) -> None:
+        seen = False
+        async for chunk in engine.generate(GenerateRequest(prompt, Role.SMALL, Sampling(max_tokens=tokens))):
+            now = time.perf_counter()
+            if not seen and chunk.tokens:
+                seen = True
+                firsts.append(now)
+            else:
+                stamps.append((now, chunk.tokens))
+
+    await asyncio.gather(*(one(p) for p in prompts))
+    start = max(firsts)
+    window = [(t, n) for t, n in stamps if t > start]
+    end = max((t for t, _ in window), default=start)
+    return sum(n for _, n in window) / (end - start) if end > start else 0.0
+
+
+def _raw_rate(model: Model, params: ContextParams, prompts: list[list[int]], tokens: int) -> float:
+    """A bare llama_decode loop: prefill all prompts, then one token per sequence per decode."""
+    ctx = Context(model, params)
+    samplers = [SamplerChain(Sampling(), model.n_vocab) for _ in prompts]
+    try:
+        batch = ctx.batch
+        batch.clear()
+        idx = [batch.add(i, p, 0, True) for i, p in enumerate(prompts)]
+        if ctx.decode() != 0:
+            raise RuntimeError("raw prefill failed")
+        next_tok = [s.sample(ctx, j) for s, j in zip(samplers, idx)]
+        pos = [len(p) for p in prompts]
+        start = time.perf_counter()
+        for _ in range(tokens - 1):
+            batch.clear()
+            for i, t in enumerate(next_tok):
+                batch.add(i, (t,), pos[i], True)
+                pos[i] += 1
+            if ctx.decode() != 0:
+                raise RuntimeError("raw decode failed")
+            next_tok = [s.sample(ctx, i) for i, s in enumerate(samplers)]
+        elapsed = time.perf_counter() - start
+        return len(prompts) * (tokens - 1) / elapsed
+    finally:
+        for s in samplers:
+            s.close()
+        ctx.close()
+
+
+async def _prefix_reuse(engine: LlamaEngine, n_prefix: int) -> dict[str, float]:
+    """Prompt tokens prefilled for 4 requests sharing a prefix: with a fork over without."""
+    model = engine.model(Role.SMALL)
+    words = " ".join(f"fact {i}: the {TOPICS[i % 8]} matters." for i in range(n_prefix))
+    toks = await asyncio.to_thread(model.tokenize, words)
+    shared = b"".join(model.piece(t) for t in toks[:n_prefix]).decode(errors="ignore") + "\n"
+    suffixes = [f"Question {i}: which fact comes first?\n" for i in range(4)]
+    sampling = Sampling(max_tokens=2)
+
+    async def drain(req: GenerateRequest) -> None:
+        async for _ in engine.generate(req):
+            pass
+
+    before = engine.stats().role(Role.SMALL)
+    assert before is not None
+    t0 = time.perf_counter()
+    await asyncio.gather(*(drain(GenerateRequest(shared + s, Role.SMALL, sampling)) for s in suffixes))
+    t_plain = time.perf_counter() - t0
+    mid = engine.stats().role(Role.SMALL)
+    assert mid is not None
+    t0 = time.perf_counter()
+    async with engine.prefix(Role.SMALL, shared) as prefix:
+        await asyncio.gather(*(drain(GenerateRequest(s, Role.SMALL, sampling, prefix=prefix)) for s in suffixes))
+    t_fork = time.perf_counter() - t0
+    after = engine.stats().role(Role.SMALL)
+    assert after is not None
+    plain = mid.prefilled_tokens - before.prefilled_tokens
+    forked = after.prefilled_tokens - mid.prefilled_tokens
+    return {"prefix_reuse": round(forked / plain, 3), "prefilled_without_fork": plain,
+            "prefilled_with_fork": forked, "seconds_without_fork": round(t_plain, 2),
+            "seconds_with_fork": round(t_fork, 2)}
+
+
+async def run_engine_bench(s: BenchSettings) -> dict[str, object]:
+    threads = s.threads or os.cpu_count() or 1
+    cfg = ContextConfig(model=s.model, slots=max(s.counts), n_ctx=4096, n_batch=512, threads=threads)
+    _progress(f"loading {s.model} model ({threads} threads)")
+    engine = await LlamaEngine.load(EngineConfig(small=cfg))
+    try:
+        model = engine.model(Role.SMALL)
+        params = ContextParams(n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq_max=cfg.slots + cfg.prefix_slots,
+                               threads=threads, threads_batch=threads, flash_attn=cfg.flash_attn)
+        await _engine_rate(engine, _prompts(engine, 1), 8)  # warm-up
+        results = []
+        for n in s.counts:
+            prompts = _prompts(engine, n)
+            _progress(f"{n} sequence(s) x {s.tokens} tokens: engine")
+            rate = await _engine_rate(engine, prompts, s.tokens)
+            _progress(f"{n} sequence(s) x {s.tokens} tokens: raw llama_decode loop")
+            token_lists = [await asyncio.to_thread(model.tokenize, p) for p in prompts]
+            raw = await asyncio.to_thread(_raw_rate, model, params, token_lists, s.tokens)
+            results.append({"sequences": n, "tokens_per_s": round(rate, 2), "raw_tokens_per_s": round(raw, 2)})
+            _progress(f"  engine {rate:.1f} tok/s, raw {raw:.1f} tok/s")
+        _progress(f"prefix reuse: 4 forks of a {s.prefix_tokens}-token prefix")
+        reuse = await _prefix_reuse(engine, s.prefix_tokens)
+    finally:
+        await engine.aclose()
+    by_n = {r["sequences"]: r for r in results}
+    out: dict[str, object] = {"model": model.description, "model_role": s.model, "threads": threads,
+                              "tokens_per_sequence": s.tokens, "results": results}
+    if 4 in by_n and 1 in by_n:
+        out["speedup_4"] = round(by_n[4]["tokens_per_s"] / by_n[1]["tokens_per_s"], 3)
+        out["raw_speedup_4"] = round(by_n[4]["raw_tokens_per_s"] / by_n[1]["raw_tokens_per_s"], 3)
+    if 4 in by_n:
+        out["engine_vs_raw_4"] = round(by_n[4]["tokens_per_s"] / by_n[4]["raw_tokens_per_s"], 3)
+    out.update(reuse)
+    return out

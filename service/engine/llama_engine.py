@@ -1,0 +1,209 @@
+"""LlamaEngine: the Engine protocol over embedded llama.cpp contexts, one worker thread per role.
+
+Owns model loading per role (blocking work done off the event loop), the asyncio face of the
+workers (generate iterators, prefix handles), resident template prefixes and orderly shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from planner.engine import (
+    Chunk,
+    EngineClosed,
+    EngineStats,
+    GenerateRequest,
+    InvalidRequest,
+    Message,
+    Prefix,
+    Role,
+    RoleNotLoaded,
+)
+from service.engine.config import ContextConfig, EngineConfig
+from service.engine.native import Context, ContextParams, Model
+from service.engine.scheduler import Scheduler
+from service.engine.worker import ContextWorker, Delivery, PrefixHolder
+
+log = logging.getLogger(__name__)
+
+
+class LlamaPrefix:
+    """A shared prefix handle (see planner.engine.Prefix)."""
+
+    def __init__(self, engine: LlamaEngine, role: Role, text: str) -> None:
+        self._engine = engine
+        self._role = role
+        self._text = text
+        self._holder: PrefixHolder | None = None
+        self._ready: asyncio.Future[int] | None = None
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def _open(self) -> PrefixHolder:
+        if self._holder is None:
+            worker = self._engine._worker(self._role)
+            self._ready = asyncio.get_running_loop().create_future()
+            self._holder = worker.open_prefix(self._text, self._ready)
+        return self._holder
+
+    async def ready(self) -> int:
+        self._open()
+        assert self._ready is not None
+        return await asyncio.shield(self._ready)
+
+    async def aclose(self) -> None:
+        if self._holder is not None:
+            self._engine._worker(self._role).close_prefix(self._holder)
+            if self._ready is not None and not self._ready.done():
+                self._ready.cancel()
+
+    async def __aenter__(self) -> LlamaPrefix:
+        self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class LlamaEngine:
+    """Build with `await LlamaEngine.load(config)`; close with `await engine.aclose()`."""
+
+    def __init__(self, workers: dict[Role, ContextWorker], models: dict[Role, Model]) -> None:
+        self._workers = workers
+        self._models = models
+        self._closing = False
+
+    @classmethod
+    async def load(cls, config: EngineConfig) -> LlamaEngine:
+        """Load every configured role (in a thread: loading takes seconds) and start its worker."""
+        config.validate()
+        workers: dict[Role, ContextWorker] = {}
+        models: dict[Role, Model] = {}
+        try:
+            for role, cfg in config.roles().items():
+                path = await asyncio.to_thread(_resolve, cfg.model, config.models_dir)
+                model = await asyncio.to_thread(Model, str(path), n_gpu_layers=cfg.n_gpu_layers,
+                                                verbose=config.verbose)
+                models[role] = model
+                workers[role] = await asyncio.to_thread(_start_worker, role, model, cfg)
+                log.info("loaded %s model %s (%s) with %d slots", role.value, path.name, model.description,
+                         cfg.slots)
+        except BaseException:
+            engine = cls(workers, models)
+            await engine.aclose(0)
+            raise
+        engine = cls(workers, models)
+        for role, text in config.resident_prefixes:
+            if role in workers:
+                await engine.add_resident_prefix(role, text)
+        return engine
+
+    # --- Engine protocol --------------------------------------------------------------------
+
+    def roles(self) -> frozenset[Role]:
+        return frozenset(self._workers)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        worker = self._worker(request.role)
+        request.sampling.validate()
+        if isinstance(request.prompt, str) and not request.prompt and request.prefix is None:
+            raise InvalidRequest("the prompt is empty", field="prompt")
+        parent = None
+        if request.prefix is not None:
+            if not isinstance(request.prefix, LlamaPrefix) or request.prefix.role != request.role:
+                raise InvalidRequest("the prefix was opened on another engine or role", field="prefix")
+            parent = request.prefix._open()
+        delivery = Delivery(asyncio.get_running_loop())
+        job = worker.submit(request.prompt, request.sampling, parent, delivery)
+        try:
+            while True:
+                item = await delivery.queue.get()
+                if isinstance(item, BaseException):
+                    delivery.finished = True
+                    raise item
+                if item.finish is not None:
+                    delivery.finished = True
+                yield item
+                if item.finish is not None:
+                    return
+        finally:
+            if not delivery.finished:
+                worker.cancel(job)  # frees the slot within one step
+
+    def prefix(self, role: Role, text: str) -> Prefix:
+        self._worker(role)
+        return LlamaPrefix(self, role, text)
+
+    async def add_resident_prefix(self, role: Role, text: str) -> int:
+        """Prefill a template's fixed part once; later prompts starting with it fork from it."""
+        worker = self._worker(role)
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        worker.open_prefix(text, ready, resident=True)
+        return await ready
+
+    def chat_prompt(self, role: Role, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        # A pure string function over the template stored in the model: microseconds, and it never
+        # touches a context, so calling it here does not block the loop or race the worker.
+        model = self._models.get(role)
+        if model is None:
+            raise RoleNotLoaded(f"the {role.value} model is not loaded")
+        return model.apply_chat_template([(m.role, m.content) for m in messages], add_generation_prompt)
+
+    def free_slots(self, role: Role) -> int:
+        worker = self._workers.get(role)
+        return worker.free_slots() if worker is not None else 0
+
+    def stats(self) -> EngineStats:
+        return EngineStats(tuple(w.stats() for w in self._workers.values()))
+
+    def model(self, role: Role) -> Model:
+        """The loaded model of a role (for tokenization in tools and benchmarks)."""
+        self._worker(role)
+        return self._models[role]
+
+    async def aclose(self, grace_s: float = 5.0) -> None:
+        """Stop taking work, let running sequences finish for up to grace_s, free native memory."""
+        self._closing = True
+        for worker in self._workers.values():
+            worker.stop(grace_s)
+        for worker in self._workers.values():
+            await asyncio.to_thread(worker.join)
+        for model in self._models.values():
+            model.close()
+        self._workers.clear()
+        self._models.clear()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _worker(self, role: Role) -> ContextWorker:
+        if self._closing:
+            raise EngineClosed("the engine is shutting down")
+        worker = self._workers.get(role)
+        if worker is None:
+            loaded = ", ".join(sorted(r.value for r in self._workers)) or "none"
+            raise RoleNotLoaded(f"the {Role(role).value} model is not loaded (loaded: {loaded})")
+        return worker
+
+
+def _resolve(model: str, models_dir: str | None) -> Path:
+    from service.engine.models import resolve_model
+
+    return resolve_model(model, Path(models_dir) if models_dir else None)
+
+
+def _start_worker(role: Role, model: Model, cfg: ContextConfig) -> ContextWorker:
+    sched = Scheduler(slots=cfg.slots, prefix_slots=cfg.prefix_slots, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch,
+                      prefill_chunk=cfg.prefill_chunk, max_waiting=cfg.max_waiting)
+    ctx = Context(model, ContextParams(n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq_max=sched.n_seq_max,
+                                       threads=cfg.n_threads, threads_batch=cfg.n_threads_batch,
+                                       flash_attn=cfg.flash_attn))
+    return ContextWorker(role, model, ctx, sched)

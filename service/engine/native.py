@@ -1,0 +1,259 @@
+"""Thin, typed wrappers over llama-cpp-python's low-level C API.
+
+Owns every ctypes detail: loading a model, creating a context with a unified KV cache and
+n_seq_max sequences, filling a multi-sequence llama_batch, KV memory operations (remove, copy),
+tokenization, token pieces, sampler chains and the GGUF chat template. The high-level `Llama` class
+is not used: its batch helper decodes sequence 0 only.
+
+Every function here may block for a long time and must only be called from the thread that owns
+the context (the worker), never from the event loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import llama_cpp
+
+from planner.engine import Sampling
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _init_backend(verbose: bool) -> None:
+    """llama.cpp's global state is set up once per process; its log goes through Python logging."""
+    global _backend_ready
+    with _backend_lock:
+        # llama-cpp-python's log callback prints every INFO line unless its logger says otherwise.
+        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+class NativeError(RuntimeError):
+    """A llama.cpp call failed (model not loadable, context not creatable)."""
+
+
+class Model:
+    """A loaded GGUF model: weights, vocabulary, tokenizer and chat template."""
+
+    def __init__(self, path: str, *, n_gpu_layers: int = 0, repack: bool = False, verbose: bool = False) -> None:
+        _init_backend(verbose)
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        # CPU weight repacking (extra buffer types) runs 4-row groups through a GEMM kernel and
+        # single rows through a GEMV kernel that rounds differently, so a sequence's tokens would
+        # depend on how many others share its batch. Off by default: batched output must equal
+        # solo output exactly.
+        params.use_extra_bufts = repack
+        ptr = llama_cpp.llama_model_load_from_file(path.encode(), params)
+        if not ptr:
+            raise NativeError(f"llama.cpp could not load the model at {path}")
+        self.ptr = ptr
+        self.path = path
+        self.vocab = llama_cpp.llama_model_get_vocab(ptr)
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(ptr, buf, len(buf))
+        self.description = buf.value.decode(errors="replace")
+        tmpl = llama_cpp.llama_model_chat_template(ptr, None)
+        self.chat_template: bytes | None = tmpl if tmpl else None
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        """Special tokens written in the text (chat markers) become their token ids."""
+        data = text.encode()
+        bos = self.add_bos if add_bos is None else add_bos
+        cap = len(data) + 8
+        arr = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), arr, cap, bos, True)
+        if n < 0:  # buffer too small: -n is the size needed
+            cap = -n
+            arr = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), arr, cap, bos, True)
+        return list(arr[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token; control tokens render as nothing."""
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
+            return big.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def vocab_signature(self) -> tuple[int, tuple[bytes, ...]]:
+        """Vocabulary size plus a sample of token texts: equal signatures mean a shared tokenizer."""
+        probe = range(0, self.n_vocab, max(1, self.n_vocab // 512))
+        return self.n_vocab, tuple(llama_cpp.llama_vocab_get_text(self.vocab, t) or b"" for t in probe)
+
+    def apply_chat_template(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        """Format with the GGUF's own template (llama.cpp recognises the common families)."""
+        if self.chat_template is None:
+            raise NativeError(f"{self.path} carries no chat template")
+        keep = [(r.encode(), c.encode()) for r, c in messages]
+        chat = (llama_cpp.llama_chat_message * len(keep))()
+        for i, (role, content) in enumerate(keep):
+            chat[i].role = role
+            chat[i].content = content
+        size = 2 * sum(len(r) + len(c) for r, c in keep) + 256
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_chat_apply_template(self.chat_template, chat, len(keep),
+                                                    add_generation_prompt, buf, size)
+            if n < 0:
+                raise NativeError("llama.cpp does not support this model's chat template")
+            if n <= size:
+                return buf.raw[:n].decode()
+            size = n + 1
+        raise NativeError("chat template output kept growing")
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextParams:
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+    threads: int
+    threads_batch: int
+    flash_attn: str = "auto"  # auto | on | off
+
+
+_FLASH = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+          "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+
+
+class Context:
+    """One llama_context with a unified KV cache shared by up to n_seq_max sequences."""
+
+    def __init__(self, model: Model, params: ContextParams) -> None:
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx = params.n_ctx
+        p.n_batch = params.n_batch
+        p.n_ubatch = params.n_batch
+        p.n_seq_max = params.n_seq_max
+        p.n_threads = params.threads
+        p.n_threads_batch = params.threads_batch
+        p.flash_attn_type = _FLASH[params.flash_attn]
+        # Unified KV: a fork (seq_cp) only tags shared cells with another sequence id. With
+        # per-sequence streams llama.cpp would copy whole buffers and ignore the position range.
+        p.kv_unified = True
+        p.no_perf = True
+        ptr = llama_cpp.llama_init_from_model(model.ptr, p)
+        if not ptr:
+            raise NativeError(f"llama.cpp could not create a context of {params.n_ctx} cells")
+        self.ptr = ptr
+        self.model = model
+        self.params = params
+        self.n_ctx: int = llama_cpp.llama_n_ctx(ptr)
+        self.mem = llama_cpp.llama_get_memory(ptr)
+        self.batch = Batch(params.n_batch)
+
+    def decode(self) -> int:
+        """0 ok, 1 no KV slot for the batch (retry smaller), other values are errors."""
+        return int(llama_cpp.llama_decode(self.ptr, self.batch.raw))
+
+    def logits(self, index: int) -> ctypes.Array[ctypes.c_float]:
+        return llama_cpp.llama_get_logits_ith(self.ptr, index)
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(llama_cpp.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, n_tokens: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self.mem, src, dst, 0, n_tokens)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return int(llama_cpp.llama_memory_seq_pos_max(self.mem, seq))
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.mem, True)
+
+    def close(self) -> None:
+        if self.ptr:
+            self.batch.close()
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+
+class Batch:
+    """A reusable llama_batch; `add` appends a run of tokens of one sequence."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.raw = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+        self.raw.n_tokens = 0
+
+    def add(self, seq: int, tokens: Sequence[int], pos: int, logits_last: bool) -> int:
+        """Returns the batch index of the last token (where its logits will be)."""
+        raw, n = self.raw, self.n
+        if n + len(tokens) > self.capacity:
+            raise ValueError("batch overflow")
+        tok, ps, nsq, sq, lg = raw.token, raw.pos, raw.n_seq_id, raw.seq_id, raw.logits
+        for i, t in enumerate(tokens):
+            j = n + i
+            tok[j] = t
+            ps[j] = pos + i
+            nsq[j] = 1
+            sq[j][0] = seq
+            lg[j] = 0
+        last = n + len(tokens) - 1
+        lg[last] = 1 if logits_last else 0
+        self.n = last + 1
+        raw.n_tokens = self.n
+        return last
+
+    def close(self) -> None:
+        if self.raw is not None:
+            llama_cpp.llama_batch_free(self.raw)
+            self.raw = None
+
+
+class SamplerChain:
+    """A per-sequence llama_sampler chain built from Sampling settings."""
+
+    def __init__(self, sampling: Sampling, n_vocab: int) -> None:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if sampling.repeat_penalty != 1.0:
+            add(chain, llama_cpp.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0))
+        if sampling.temperature <= 0.0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if sampling.top_k > 0:
+                add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+            if sampling.top_p < 1.0:
+                add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+            if sampling.min_p > 0.0:
+                add(chain, llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            add(chain, llama_cpp.llama_sampler_init_dist(sampling.seed))
+        self.ptr = chain
+
+    def sample(self, ctx: Context, index: int) -> int:
+        """Sample from the logits at batch `index` and record the token in the chain's history."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,423 @@
+"""The thread that owns one llama context and runs its decode loop.
+
+Owns: the step loop (apply frees and forks, build one batch of every active sequence's next tokens,
+llama_decode once, sample per sequence, route text back), per-sequence jobs (sampler chain, text
+stream, delivery queue), prefix holders, and the counters behind stats(). Requests arrive as
+closures on a thread-safe queue and results go back to asyncio with one call_soon_threadsafe per
+step, so the event loop never calls llama.cpp and wakes at most once per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from planner.engine import (
+    Chunk,
+    EngineClosed,
+    EngineError,
+    EngineFault,
+    Exhausted,
+    FinishReason,
+    InvalidRequest,
+    Role,
+    RoleStats,
+    Sampling,
+)
+from service.engine.native import Context, Model, SamplerChain
+from service.engine.scheduler import QueueFull, Scheduler, Seq, SeqState, StepPlan, TooLong
+from service.engine.textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+_keys = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Delivery:
+    """The asyncio side of one sequence: a queue on the caller's loop."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Chunk | BaseException] = field(default_factory=asyncio.Queue)
+    finished: bool = False  # set on the loop when the last item was consumed
+
+
+@dataclass(eq=False)
+class Job:
+    """A generating sequence on the worker side."""
+
+    seq: Seq
+    sampling: Sampling
+    delivery: Delivery
+    text: TextStream
+    sampler: SamplerChain | None = None
+
+
+@dataclass(eq=False)
+class PrefixHolder:
+    """A prefix sequence on the worker side; `ready` resolves with its token count."""
+
+    seq: Seq
+    ready: asyncio.Future[int] | None
+    resident: bool = False
+
+
+class ContextWorker:
+    """One llama context, one thread. Public methods are safe to call from any thread."""
+
+    def __init__(self, role: Role, model: Model, ctx: Context, scheduler: Scheduler) -> None:
+        self.role = role
+        self.model = model
+        self.ctx = ctx
+        self.sched = scheduler
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: dict[int, Job] = {}
+        self._prefixes: dict[int, PrefixHolder] = {}
+        self._residents: list[Seq] = []
+        self._outbox: list[tuple[Delivery, Chunk | BaseException]] = []
+        self._stopping = False
+        self._drain_deadline = 0.0
+        # counters, read without a lock by stats() (ints under the GIL are consistent enough)
+        self.prefilled = 0
+        self.reused = 0
+        self.generated = 0
+        self.steps = 0
+        self._rate = 0.0
+        self.closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"espalier-{role.value}", daemon=True)
+        self._thread.start()
+
+    # --- API for the event loop -------------------------------------------------------------
+
+    def submit(self, prompt: str | Sequence[int], sampling: Sampling, parent: PrefixHolder | None,
+               delivery: Delivery) -> Job:
+        seq = Seq(key=next(_keys), tokens=(), max_new=sampling.max_tokens)
+        job = Job(seq, sampling, delivery, TextStream(sampling.stop))
+        self._post(lambda: self._admit(job, prompt, parent))
+        return job
+
+    def cancel(self, job: Job) -> None:
+        self._post(lambda: self._end(job, None))
+
+    def open_prefix(self, text: str, ready: asyncio.Future[int] | None, *, resident: bool = False,
+                    loop: asyncio.AbstractEventLoop | None = None) -> PrefixHolder:
+        holder = PrefixHolder(Seq(key=next(_keys), tokens=(), is_prefix=True), ready, resident)
+        self._post(lambda: self._admit_prefix(holder, text, loop))
+        return holder
+
+    def close_prefix(self, holder: PrefixHolder) -> None:
+        self._post(lambda: self._release_prefix(holder))
+
+    def stop(self, grace_s: float) -> None:
+        """Take no new work; let running sequences finish for up to grace_s, then end them."""
+        def begin() -> None:
+            self._stopping = True
+            self._drain_deadline = time.monotonic() + grace_s
+        self._post(begin)
+
+    def stats(self) -> RoleStats:
+        return RoleStats(
+            role=self.role, model=self.model.description, slots_total=self.sched.slots_total,
+            slots_busy=self.sched.slots_busy, queue_depth=self.sched.queue_depth,
+            prefilled_tokens=self.prefilled, reused_tokens=self.reused, generated_tokens=self.generated,
+            tokens_per_s=round(self._rate, 2), steps=self.steps,
+        )
+
+    def free_slots(self) -> int:
+        return max(0, self.sched.slots_total - self.sched.slots_busy - self.sched.queue_depth)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # --- worker thread ---------------------------------------------------------------------------
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self._commands.put(fn)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._drain_commands(block=not self.sched.has_work() and not self._stopping)
+                if self._stopping and self._drain_done():
+                    break
+                self._step()
+                self._flush()
+        except BaseException:  # pragma: no cover - a bug in the loop itself: fail everyone loudly
+            log.exception("worker %s crashed", self.role.value)
+            self._fail_all(EngineFault("the decoding thread crashed; see the server log"))
+        finally:
+            self._fail_all(EngineClosed("the engine is shutting down"))
+            self._flush()
+            self._close_native()
+            self.closed.set()
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            fn = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            try:
+                fn()
+            except Exception:  # a command must never kill the loop
+                log.exception("worker command failed")
+            try:
+                fn = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _drain_done(self) -> bool:
+        if not self._jobs:
+            return True
+        if time.monotonic() >= self._drain_deadline:
+            for job in list(self._jobs.values()):
+                self._end(job, EngineClosed("the engine shut down before this sequence finished"))
+            return True
+        return False
+
+    def _step(self) -> None:
+        plan = self.sched.schedule()
+        for slot in plan.frees:
+            self.ctx.seq_rm(slot)
+        for fork in plan.forks:
+            self.ctx.seq_cp(fork.src, fork.dst, fork.n_tokens)
+        for seq in plan.orphans:
+            self._fail_key(seq.key, InvalidRequest("the shared prefix was closed before this request started"))
+        if not plan.entries:
+            return
+        batch = self.ctx.batch
+        batch.clear()
+        index: dict[int, int] = {}
+        n_prompt = 0
+        for e in plan.entries:
+            i = batch.add(e.seq.slot, e.tokens, e.pos, e.wants_logits)
+            if e.wants_logits:
+                index[e.seq.key] = i
+            if e.seq.state is SeqState.PREFILL:
+                n_prompt += len(e.tokens)
+        t0 = time.perf_counter()
+        rc = self.ctx.decode()
+        dt = time.perf_counter() - t0
+        if rc != 0:
+            self._decode_failed(plan, rc)
+            return
+        self.steps += 1
+        self.prefilled += n_prompt
+        n_decoded = len(plan.entries) - sum(1 for e in plan.entries if e.seq.state is SeqState.PREFILL)
+        if n_decoded:
+            self._rate = 0.8 * self._rate + 0.2 * (n_decoded / dt) if self._rate else n_decoded / dt
+        for seq in self.sched.after_decode(plan):
+            job = self._jobs.get(seq.key)
+            if job is None:  # pragma: no cover - scheduler and jobs out of step
+                self.sched.finish(seq)
+                continue
+            try:
+                self._sample(job, index[seq.key])
+            except Exception as exc:  # one sequence's fault ends that sequence only
+                log.exception("sequence %s failed", seq.key)
+                self._end(job, EngineFault(f"sampling failed: {exc}"))
+        for e in plan.entries:
+            holder = self._prefixes.get(e.seq.key)
+            if holder is not None and e.seq.state is SeqState.READY:
+                self.reused += e.seq.reused
+                self._resolve(holder.ready, len(e.seq.tokens))
+
+    def _sample(self, job: Job, index: int) -> None:
+        assert job.sampler is not None
+        seq = job.seq
+        token = job.sampler.sample(self.ctx, index)
+        self.generated += 1
+        if self.model.is_eog(token):
+            self._end(job, FinishReason.STOP)
+            return
+        text = job.text.push(self.model.piece(token))
+        if job.text.stopped:
+            self._emit(job, text, 1)
+            self._end(job, FinishReason.STOP)
+            return
+        if seq.generated + 1 >= seq.max_new:
+            self._emit(job, text, 1)
+            self._end(job, FinishReason.LENGTH)
+            return
+        self.sched.accept(seq, token)
+        self._emit(job, text, 1)
+
+    def _decode_failed(self, plan: StepPlan, rc: int) -> None:
+        if rc == 1:
+            # No KV cells for the whole batch despite the admission budget (fragmentation):
+            # give up the most recently admitted prompt and let the others go on.
+            victim = plan.entries[-1].seq
+            self.sched.abort(victim)
+            self._fail_key(victim.key, Exhausted("no KV cache space left for this sequence; retry later"))
+            return
+        log.error("llama_decode returned %d for a batch of %d tokens", rc, plan.n_tokens)
+        for seq in self.sched.decode_failed(plan):
+            self._fail_key(seq.key, EngineFault(f"llama_decode failed with status {rc}"))
+
+    # --- sequence lifecycle (worker thread) -----------------------------------------------
+
+    def _tokens(self, prompt: str | Sequence[int], parent: PrefixHolder | None) -> list[int]:
+        if parent is not None:
+            if parent.seq.state is SeqState.DONE or parent.seq.released:
+                raise InvalidRequest("the shared prefix is already closed", field="prefix")
+            tail = self.model.tokenize(prompt, add_bos=False) if isinstance(prompt, str) else list(prompt)
+            return list(parent.seq.tokens) + tail
+        if isinstance(prompt, str):
+            return self.model.tokenize(prompt)
+        tokens = list(prompt)
+        bad = next((t for t in tokens if not 0 <= t < self.model.n_vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})",
+                                 field="prompt")
+        return tokens
+
+    def _admit(self, job: Job, prompt: str | Sequence[int], parent: PrefixHolder | None) -> None:
+        if self._stopping:
+            self._deliver(job.delivery, EngineClosed("the engine is shutting down"))
+            return
+        try:
+            tokens = self._tokens(prompt, parent)
+            if not tokens:
+                raise InvalidRequest("the prompt is empty", field="prompt")
+            seq = job.seq
+            seq.tokens = tokens
+            seq.parent = parent.seq if parent is not None else self._resident_for(tokens)
+            self.sched.add(seq)
+        except TooLong as exc:
+            job.seq.parent = None
+            self._deliver(job.delivery, InvalidRequest(f"{exc}: shorten the prompt", field="prompt"))
+            return
+        except QueueFull as exc:
+            job.seq.parent = None
+            self._deliver(job.delivery, Exhausted(f"all {self.sched.slots_total} slots are busy and {exc}"))
+            return
+        except EngineError as exc:
+            self._deliver(job.delivery, exc)
+            return
+        job.sampler = SamplerChain(job.sampling, self.model.n_vocab)
+        self._jobs[seq.key] = job
+
+    def _admit_prefix(self, holder: PrefixHolder, text: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        try:
+            tokens = self.model.tokenize(text)
+            if not tokens:
+                raise InvalidRequest("a shared prefix cannot be empty", field="prefix")
+            holder.seq.tokens = tokens
+            holder.seq.parent = self._resident_for(tokens)
+            self.sched.add(holder.seq)
+        except (TooLong, EngineError) as exc:
+            err = exc if isinstance(exc, EngineError) else InvalidRequest(str(exc), field="prefix")
+            holder.seq.parent = None
+            holder.seq.state = SeqState.DONE
+            self._reject(holder.ready, err)
+            return
+        self._prefixes[holder.seq.key] = holder
+        if holder.resident:
+            self._residents.append(holder.seq)
+
+    def _resident_for(self, tokens: Sequence[int]) -> Seq | None:
+        """The longest resident prefix whose tokens start `tokens` (compared as tokens, so exact)."""
+        best: Seq | None = None
+        for res in self._residents:
+            n = len(res.tokens)
+            if res.state is SeqState.READY and n < len(tokens) and tuple(tokens[:n]) == tuple(res.tokens):
+                if best is None or n > len(best.tokens):
+                    best = res
+        return best
+
+    def _release_prefix(self, holder: PrefixHolder) -> None:
+        if holder.seq.key in self._prefixes:
+            del self._prefixes[holder.seq.key]
+            self.sched.release_prefix(holder.seq)
+
+    def _end(self, job: Job, how: FinishReason | BaseException | None) -> None:
+        """Finish a job: how = finish reason, an error, or None for a cancel by the caller."""
+        if self._jobs.pop(job.seq.key, None) is None:
+            return
+        seq = job.seq
+        self.sched.finish(seq)
+        self.reused += seq.reused
+        if job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+        if how is None:
+            return  # nobody is listening
+        if isinstance(how, BaseException):
+            self._deliver(job.delivery, how)
+            return
+        tail = job.text.flush()
+        self._deliver(job.delivery, Chunk(tail, 0, how, prompt_tokens=len(seq.tokens), reused_tokens=seq.reused))
+
+    def _fail_key(self, key: int, err: BaseException) -> None:
+        job = self._jobs.get(key)
+        if job is not None:
+            self._end(job, err)
+
+    def _fail_all(self, err: EngineError) -> None:
+        for job in list(self._jobs.values()):
+            self._end(job, err)
+        for holder in list(self._prefixes.values()):
+            self._reject(holder.ready, err)
+        self._prefixes.clear()
+
+    def _emit(self, job: Job, text: str, tokens: int) -> None:
+        self._deliver(job.delivery, Chunk(text, tokens))
+
+    # --- delivery to asyncio ----------------------------------------------------------------
+
+    def _deliver(self, delivery: Delivery, item: Chunk | BaseException) -> None:
+        self._outbox.append((delivery, item))
+
+    def _resolve(self, fut: asyncio.Future[int] | None, value: int) -> None:
+        if fut is not None:
+            _call_on_loop(fut.get_loop(), _set_result, fut, value)
+
+    def _reject(self, fut: asyncio.Future[int] | None, err: BaseException) -> None:
+        if fut is not None and not fut.done():
+            _call_on_loop(fut.get_loop(), _set_exception, fut, err)
+
+    def _flush(self) -> None:
+        """One wake-up per loop per step, however many sequences produced text."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Delivery, Chunk | BaseException]]] = {}
+        for delivery, item in self._outbox:
+            by_loop.setdefault(delivery.loop, []).append((delivery, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            _call_on_loop(loop, _put_all, items)
+
+    def _close_native(self) -> None:
+        for job in list(self._jobs.values()):
+            if job.sampler is not None:
+                job.sampler.close()
+        self._jobs.clear()
+        self.ctx.close()
+
+
+def _call_on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # that loop is closed: whoever waited there is gone
+        pass
+
+
+def _put_all(items: list[tuple[Delivery, Chunk | BaseException]]) -> None:
+    for delivery, item in items:
+        delivery.queue.put_nowait(item)
+
+
+def _set_result(fut: asyncio.Future[int], value: int) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[int], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)
