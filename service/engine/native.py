@@ -235,7 +235,7 @@ class SamplerChain:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         if sampling.repeat_penalty != 1.0:
-            add(chain, llama_cpp.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0))
+            add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0))
         if sampling.temperature <= 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:

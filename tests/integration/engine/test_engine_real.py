@@ -146,6 +146,9 @@ async def test_seeded_sampling_is_reproducible(small_engine):
     a = await collect(small_engine, GenerateRequest(prompt, Role.SMALL, s))
     b = await collect(small_engine, GenerateRequest(prompt, Role.SMALL, s))
     assert a[:2] == b[:2]
+    penalised = Sampling(temperature=0.7, min_p=0.05, repeat_penalty=1.3, seed=3, max_tokens=12)
+    text, n, _ = await collect(small_engine, GenerateRequest(prompt, Role.SMALL, penalised))
+    assert n > 0 and text
 
 
 async def test_resident_prefix_is_reused_and_exact(small_engine):
