@@ -1,0 +1,57 @@
+"""The live answer view, fed with events and written to a StringIO."""
+
+from __future__ import annotations
+
+import io
+
+from clients.python.live_view import LiveView
+from espalier.v1 import espalier_pb2 as pb
+
+
+def events() -> list[pb.AnswerEvent]:
+    graph = pb.Graph(route=pb.ROUTE_GRAPH, nodes=[pb.Node(id=1, title="Causes"),
+                                                  pb.Node(id=2, title="Effects", depends_on=[1])])
+    return [
+        pb.AnswerEvent(plan_ready=pb.PlanReady(graph=graph, reason="test")),
+        pb.AnswerEvent(node_started=pb.NodeStarted(node_id=1, model_role=pb.MODEL_ROLE_SMALL)),
+        pb.AnswerEvent(node_delta=pb.NodeDelta(node_id=1, text="Heat ", tokens=1)),
+        pb.AnswerEvent(node_delta=pb.NodeDelta(node_id=1, text="rises.", tokens=2)),
+        pb.AnswerEvent(node_finished=pb.NodeFinished(node_id=1, text="Heat rises.", tokens=3)),
+        pb.AnswerEvent(node_started=pb.NodeStarted(node_id=2, model_role=pb.MODEL_ROLE_LARGE, parents=[1])),
+        pb.AnswerEvent(node_failed=pb.NodeFailed(node_id=2, reason="cancelled", partial_text="Ice")),
+        pb.AnswerEvent(answer_done=pb.AnswerDone(route=pb.ROUTE_GRAPH, failed_node_ids=[2],
+                                                 usage=[pb.RoleUsage(model_role=pb.MODEL_ROLE_SMALL,
+                                                                     completion_tokens=3)],
+                                                 timings=pb.Timings(plan_s=0.5, first_token_s=0.7, total_s=1.5))),
+    ]
+
+
+def test_live_view_redraws_in_place_then_prints_the_answer():
+    out = io.StringIO()
+    view = LiveView(out, live=True)
+    for ev in events()[:4]:
+        view.update(ev)
+    live = view.live_lines()
+    assert any("1. Causes" in line and "[small]" in line for line in live)
+    assert any("2. Effects (after 1)" in line for line in live)
+    assert any("Heat rises." in line for line in live)
+    for ev in events()[4:]:
+        view.update(ev)
+    view.finish()
+    text = out.getvalue()
+    assert "\x1b[" in text  # redrawn in place
+    final = text.rsplit("\x1b[J", 1)[-1]
+    assert "1. Causes\nHeat rises." in final
+    assert "Ice [failed: cancelled]" in final
+    assert "mode: point graph | 2 point(s) | wall 1.5s" in final and "3 tokens, 2.0 tok/s" in final
+    assert "1 point(s) failed" in final
+
+
+def test_without_a_terminal_only_the_answer_is_printed():
+    out = io.StringIO()
+    view = LiveView(out, live=False)
+    for ev in events():
+        view.update(ev)
+    view.finish()
+    assert "\x1b[" not in out.getvalue()
+    assert out.getvalue().startswith("1. Causes\nHeat rises.\n")
