@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
-.PHONY: install test unit models run bench-engine lint protos clean
+.PHONY: install tools test unit models run bench-engine lint protos clean
+PORT ?= 50051
+QUESTION ?= What are the most effective ways to deal with stress?
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +27,14 @@ install: $(STAMP)
 models: install
 	$(VENV)/bin/espalier models fetch small
 
-test: install
+test: install tools
 	$(VENV)/bin/espalier models fetch small
 	$(PY) -m pytest -q -ra
+
+# buf (proto lint) from the npm registry, when npm is present; the lint test is skipped without it.
+tools:
+	@if command -v npm >/dev/null && [ ! -x .tools/node_modules/.bin/buf ]; then \
+		npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf || echo "buf not installed"; fi
 
 unit: install
 	$(PY) -m pytest -q tests/unit
@@ -35,6 +42,28 @@ unit: install
 bench-engine: install
 	$(VENV)/bin/espalier models fetch small
 	$(VENV)/bin/espalier bench engine --model small --json
+
+# Fetch both default models, start the server, show one answer being built, keep serving.
+run: install
+	$(VENV)/bin/espalier models fetch all
+	@echo "== starting the Espalier server on localhost:$(PORT) (loading models takes a few seconds) =="
+	@$(VENV)/bin/espalier serve --port $(PORT) & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' INT TERM EXIT; \
+	$(VENV)/bin/espalier ask --wait 600 --target localhost:$(PORT) "$(QUESTION)" || exit 1; \
+	echo; \
+	echo "== the server keeps running on localhost:$(PORT). Ask more in another terminal:"; \
+	echo "     $(VENV)/bin/espalier ask \"your question\" --target localhost:$(PORT)"; \
+	echo "   press Ctrl-C to stop it. =="; \
+	wait $$pid
+
+# Regenerate the Python stubs beside the proto (a test fails when they are stale).
+protos: install
+	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos --grpc_python_out=protos \
+		protos/espalier/v1/espalier.proto
+
+lint: install
+	$(PY) -m pip install -q ruff mypy
+	$(VENV)/bin/ruff check planner service clients tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache
