@@ -26,6 +26,37 @@ def _engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answers(args: argparse.Namespace) -> int:
+    from service.bench.answers import AnswersOptions, run_answers
+    from service.bench.report import summary_lines
+
+    if args.embedded and args.target:
+        print("espalier bench answers: --embedded and --target exclude each other", file=sys.stderr)
+        return 2
+    opts = AnswersOptions(
+        set_path=args.set, modes=tuple(m for m in args.modes.split(",") if m.strip()), limit=args.limit,
+        target=args.target, token=args.token, labels=args.labels, json_path=args.json, report_path=args.report,
+        plot_path=args.plot, point_tokens=args.point_tokens, answer_tokens=args.answer_tokens,
+        skeleton_tokens=args.skeleton_tokens, skeleton_role=args.skeleton_role, small_only=args.small_only,
+        threads=args.threads, large=args.large, small=args.small, n_ctx=args.ctx, slots=args.slots,
+        gpu_layers=args.gpu_layers, judge=args.judge, judge_url=args.judge_url, judge_model=args.judge_model,
+        judge_key_env=args.judge_key_env, judge_max_chars=args.judge_max_chars)
+    try:
+        result = asyncio.run(run_answers(opts))
+    except ValueError as exc:  # bad flags or an unreadable question set: say what, no traceback
+        print(f"espalier bench answers: {exc}", file=sys.stderr)
+        return 2
+    for line in summary_lines(result):
+        print(line)
+    for flag, path in (("json", args.json), ("report", args.report)):
+        if path:
+            print(f"{flag}: {path}")
+    plot = result.get("plot")
+    if plot:
+        print(f"plot: {plot['path']}" if plot.get("written") else f"plot skipped: {plot.get('reason')}")
+    return 0
+
+
 def run(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="espalier bench", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -37,6 +68,46 @@ def run(argv: Sequence[str]) -> int:
     eng.add_argument("--sequences", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrency levels")
     eng.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     eng.set_defaults(func=_engine)
+    ans = sub.add_parser("answers", help="each answer mode over a question set: speed-up, judged quality, router",
+                         description="Run a question set through each mode (interleaved per question), judge "
+                                     "every mode against direct in both orders, score the router, and write "
+                                     "JSON, a markdown report and a plot.")
+    ans.add_argument("--set", required=True, help="questions: CSV with a `request` column, or JSONL")
+    ans.add_argument("--modes", default="direct,sot,sgd,auto",
+                     help="comma-separated, from direct,sot,sgd,auto; direct is the baseline (default: all four)")
+    ans.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    where = ans.add_mutually_exclusive_group()
+    where.add_argument("--embedded", action="store_true", help="load the models in-process (the default)")
+    where.add_argument("--target", default=None, metavar="HOST:PORT", help="ask a running server instead")
+    ans.add_argument("--token", default=None, help="shared token of the server (with --target)")
+    ans.add_argument("--labels", default=None, help="router labels, `label;request` CSV (1 = suits a skeleton)")
+    ans.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON here")
+    ans.add_argument("--report", default=None, metavar="OUT.md", help="write the markdown report here")
+    ans.add_argument("--plot", default=None, metavar="OUT.png",
+                     help="write the plot here (needs matplotlib: pip install 'espalier[bench]')")
+    ans.add_argument("--point-tokens", type=int, default=128, help="token budget of each point (default 128)")
+    ans.add_argument("--answer-tokens", type=int, default=512, help="token budget of a direct answer (default 512)")
+    ans.add_argument("--skeleton-tokens", type=int, default=160, help="token budget of a skeleton (default 160)")
+    ans.add_argument("--skeleton-role", choices=("large", "small"), default="large",
+                     help="model that writes skeletons (default large)")
+    ans.add_argument("--small-only", action="store_true",
+                     help="load only the small model and run everything on it (quick smoke runs)")
+    ans.add_argument("--threads", type=int, default=0, help="CPU threads per model (default: all cores)")
+    ans.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
+    ans.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
+    ans.add_argument("--ctx", type=int, default=8192, help="KV cells per model context (default 8192)")
+    ans.add_argument("--slots", type=int, default=8, help="sequences decoded together per model (default 8)")
+    ans.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
+    ans.add_argument("--judge", choices=("embedded", "none"), default="embedded",
+                     help="embedded: the large model (small with --small-only) judges; none: no judging")
+    ans.add_argument("--judge-url", default=None,
+                     help="OpenAI-compatible server that judges instead (root, /v1 or /v1/chat/completions)")
+    ans.add_argument("--judge-model", default=None, help="model name to send to --judge-url")
+    ans.add_argument("--judge-key-env", default=None, metavar="VAR",
+                     help="environment variable holding the API key for --judge-url (sent as a bearer token)")
+    ans.add_argument("--judge-max-chars", type=int, default=4000,
+                     help="each answer is cut to this many characters in the judge prompt (default 4000)")
+    ans.set_defaults(func=_answers)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

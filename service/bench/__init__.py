@@ -1,0 +1,6 @@
+"""`espalier bench answers`: speed and quality of each answer mode on a question set.
+
+questions (loading question sets and router labels), judge (pairwise verdicts, in both orders),
+answers (the orchestration: runners per mode, statistics, the result JSON), report (markdown and
+the PNG plot). The command line lives in service/bench_cli.py.
+"""

@@ -1,0 +1,616 @@
+"""`espalier bench answers`: each answer mode over a question set, timed, judged and summarised.
+
+Owns the orchestration: runners that answer one question in one mode (embedded: the planner over
+an in-process LlamaEngine; target: a running server through EspalierClient), the interleaved order
+(question i starts at mode i mod n, so drift and noise of the machine hit every mode alike), the
+pairwise judging of each mode against direct in both orders, router accuracy against labels, the
+statistics and the result JSON. Rendering lives in service.bench.report.
+
+Statistics: median; p90 by linear interpolation between the closest ranks (numpy's default
+method); speed-up of a mode on a question = direct's seconds / the mode's seconds, summarised by
+median and geometric mean over the questions both answered; net win rate = (wins - losses) / judged.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from planner import pipeline, router
+from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling
+from planner.events import AnswerDone, NodeDelta, NodeFinished, PlanReady
+from planner.plan import Mode
+from planner.settings import PlannerSettings
+from service.bench import judge as judging
+from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
+
+MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
+BASELINE = "direct"
+PERCENTILE_METHOD = "linear interpolation between closest ranks (numpy default)"
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear between the closest ranks; None for no values."""
+    if not values:
+        return None
+    if not 0 <= q <= 100:
+        raise ValueError("q must be between 0 and 100")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def geomean(values: Sequence[float]) -> float | None:
+    """Geometric mean of positive values; None when there are none (or any is not positive)."""
+    if not values or any(v <= 0 for v in values):
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def rotated(modes: Sequence[str], index: int) -> list[str]:
+    """The order of modes for question `index`: start at mode index mod n, wrap around."""
+    if not modes:
+        return []
+    k = index % len(modes)
+    return list(modes[k:]) + list(modes[:k])
+
+
+def _r(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+def _clock_str(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    """A one-line bar redrawn with \\r on a terminal; one line per item otherwise (logs, CI)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, width: int = 24) -> None:
+        self.total = max(total, 0)
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock
+        self.width = width
+        self.done = 0
+        self.t0 = clock()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._drawn = 0
+
+    def line(self, note: str = "") -> str:
+        elapsed = self.clock() - self.t0
+        frac = self.done / self.total if self.total else 1.0
+        filled = round(frac * self.width)
+        eta = "?" if self.done == 0 else _clock_str(elapsed / self.done * (self.total - self.done))
+        bar = "#" * filled + "-" * (self.width - filled)
+        text = (f"[{self.label}] |{bar}| {self.done}/{self.total} {frac * 100:3.0f}% "
+                f"{_clock_str(elapsed)} elapsed, ETA {eta}")
+        return f"{text}  {note}" if note else text
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        self.show(note)
+
+    def show(self, note: str = "") -> None:
+        text = self.line(note)
+        if self.tty:
+            cols = shutil.get_terminal_size((100, 20)).columns - 1
+            text = text[:cols]
+            self.stream.write("\r" + text.ljust(self._drawn))
+            self._drawn = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = 0
+
+
+# --- runners -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One question answered in one mode."""
+
+    seconds: float
+    ttft_s: float | None = None  # first text of the answer (any point)
+    tokens: int = 0  # generated tokens, every model role and stage (router, skeleton, points)
+    answer: str = ""
+    route: str = ""
+    nodes: int = 0
+    failed_nodes: int = 0
+    reason: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.ok and self.seconds > 0 else None
+
+
+class Runner(Protocol):
+    async def answer(self, question: str, mode: str) -> RunResult: ...
+
+    async def route(self, question: str) -> tuple[str, str]:
+        """(route, how it was decided) as the planner's router sees it."""
+        ...
+
+
+class EmbeddedRunner:
+    """The planner over an in-process engine: `pipeline.answer`, the same settings for every mode."""
+
+    def __init__(self, engine: Engine, settings: PlannerSettings,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.engine = engine
+        self.settings = settings.validate()
+        self.clock = clock
+
+    async def warm_up(self) -> None:
+        """One short decode per role, so the first timed request does not pay for first-touch costs."""
+        for role in sorted(self.engine.roles()):
+            prompt = self.engine.chat_prompt(role, [Message("user", "Say hello.")])
+            stream = self.engine.generate(GenerateRequest(prompt, role, Sampling(max_tokens=2)))
+            try:
+                async for _ in stream:
+                    pass
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+    async def answer(self, question: str, mode: str) -> RunResult:
+        t0 = self.clock()
+        first: float | None = None
+        done: AnswerDone | None = None
+        nodes = 0
+        reason = ""
+        try:
+            async with aclosing(pipeline.answer(self.engine, question, mode, self.settings)) as events:
+                async for event in events:
+                    if isinstance(event, NodeDelta | NodeFinished) and first is None and event.text:
+                        first = self.clock() - t0
+                    elif isinstance(event, PlanReady):
+                        nodes, reason = len(event.plan.nodes), event.plan.reason
+                    elif isinstance(event, AnswerDone):
+                        done = event
+        except (EngineError, OSError, RuntimeError, ValueError) as exc:
+            return RunResult(self.clock() - t0, first, error=f"{type(exc).__name__}: {exc}")
+        seconds = self.clock() - t0
+        if done is None:
+            return RunResult(seconds, first, error="the stream ended without an answer")
+        return RunResult(seconds, first, done.usage.completion_tokens, done.text, done.route.value, nodes,
+                         len(done.failed), reason)
+
+    async def route(self, question: str) -> tuple[str, str]:
+        decision = await router.route(self.engine, question, self.settings)
+        return decision.route.value, decision.source
+
+
+_PB_ROUTES = {1: "direct", 2: "parallel", 3: "graph"}
+
+
+class TargetRunner:
+    """A running server through EspalierClient.ask; routes of auto answers are remembered for the
+    router accuracy (a Plan call in auto mode would write the same greedy skeleton again)."""
+
+    def __init__(self, client: Any, generation: Any, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.client = client
+        self.generation = generation
+        self.clock = clock
+        self._routes: dict[str, str] = {}
+
+    async def answer(self, question: str, mode: str) -> RunResult:
+        import grpc
+
+        t0 = self.clock()
+        first: float | None = None
+        done: Any = None
+        nodes = 0
+        reason = ""
+        try:
+            async for event in self.client.ask(question, mode=mode, generation=self.generation):
+                kind = event.WhichOneof("event")
+                if kind == "node_delta" and first is None and event.node_delta.text:
+                    first = self.clock() - t0
+                elif kind == "plan_ready":
+                    nodes, reason = len(event.plan_ready.graph.nodes), getattr(event.plan_ready, "reason", "")
+                elif kind == "answer_done":
+                    done = event.answer_done
+        except grpc.aio.AioRpcError as err:
+            return RunResult(self.clock() - t0, first, error=f"{err.code().name}: {err.details()}")
+        seconds = self.clock() - t0
+        if done is None:
+            return RunResult(seconds, first, error="the stream ended without an answer")
+        route = _PB_ROUTES.get(int(done.route), "unknown")
+        if mode == "auto":
+            self._routes[normalize(question)] = route
+        tokens = sum(int(u.completion_tokens) for u in done.usage)
+        return RunResult(seconds, first, tokens, done.text, route, nodes, len(done.failed_node_ids), reason)
+
+    async def route(self, question: str) -> tuple[str, str]:
+        known = self._routes.get(normalize(question))
+        if known is not None:
+            return known, "server (auto answer)"
+        reply = await self.client.plan(question, mode="auto", generation=self.generation)
+        return _PB_ROUTES.get(int(reply.graph.route), "unknown"), "server (Plan)"
+
+
+# --- the bench -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    modes: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)  # recorded as they are in the result
+    models: dict[str, str] = field(default_factory=dict)
+    judge_name: str = "none"
+
+
+def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for m in modes:
+        m = m.strip().lower()
+        if not m:
+            continue
+        if m not in MODES:
+            raise ValueError(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
+        if m not in out:
+            out.append(m)
+    if BASELINE not in out:
+        raise ValueError("--modes must include direct: it is the baseline of speed-ups and of the judge")
+    return tuple(out)
+
+
+async def _judge_pair(judge: judging.Judge, question: str, mode_answer: str, direct_answer: str,
+                      progress: Progress | None, note: str) -> dict[str, Any]:
+    replies: list[str | None] = []
+    outcomes: list[judging.Outcome | None] = []
+    errors: list[str] = []
+    for mode_is_a in (True, False):
+        a, b = (mode_answer, direct_answer) if mode_is_a else (direct_answer, mode_answer)
+        try:
+            raw: str | None = await judge.reply(question, a, b)
+        except (judging.JudgeError, EngineError) as exc:
+            raw = None
+            errors.append(f"{type(exc).__name__}: {exc}")
+        replies.append(raw)
+        outcomes.append(judging.outcome(judging.parse_verdict(raw) if raw is not None else None, mode_is_a))
+        if progress is not None:
+            progress.step(note)
+    out: dict[str, Any] = {"outcome": judging.combine(outcomes[0], outcomes[1]),
+                           "replies": replies, "orders": outcomes}
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+def quality_summary(outcomes: Sequence[str | None]) -> dict[str, Any]:
+    judged = [o for o in outcomes if o is not None]
+    n = len(judged)
+    w, t, l_ = judged.count("win"), judged.count("tie"), judged.count("lose")
+    return {"n": n, "wins": w, "ties": t, "losses": l_, "no_verdict": len(outcomes) - n,
+            "win_rate": _r(w / n) if n else None, "tie_rate": _r(t / n) if n else None,
+            "lose_rate": _r(l_ / n) if n else None, "net_win_rate": _r((w - l_) / n) if n else None}
+
+
+def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-mode statistics from the per-question rows (each `modes[mode]` a RunResult as a dict)."""
+    runs = [r["modes"][mode] for r in rows if mode in r["modes"]]
+    ok = [r for r in runs if r["error"] is None]
+    secs = [r["seconds"] for r in ok]
+    ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+    toks = [r["tokens"] for r in ok]
+    rates = [r["tokens"] / r["seconds"] for r in ok if r["seconds"] > 0]
+    ups = [r["modes"][mode]["speedup"] for r in rows
+           if mode in r["modes"] and r["modes"][mode].get("speedup") is not None]
+    out: dict[str, Any] = {
+        "n": len(runs), "failures": len(runs) - len(ok),
+        "partial_answers": sum(1 for r in ok if r["failed_nodes"]),
+        "median_s": _r(median(secs)), "p90_s": _r(percentile(secs, 90)), "mean_s": _r(statistics.fmean(secs)) if secs else None,
+        "ttft_median_s": _r(median(ttft)), "ttft_p90_s": _r(percentile(ttft, 90)),
+        "tokens_median": _r(median(toks), 1), "tokens_total": sum(toks),
+        "tokens_per_s_median": _r(median(rates), 2),
+        "speedup_median": _r(median(ups)), "speedup_geomean": _r(geomean(ups)),
+        "speedup_p10": _r(percentile(ups, 10)), "speedup_p90": _r(percentile(ups, 90)),
+        "speedup_n": len(ups),
+        "routes": dict(sorted(Counter(r["route"] for r in ok).items())),
+    }
+    if mode != BASELINE:
+        outcomes = [r["judge"][mode]["outcome"] for r in rows if mode in r.get("judge", {})]
+        out["quality"] = quality_summary(outcomes) if outcomes else None
+    return out
+
+
+def router_score(pairs: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
+    """(label, route, source) triples -> accuracy of `route != direct` against `label == 1`."""
+    tp = sum(1 for lab, r, _ in pairs if lab == 1 and r != "direct")
+    tn = sum(1 for lab, r, _ in pairs if lab == 0 and r == "direct")
+    fp = sum(1 for lab, r, _ in pairs if lab == 0 and r != "direct")
+    fn = sum(1 for lab, r, _ in pairs if lab == 1 and r == "direct")
+    n = len(pairs)
+    by_source: dict[str, list[int]] = {}
+    for lab, r, src in pairs:
+        by_source.setdefault(src, []).append(int((r != "direct") == (lab == 1)))
+    return {"n": n, "accuracy": _r((tp + tn) / n, 4) if n else None, "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+            "routes": dict(sorted(Counter(r for _, r, _ in pairs).items())),
+            "by_source": {s: {"n": len(v), "accuracy": _r(sum(v) / len(v), 4)} for s, v in sorted(by_source.items())}}
+
+
+def machine_info() -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
+            "processor": platform.processor() or "", "python": platform.python_version()}
+
+
+async def run_bench(questions: Sequence[Question], runner: Runner, config: BenchConfig, *,
+                    judge: judging.Judge | None = None, labels: Sequence[Question] | None = None,
+                    stream: TextIO | None = None) -> dict[str, Any]:
+    """Answer every question in every mode (rotated order), judge, score the router; the result dict."""
+    modes = check_modes(config.modes)
+    rows: list[dict[str, Any]] = []
+    bar = Progress(len(questions) * len(modes), "answers", stream)
+    bar.show("starting")
+    started = time.monotonic()
+    for i, q in enumerate(questions):
+        order = rotated(modes, i)
+        row: dict[str, Any] = {"index": i, "question": q.text, "category": q.category, "order": order,
+                               "modes": {}}
+        for mode in order:
+            result = await runner.answer(q.text, mode)
+            row["modes"][mode] = asdict(result)
+            bar.step(f"q{i + 1} {mode} {result.seconds:.1f}s" + (" FAILED" if result.error else ""))
+        base = row["modes"][BASELINE]
+        for mode in modes:
+            r = row["modes"][mode]
+            ok = r["error"] is None and base["error"] is None and r["seconds"] > 0
+            r["speedup"] = _r(base["seconds"] / r["seconds"], 4) if ok else None
+        rows.append(row)
+    bar.close()
+    answer_s = time.monotonic() - started
+
+    judged_modes = [m for m in modes if m != BASELINE]
+    if judge is not None and judged_modes:
+        jbar = Progress(2 * len(rows) * len(judged_modes), "judge", stream)
+        jbar.show(judge.name)
+        for row in rows:
+            row["judge"] = {}
+            base = row["modes"][BASELINE]
+            for mode in judged_modes:
+                mine = row["modes"][mode]
+                note = f"q{row['index'] + 1} {mode}"
+                if base["error"] is not None:
+                    row["judge"][mode] = {"outcome": None, "note": "direct failed: nothing to compare with"}
+                elif mine["error"] is not None:
+                    row["judge"][mode] = {"outcome": "lose", "note": "this mode failed"}
+                elif normalize(mine["answer"]) == normalize(base["answer"]):
+                    row["judge"][mode] = {"outcome": "tie", "note": "identical answers"}
+                else:
+                    row["judge"][mode] = await _judge_pair(judge, row["question"], mine["answer"], base["answer"],
+                                                           jbar, note)
+                    continue
+                jbar.step(note)
+                jbar.step(note)
+        jbar.close()
+
+    router_result: dict[str, Any] | None = None
+    if labels is not None:
+        labelled = match_labels(list(questions), list(labels))
+        source = "questions of the run"
+        if not labelled:
+            labelled = list(labels)[:len(questions)]
+            source = "labels file (no question of the run is labelled)"
+        rbar = Progress(len(labelled), "router", stream)
+        pairs: list[tuple[int, str, str]] = []
+        details: list[dict[str, Any]] = []
+        for q in labelled:
+            route, how = await runner.route(q.text)
+            assert q.label is not None
+            pairs.append((q.label, route, how))
+            details.append({"question": q.text, "label": q.label, "route": route, "source": how,
+                            "correct": (route != "direct") == (q.label == 1)})
+            rbar.step(route)
+        rbar.close()
+        router_result = {**router_score(pairs), "labelled_from": source, "questions": details}
+
+    return {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "models": config.models,
+        "settings": {**config.settings, "modes": list(modes), "judge": config.judge_name,
+                     "percentile_method": PERCENTILE_METHOD,
+                     "speedup": "direct seconds / mode seconds, per question"},
+        "answer_seconds": round(answer_s, 2),
+        "modes": {m: mode_summary(m, rows) for m in modes},
+        "router": router_result,
+        "questions": rows,
+    }
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AnswersOptions:
+    set_path: str
+    modes: tuple[str, ...] = ("direct", "sot", "sgd", "auto")
+    limit: int | None = None
+    target: str | None = None
+    token: str | None = None
+    labels: str | None = None
+    json_path: str | None = None
+    report_path: str | None = None
+    plot_path: str | None = None
+    point_tokens: int = 128
+    answer_tokens: int = 512
+    skeleton_tokens: int = 160
+    skeleton_role: str = "large"
+    small_only: bool = False
+    threads: int = 0
+    large: str = "large"
+    small: str = "small"
+    n_ctx: int = 8192
+    slots: int = 8
+    gpu_layers: int = 0
+    judge: str = "embedded"  # embedded | none (a --judge-url picks the endpoint judge)
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_key_env: str | None = None
+    judge_max_chars: int = judging.DEFAULT_MAX_ANSWER_CHARS
+
+
+def _log(msg: str) -> None:
+    print(f"[bench answers] {msg}", file=sys.stderr, flush=True)
+
+
+def planner_settings(opts: AnswersOptions) -> PlannerSettings:
+    """The one PlannerSettings every mode runs with; ValueError naming the flag's setting if out of range."""
+    try:
+        return PlannerSettings(point_max_tokens=opts.point_tokens, direct_max_tokens=opts.answer_tokens,
+                               skeleton_max_tokens=opts.skeleton_tokens,
+                               skeleton_role=Role(opts.skeleton_role)).validate()
+    except EngineError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _endpoint_judge(opts: AnswersOptions) -> judging.Judge | None:
+    if opts.judge_url:
+        if not opts.judge_model:
+            raise ValueError("--judge-url needs --judge-model")
+        key = os.environ.get(opts.judge_key_env) if opts.judge_key_env else None
+        return judging.OpenAIJudge(opts.judge_url, opts.judge_model, key, max_chars=opts.judge_max_chars)
+    return None
+
+
+def _recorded_settings(opts: AnswersOptions) -> dict[str, Any]:
+    s = {"set": opts.set_path, "limit": opts.limit, "labels": opts.labels,
+         "runner": f"target {opts.target}" if opts.target else "embedded",
+         "point_tokens": opts.point_tokens, "answer_tokens": opts.answer_tokens,
+         "skeleton_tokens": opts.skeleton_tokens, "temperature": 0.0,
+         "order": "rotated per question (question i starts at mode i mod n)"}
+    if not opts.target:
+        s.update({"skeleton_role": opts.skeleton_role, "small_only": opts.small_only,
+                  "threads": opts.threads or os.cpu_count(), "n_ctx": opts.n_ctx, "slots": opts.slots,
+                  "gpu_layers": opts.gpu_layers})
+    return s
+
+
+async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels: list[Question] | None,
+                        config: BenchConfig, settings: PlannerSettings,
+                        judge: judging.Judge | None) -> dict[str, Any]:
+    from service.engine.config import ContextConfig, EngineConfig
+    from service.engine.llama_engine import LlamaEngine
+
+    def ctx(model: str) -> ContextConfig:
+        return ContextConfig(model=model, slots=opts.slots, n_ctx=opts.n_ctx, threads=opts.threads,
+                             n_gpu_layers=opts.gpu_layers)
+
+    engine_config = (EngineConfig(small=ctx(opts.small)) if opts.small_only
+                     else EngineConfig(large=ctx(opts.large), small=ctx(opts.small)))
+    roles = ", ".join(f"{r.value}={c.model}" for r, c in engine_config.roles().items())
+    _log(f"loading models ({roles}; {opts.threads or os.cpu_count()} threads)")
+    engine = await LlamaEngine.load(engine_config)
+    try:
+        for role, text in pipeline.resident_prefixes(engine, settings):
+            try:
+                await engine.add_resident_prefix(role, text)
+            except EngineError as exc:  # costs speed only, and alike for every mode
+                _log(f"resident prefix for {role.value} not kept: {exc}")
+        config.models = {r.value: f"{c.model} ({engine.model(r).description})" for r, c in engine_config.roles().items()}
+        runner = EmbeddedRunner(engine, settings)
+        await runner.warm_up()
+        if judge is None and opts.judge == "embedded":
+            role = Role.LARGE if Role.LARGE in engine.roles() else Role.SMALL
+            judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({engine_config.roles()[role].model})",
+                                        max_chars=opts.judge_max_chars)
+        config.judge_name = judge.name if judge is not None else "none"
+        return await run_bench(questions, runner, config, judge=judge, labels=labels)
+    finally:
+        await engine.aclose()
+
+
+async def _run_target(opts: AnswersOptions, questions: list[Question], labels: list[Question] | None,
+                      config: BenchConfig, judge: judging.Judge | None) -> dict[str, Any]:
+    from clients.python.client import EspalierClient
+    from clients.python.client import settings as generation_settings
+
+    assert opts.target is not None
+    if judge is None and opts.judge == "embedded":
+        _log("the embedded judge needs local models: with --target, give --judge-url/--judge-model "
+             "(judging skipped)")
+    config.judge_name = judge.name if judge is not None else "none"
+    generation = generation_settings(temperature=0.0, point_max_tokens=opts.point_tokens,
+                                     answer_max_tokens=opts.answer_tokens)
+    async with EspalierClient(opts.target, token=opts.token, timeout_s=None) as client:
+        _log(f"waiting for {opts.target} to serve")
+        await client.wait_serving(timeout_s=600)
+        config.models = {"server": opts.target}
+        return await run_bench(questions, TargetRunner(client, generation), config, judge=judge, labels=labels)
+
+
+async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
+    """Load the set (and labels), run the bench, write JSON, report and plot where asked; the result."""
+    # every check that needs no model comes first: a typo must not cost a model load
+    modes = check_modes(opts.modes)
+    if opts.judge not in ("embedded", "none"):
+        raise ValueError("--judge must be embedded or none (use --judge-url for an endpoint)")
+    if opts.limit is not None and opts.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    settings = planner_settings(opts)
+    judge = _endpoint_judge(opts)
+    questions = load_questions(opts.set_path, opts.limit)
+    labels = load_labels(opts.labels) if opts.labels else None
+    config = BenchConfig(modes, _recorded_settings(opts))
+    _log(f"{len(questions)} question(s) x {len(modes)} mode(s): {', '.join(modes)}")
+    if opts.target:
+        result = await _run_target(opts, questions, labels, config, judge)
+    else:
+        result = await _run_embedded(opts, questions, labels, config, settings, judge)
+    write_outputs(result, opts)
+    return result
+
+
+def write_outputs(result: dict[str, Any], opts: AnswersOptions) -> None:
+    import json
+
+    from service.bench import report
+
+    if opts.plot_path:
+        result["plot"] = report.write_plot(result, opts.plot_path)
+    if opts.json_path:
+        Path(opts.json_path).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if opts.report_path:
+        plot = opts.plot_path if result.get("plot", {}).get("written") else None
+        Path(opts.report_path).write_text(report.render_markdown(result, plot_path=plot, report_path=opts.report_path),
+                                          encoding="utf-8")

@@ -1,0 +1,307 @@
+"""Translation between the protobuf API and the planner's own types (habit 2: pb2 stays at the edge).
+
+Owns, inbound: the question (plain or from chat messages, bounded), the mode, a request's
+GenerationSettings as overrides of the server's PlannerSettings (each field checked against its
+documented range, errors naming the proto field), a caller's Graph as a Plan through
+Plan.validated (so a cycle, an unknown id or too many nodes is a PlanInvalid naming `graph....`),
+and the prompt of a Stream (`PromptBuffer`: pieces appended or revised). Outbound: Plan -> Graph
+(with the model role each node will run on), planner events -> AnswerEvent.
+
+Field names in errors are the proto's (graph.nodes[2].depends_on, settings.temperature), since that
+is what a caller can fix; the planner speaks of `plan.` and `planner.`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from espalier.v1 import espalier_pb2 as pb
+
+from planner import events as ev
+from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded
+from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
+from planner.runner import role_for
+from planner.settings import PlannerSettings
+
+_MODES = {pb.MODE_UNSPECIFIED: Mode.AUTO, pb.MODE_AUTO: Mode.AUTO, pb.MODE_DIRECT: Mode.DIRECT,
+          pb.MODE_SOT: Mode.SOT, pb.MODE_SGD: Mode.SGD}
+_ROUTES_IN = {pb.ROUTE_DIRECT: Route.DIRECT, pb.ROUTE_PARALLEL: Route.PARALLEL, pb.ROUTE_GRAPH: Route.GRAPH}
+_ROUTES_OUT = {v: k for k, v in _ROUTES_IN.items()}
+_DIFFICULTY_IN = {pb.DIFFICULTY_UNSPECIFIED: Difficulty.HARD, pb.DIFFICULTY_EASY: Difficulty.EASY,
+                  pb.DIFFICULTY_HARD: Difficulty.HARD}
+_DIFFICULTY_OUT = {Difficulty.EASY: pb.DIFFICULTY_EASY, Difficulty.HARD: pb.DIFFICULTY_HARD}
+_ROLES_IN = {pb.MODEL_ROLE_LARGE: Role.LARGE, pb.MODEL_ROLE_SMALL: Role.SMALL}
+_ROLES_OUT = {v: k for k, v in _ROLES_IN.items()}
+_FINISH_OUT = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+               FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED, FinishReason.ERROR: pb.FINISH_REASON_ERROR}
+_CHAT_ROLES = ("system", "user", "assistant")
+MAX_POINTS = (2, 10)  # GenerationSettings.max_points, as documented in the proto
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Server-wide bounds on what a request may ask for (from ServerSettings)."""
+
+    max_question_chars: int = 8000
+    max_tokens: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PlanCall:
+    question: str
+    mode: Mode
+    settings: PlannerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ExpandCall:
+    question: str
+    plan: Plan
+    settings: PlannerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCall:
+    mode: Mode
+    settings: PlannerSettings
+    system: str
+
+
+# --- inbound -------------------------------------------------------------------------------------
+
+
+def question_from(question: str, messages: Sequence[pb.ChatMessage], limits: Limits) -> str:
+    """The question: `question`, or the last user message of `messages` (exactly one of the two)."""
+    if question and messages:
+        raise InvalidRequest("set either question or messages, not both", field="messages")
+    field = "question"
+    if messages:
+        for i, m in enumerate(messages):
+            if m.role not in _CHAT_ROLES:
+                raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(_CHAT_ROLES)} (got {m.role!r})",
+                                     field=f"messages[{i}].role")
+        users = [i for i, m in enumerate(messages) if m.role == "user"]
+        if not users:
+            raise InvalidRequest("messages has no user message", field="messages")
+        field = f"messages[{users[-1]}].content"
+        question = messages[users[-1]].content
+    check_question(question, limits, field)
+    return question
+
+
+def check_question(question: str, limits: Limits, field: str = "question") -> None:
+    if not question.strip():
+        raise InvalidRequest(f"{field} must not be empty", field=field)
+    if len(question) > limits.max_question_chars:
+        raise InvalidRequest(f"{field} is longer than {limits.max_question_chars} characters (got {len(question)})",
+                             field=field)
+
+
+def mode_from(value: int, field: str = "mode") -> Mode:
+    try:
+        return _MODES[value]
+    except KeyError:
+        raise InvalidRequest(f"{field} has an unknown value {value}", field=field) from None
+
+
+def planner_settings(msg: pb.GenerationSettings, base: PlannerSettings, limits: Limits,
+                     field: str = "settings") -> PlannerSettings:
+    """The server's defaults with the request's overrides; each set field checked against its range."""
+
+    def bad(name: str, why: str, value: object) -> InvalidRequest:
+        return InvalidRequest(f"{field}.{name} {why} (got {value!r})", field=f"{field}.{name}")
+
+    sampling = base.sampling
+    changes: dict[str, object] = {}
+    if msg.HasField("temperature"):
+        t = msg.temperature
+        if not (math.isfinite(t) and 0.0 <= t <= 5.0):
+            raise bad("temperature", "must be between 0 and 5", t)
+        sampling = dataclasses.replace(sampling, temperature=float(t))
+    if msg.HasField("top_p"):
+        p = msg.top_p
+        if not (math.isfinite(p) and 0.0 < p <= 1.0):
+            raise bad("top_p", "must be in (0, 1]", p)
+        sampling = dataclasses.replace(sampling, top_p=float(p))
+    if msg.HasField("top_k"):
+        if not 0 <= msg.top_k <= 1000:
+            raise bad("top_k", "must be between 0 and 1000", msg.top_k)
+        sampling = dataclasses.replace(sampling, top_k=msg.top_k)
+    if msg.HasField("seed"):
+        sampling = dataclasses.replace(sampling, seed=msg.seed)
+    budgets = (("point_max_tokens", "point_max_tokens", 4096), ("answer_max_tokens", "direct_max_tokens", 32768))
+    for pb_name, name, hi in budgets:
+        if msg.HasField(pb_name):  # type: ignore[arg-type]
+            value = getattr(msg, pb_name)
+            top = min(hi, limits.max_tokens)
+            if not 1 <= value <= top:
+                raise bad(pb_name, f"must be between 1 and {top}", value)
+            changes[name] = value
+    if msg.HasField("max_points"):
+        lo, hi = MAX_POINTS
+        if not lo <= msg.max_points <= hi:
+            raise bad("max_points", f"must be between {lo} and {hi}", msg.max_points)
+        changes["max_nodes"] = msg.max_points
+        changes["min_nodes"] = min(base.min_nodes, msg.max_points)
+    if sampling is not base.sampling:
+        changes["sampling"] = sampling
+    if not changes:
+        return base
+    try:
+        return base.replace(**changes)
+    except InvalidRequest as exc:  # a combination the planner refuses; name the settings message
+        raise InvalidRequest(str(exc), field=field) from None
+
+
+def plan_request(msg: pb.PlanRequest, base: PlannerSettings, limits: Limits) -> PlanCall:
+    question = question_from(msg.question, msg.messages, limits)
+    return PlanCall(question, mode_from(msg.mode), planner_settings(msg.settings, base, limits))
+
+
+def expand_request(msg: pb.ExpandRequest, base: PlannerSettings, limits: Limits,
+                   loaded: frozenset[Role]) -> ExpandCall:
+    question = question_from(msg.question, msg.messages, limits)
+    settings = planner_settings(msg.settings, base, limits)
+    if not msg.HasField("graph"):
+        raise InvalidRequest("graph is required (as returned by Plan, possibly edited)", field="graph")
+    return ExpandCall(question, plan_from_graph(msg.graph, settings.max_nodes, loaded), settings)
+
+
+def stream_open(msg: pb.StreamOpen, base: PlannerSettings, limits: Limits) -> StreamCall:
+    if len(msg.system) > limits.max_question_chars:
+        raise InvalidRequest(f"open.system is longer than {limits.max_question_chars} characters",
+                             field="open.system")
+    return StreamCall(mode_from(msg.mode, "open.mode"), planner_settings(msg.settings, base, limits, "open.settings"),
+                      msg.system)
+
+
+def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role]) -> Plan:
+    """A caller's graph as a validated Plan. PlanInvalid / RoleNotLoaded name the graph field."""
+    # Count first: a huge graph is refused before building anything from it.
+    if len(graph.nodes) > max_nodes:
+        raise PlanInvalid(f"graph.nodes: a graph may have at most {max_nodes} nodes (got {len(graph.nodes)})",
+                          field="graph.nodes")
+    nodes: list[Node] = []
+    for i, n in enumerate(graph.nodes):
+        where = f"graph.nodes[{i}]"
+        difficulty = _DIFFICULTY_IN.get(n.difficulty)
+        if difficulty is None:
+            raise PlanInvalid(f"{where}.difficulty has an unknown value {n.difficulty}", field=f"{where}.difficulty")
+        if n.model_role != pb.MODEL_ROLE_UNSPECIFIED:
+            role = _ROLES_IN.get(n.model_role)
+            if role is None:
+                raise InvalidRequest(f"{where}.model_role has an unknown value {n.model_role}",
+                                     field=f"{where}.model_role")
+            if role not in loaded:
+                have = ", ".join(sorted(r.value for r in loaded)) or "none"
+                raise RoleNotLoaded(f"{where}.model_role: the {role.value} model is not loaded (loaded: {have})")
+        nodes.append(Node(n.id, n.title, tuple(n.depends_on), difficulty))
+    if graph.route == pb.ROUTE_UNSPECIFIED:
+        route = Route.GRAPH if any(n.depends_on for n in nodes) else Route.PARALLEL
+    elif graph.route in _ROUTES_IN:
+        route = _ROUTES_IN[graph.route]
+    else:
+        raise PlanInvalid(f"graph.route has an unknown value {graph.route}", field="graph.route")
+    try:
+        return Plan.validated(nodes, route, max_nodes=max_nodes, reason="graph from the caller")
+    except PlanInvalid as exc:
+        raise PlanInvalid(_graph_names(str(exc)), field=_graph_names(exc.field)) from None
+
+
+def _graph_names(text: str) -> str:
+    # The planner names the graph `plan`; the caller knows it as `graph`. A rename of field paths,
+    # not a classification of the error.
+    return re.sub(r"\bplan\.", "graph.", text)
+
+
+class PromptBuffer:
+    """The prompt of a Stream as it arrives: pieces append, a `revise` piece rewrites from an offset."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._text = ""
+        self.pieces = 0
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def apply(self, piece: pb.PromptPiece) -> None:
+        if piece.revise:
+            if piece.revise_from > len(self._text):
+                raise InvalidRequest(f"piece.revise_from {piece.revise_from} is past the end of the prompt "
+                                     f"({len(self._text)} characters so far)", field="piece.revise_from")
+            text = self._text[:piece.revise_from] + piece.text
+        else:
+            text = self._text + piece.text
+        if len(text) > self._limits.max_question_chars:
+            raise InvalidRequest(f"piece.text: the prompt is longer than {self._limits.max_question_chars} "
+                                 f"characters (got {len(text)})", field="piece.text")
+        self._text = text
+        self.pieces += 1
+
+    def question(self) -> str:
+        check_question(self._text, self._limits, "piece.text")
+        return self._text
+
+
+# --- outbound ------------------------------------------------------------------------------------
+
+
+def graph_to_pb(plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) -> pb.Graph:
+    nodes = []
+    for node in plan.nodes:
+        try:
+            role = _ROLES_OUT[role_for(node, plan, settings, loaded)]
+        except RoleNotLoaded:  # nothing loaded (not reachable while serving): let the server choose later
+            role = pb.MODEL_ROLE_UNSPECIFIED
+        nodes.append(pb.Node(id=node.id, title=node.title, depends_on=node.depends_on,
+                             difficulty=_DIFFICULTY_OUT[node.difficulty], model_role=role))
+    return pb.Graph(nodes=nodes, route=_ROUTES_OUT[plan.route])
+
+
+def timings_to_pb(t: ev.Timings) -> pb.Timings:
+    return pb.Timings(route_s=t.route_s, plan_s=t.plan_s, first_token_s=t.first_token_s or 0.0, total_s=t.total_s)
+
+
+def plan_response(plan: Plan, timings: ev.Timings, settings: PlannerSettings,
+                  loaded: frozenset[Role]) -> pb.PlanResponse:
+    return pb.PlanResponse(graph=graph_to_pb(plan, settings, loaded), reason=plan.reason, skeleton=plan.skeleton,
+                           timings=timings_to_pb(timings))
+
+
+def event_to_pb(event: ev.Event, settings: PlannerSettings, loaded: frozenset[Role]) -> pb.AnswerEvent:
+    match event:
+        case ev.PlanReady(plan=plan, elapsed_s=elapsed):
+            return pb.AnswerEvent(plan_ready=pb.PlanReady(graph=graph_to_pb(plan, settings, loaded),
+                                                          reason=plan.reason, elapsed_s=elapsed))
+        case ev.NodeStarted(node_id=node_id, role=role, parents=parents):
+            return pb.AnswerEvent(node_started=pb.NodeStarted(node_id=node_id, model_role=_ROLES_OUT[role],
+                                                              parents=parents))
+        case ev.NodeDelta(node_id=node_id, text=text, tokens=tokens):
+            return pb.AnswerEvent(node_delta=pb.NodeDelta(node_id=node_id, text=text, tokens=tokens))
+        case ev.NodeFinished():
+            return pb.AnswerEvent(node_finished=pb.NodeFinished(
+                node_id=event.node_id, text=event.text, tokens=event.tokens,
+                finish_reason=_FINISH_OUT.get(event.finish, pb.FINISH_REASON_UNSPECIFIED),
+                elapsed_s=event.elapsed_s))
+        case ev.NodeFailed():
+            return pb.AnswerEvent(node_failed=pb.NodeFailed(node_id=event.node_id, reason=event.reason,
+                                                            error=event.error, partial_text=event.partial_text))
+        case ev.AnswerDone():
+            usage = [pb.RoleUsage(model_role=_ROLES_OUT[u.role], calls=u.calls, prompt_tokens=u.prompt_tokens,
+                                  reused_tokens=u.reused_tokens, completion_tokens=u.completion_tokens)
+                     for u in event.usage.roles]
+            return pb.AnswerEvent(answer_done=pb.AnswerDone(
+                text=event.text, route=_ROUTES_OUT[event.route], usage=usage, timings=timings_to_pb(event.timings),
+                failed_node_ids=event.failed))
+    raise TypeError(f"not a planner event: {type(event).__name__}")
+
+
+def progress_to_pb(chars: int) -> pb.AnswerEvent:
+    """What a Stream reports when its prompt is complete (incremental prefill comes later)."""
+    return pb.AnswerEvent(prompt_progress=pb.PromptProgress(chars_received=chars))

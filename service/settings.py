@@ -1,0 +1,466 @@
+"""Typed settings of the server process, and where they come from.
+
+Owns `ServerSettings` (network, limits, TLS and auth, logging, the two model blocks and the planner's
+defaults) and the one loader that fills it from, in rising precedence: defaults, a TOML file,
+`ESPALIER_*` environment variables, command-line flags. Every setting is described once, in dataclass
+field metadata (help, min/max, choices); the TOML keys, environment names, flags, `--help` text and
+error messages are all derived from that, so they cannot drift apart. Planner settings reuse the
+metadata of planner.settings.PlannerSettings.
+
+Naming: a setting's key is its dotted path (`port`, `small.slots`, `planner.point_max_tokens`,
+`planner.sampling.temperature`); the TOML file nests tables the same way; the environment variable
+is ESPALIER_ + the path upper-cased with `_` (ESPALIER_SMALL_SLOTS); the flag is -- + the path with
+`-` (--small-slots, --planner-sampling-temperature).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planner.engine import InvalidRequest, Role, Sampling
+from planner.settings import PlannerSettings
+from service.engine.config import ConfigError, ContextConfig, EngineConfig
+
+ENV_PREFIX = "ESPALIER_"
+CONFIG_ENV = "ESPALIER_CONFIG"
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, malformed, out of range or inconsistent; the message names it and its source."""
+
+
+def _m(help: str, lo: float | None = None, hi: float | None = None, *, choices: Sequence[str] = (),
+       secret: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"help": help}
+    if lo is not None:
+        meta["min"] = lo
+    if hi is not None:
+        meta["max"] = hi
+    if choices:
+        meta["choices"] = tuple(choices)
+    if secret:
+        meta["secret"] = True
+    return meta
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """One model role: which GGUF and how its llama context runs (a subset of ContextConfig)."""
+
+    model: str = field(default="small", metadata=_m(
+        "'small', 'large' (the default models, fetched with `espalier models fetch`) or a GGUF path"))
+    slots: int = field(default=8, metadata=_m("sequences decoded together (parallel points)", 1, 64))
+    n_ctx: int = field(default=8192, metadata=_m("KV cache cells shared by all sequences", 256, 1 << 20))
+    n_batch: int = field(default=512, metadata=_m("most tokens one llama_decode call takes", 8, 8192))
+    threads: int = field(default=0, metadata=_m("CPU threads; 0 = all cores", 0, 1024))
+    n_gpu_layers: int = field(default=0, metadata=_m(
+        "layers offloaded to the GPU on a CUDA/Metal/Vulkan build; -1 = all", -1, 10_000))
+    flash_attn: str = field(default="auto", metadata=_m("flash attention", choices=("auto", "on", "off")))
+
+    def context_config(self) -> ContextConfig:
+        return ContextConfig(model=self.model, slots=self.slots, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                             threads=self.threads, n_gpu_layers=self.n_gpu_layers, flash_attn=self.flash_attn)
+
+
+# Sampling carries no metadata of its own; its bounds are those of Sampling.validate. max_tokens and
+# stop are set per stage by the planner, so they are not settings.
+_SAMPLING_META: dict[str, dict[str, Any]] = {
+    "temperature": _m("sampling temperature; 0 = greedy and deterministic", 0, 5),
+    "top_p": _m("nucleus sampling, in (0, 1]; 1 = off", 0, 1),
+    "top_k": _m("top-k sampling; 0 = off", 0, 1000),
+    "min_p": _m("min-p sampling, in [0, 1); 0 = off", 0, 1),
+    "repeat_penalty": _m("repetition penalty; 1 = off", 0.5, 2),
+    "seed": _m("seed of the random sampler when temperature > 0", 0, 2**32 - 1),
+}
+
+_SMALL_ONLY_ROLES = ("skeleton_role", "router_role", "easy_role", "hard_role", "direct_role")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything `espalier serve` can be told. Call validate() once at start-up."""
+
+    host: str = field(default="127.0.0.1", metadata=_m(
+        "address to listen on (localhost unless told otherwise; 0.0.0.0 or :: for all interfaces)"))
+    port: int = field(default=50051, metadata=_m("gRPC port; 0 = any free port", 0, 65535))
+    metrics_host: str = field(default="127.0.0.1", metadata=_m("address of the Prometheus /metrics endpoint"))
+    metrics_port: int = field(default=9464, metadata=_m(
+        "port of the Prometheus /metrics endpoint; 0 = any free port, -1 = off", -1, 65535))
+    max_in_flight: int = field(default=4, metadata=_m(
+        "requests planned or expanded at once (each may use several engine slots)", 1, 1024))
+    max_waiting: int = field(default=16, metadata=_m(
+        "requests waiting for their turn; past this RESOURCE_EXHAUSTED with a retry hint", 0, 100_000))
+    max_streams: int = field(default=64, metadata=_m(
+        "Stream calls whose prompt is still arriving; past this RESOURCE_EXHAUSTED", 1, 100_000))
+    max_request_s: float = field(default=600.0, metadata=_m(
+        "longest a request may plan and expand, in seconds (client deadlines still apply); 0 = no limit",
+        0, 86_400))
+    grace_s: float = field(default=10.0, metadata=_m(
+        "on SIGTERM/SIGINT, seconds in-flight requests get to finish before they are cancelled", 0, 3600))
+    max_message_bytes: int = field(default=4 * 1024 * 1024, metadata=_m(
+        "largest gRPC message received or sent, in bytes", 1024, 256 * 1024 * 1024))
+    max_question_chars: int = field(default=8000, metadata=_m(
+        "longest question or streamed prompt, in characters", 1, 1_000_000))
+    max_tokens: int = field(default=4096, metadata=_m(
+        "largest token budget a request may ask for (point_max_tokens, answer_max_tokens)", 1, 32768))
+    tls_cert: str = field(default="", metadata=_m("PEM server certificate chain; empty = no TLS"))
+    tls_key: str = field(default="", metadata=_m("PEM private key of tls_cert"))
+    tls_client_ca: str = field(default="", metadata=_m(
+        "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)"))
+    auth_token: str = field(default="", repr=False, metadata=_m(
+        "when set, every call but health checks needs metadata 'authorization: Bearer <token>' "
+        "(prefer the environment or the config file to a flag: flags show in ps)", secret=True))
+    small_only: bool = field(default=False, metadata=_m(
+        "load only the small model and use it for every planner role (tests, small machines)"))
+    models_dir: str = field(default="", metadata=_m("cache of the default models; empty = the XDG cache"))
+    resident_prefixes: bool = field(default=True, metadata=_m(
+        "prefill the planner's fixed prompt parts once at start-up and fork them per request "
+        "(faster requests, slower start)"))
+    log_level: str = field(default="info", metadata=_m(
+        "log level", choices=("debug", "info", "warning", "error")))
+    log_format: str = field(default="text", metadata=_m(
+        "log format: text lines or one JSON object per line", choices=("text", "json")))
+    large: ModelSettings = field(default_factory=lambda: ModelSettings(model="large"), metadata=_m(
+        "the large model (skeletons, hard points, speculation target)"))
+    small: ModelSettings = field(default_factory=ModelSettings, metadata=_m(
+        "the small model (routing, easy points, drafts, tests)"))
+    planner: PlannerSettings = field(default_factory=PlannerSettings, metadata=_m(
+        "planner defaults; a request's GenerationSettings override some per call"))
+
+    def validate(self) -> ServerSettings:
+        """Check everything; return a normalised copy (with small_only, every planner role is small)."""
+        for opt in options():
+            opt.check(opt.get(self), "setting")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise SettingsError(f"{name}: no such file: {path}")
+        if self.auth_token and (any(c.isspace() for c in self.auth_token) or not self.auth_token.isprintable()):
+            raise SettingsError("auth_token must be printable and contain no spaces")
+        if self.metrics_port > 0 and self.metrics_port == self.port and self.metrics_host == self.host:
+            raise SettingsError(f"metrics_port and port are both {self.port}: pick two ports")
+        out = self
+        if self.small_only:
+            small: dict[str, Any] = {name: Role.SMALL for name in _SMALL_ONLY_ROLES}
+            out = dataclasses.replace(self, planner=dataclasses.replace(self.planner, **small))
+        try:
+            out.planner.validate()
+        except InvalidRequest as exc:
+            raise SettingsError(str(exc)) from None
+        try:
+            out.engine_config().validate()
+        except ConfigError as exc:
+            raise SettingsError(str(exc)) from None
+        return out
+
+    def engine_config(self) -> EngineConfig:
+        """The engine roles to load: both, or the small one alone with small_only."""
+        return EngineConfig(large=None if self.small_only else self.large.context_config(),
+                            small=self.small.context_config(), models_dir=self.models_dir or None)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+
+# --- the option table, derived from the dataclasses ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One leaf setting: where it lives, its type, default and bounds."""
+
+    path: tuple[str, ...]
+    kind: type
+    default: Any
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    secret: bool = False
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + "_".join(self.path).upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + "-".join(self.path).replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "__".join(self.path)
+
+    def get(self, settings: ServerSettings) -> Any:
+        value: Any = settings
+        for name in self.path:
+            value = getattr(value, name)
+        return value
+
+    def all_choices(self) -> tuple[str, ...]:
+        if isinstance(self.kind, type) and issubclass(self.kind, enum.Enum):
+            return tuple(str(e.value) for e in self.kind)
+        return self.choices
+
+    def parse(self, raw: Any, source: str, *, text: bool) -> Any:
+        """A TOML value (text=False: its type must fit) or a string from the environment or a flag
+        (text=True: converted) as this option's type, checked against its bounds."""
+        kind = self.kind
+        value: Any = raw
+        try:
+            if text:
+                if not isinstance(raw, str):
+                    raise ValueError
+                word = raw.strip()
+                if kind is bool:
+                    if word.lower() not in _TRUE + _FALSE:
+                        raise ValueError
+                    value = word.lower() in _TRUE
+                elif kind is int:
+                    value = int(word)
+                elif kind is float:
+                    value = float(word)
+            elif kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+                value = float(raw)  # TOML `grace_s = 2` means 2.0
+            if isinstance(kind, type) and issubclass(kind, enum.Enum) and isinstance(value, str):
+                value = kind(value.strip().lower()) if value.strip().lower() in self.all_choices() else value
+        except ValueError:
+            raise SettingsError(f"{self.key} must be {self.describe()} (got {raw!r}, from {source})") from None
+        self.check(value, source)
+        return value
+
+    def check(self, value: Any, source: str) -> None:
+        shown = "<hidden>" if self.secret else repr(value)
+        bad = SettingsError(f"{self.key} must be {self.describe()} (got {shown}, from {source})")
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise bad
+        elif self.kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad
+            if self.kind is int and not isinstance(value, int):
+                raise bad
+            if not math.isfinite(value):
+                raise bad
+            if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+                raise bad
+        else:
+            if not isinstance(value, str):
+                raise bad
+            choices = self.all_choices()
+            if choices and str(getattr(value, "value", value)) not in choices:
+                raise bad
+            if isinstance(self.kind, type) and issubclass(self.kind, enum.Enum) and not isinstance(value, self.kind):
+                raise bad
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        choices = self.all_choices()
+        if choices:
+            return "one of " + ", ".join(choices)
+        if self.kind in (int, float):
+            word = "an integer" if self.kind is int else "a number"
+            lo = _num(self.lo) if self.lo is not None else None
+            hi = _num(self.hi) if self.hi is not None else None
+            if lo is not None and hi is not None:
+                return f"{word} from {lo} to {hi}"
+            return word
+        return "a string"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _walk(cls: type, prefix: tuple[str, ...], default: Any, out: list[Option]) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        value = getattr(default, f.name)
+        path = (*prefix, f.name)
+        if kind is Sampling:
+            for name, meta in _SAMPLING_META.items():
+                out.append(_option((*path, name), type(getattr(value, name)), getattr(value, name), meta))
+        elif dataclasses.is_dataclass(kind):
+            _walk(kind, path, value, out)  # type: ignore[arg-type]
+        else:
+            out.append(_option(path, kind, value, f.metadata))
+
+
+def _option(path: tuple[str, ...], kind: type, default: Any, meta: Mapping[str, Any]) -> Option:
+    return Option(path, kind, default, meta.get("help", ""), meta.get("min"), meta.get("max"),
+                  tuple(meta.get("choices", ())), bool(meta.get("secret", False)))
+
+
+_OPTIONS: tuple[Option, ...] | None = None
+
+
+def options() -> tuple[Option, ...]:
+    """Every leaf setting, in declaration order."""
+    global _OPTIONS  # a cache of a pure function of the class definitions, not state
+    if _OPTIONS is None:
+        found: list[Option] = []
+        _walk(ServerSettings, (), ServerSettings(), found)
+        _OPTIONS = tuple(found)
+    return _OPTIONS
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def build_parser(prog: str = "espalier serve") -> argparse.ArgumentParser:
+    """Flags for every setting (help, default, bounds and environment name come from the metadata)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, argument_default=argparse.SUPPRESS,
+        description="Run the Espalier gRPC server. Settings come from defaults, then the TOML file "
+                    "(--config), then ESPALIER_* environment variables, then these flags (flags win). "
+                    "TOML keys nest like the flags: --small-slots is `[small] slots`.")
+    parser.add_argument("--config", metavar="FILE", help=f"TOML settings file (env {CONFIG_ENV})")
+    parser.add_argument("--print-settings", action="store_true",
+                        help="print the effective settings as TOML and exit")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in options():
+        section = opt.path[0] if len(opt.path) > 1 else "server"
+        group = groups.get(section)
+        if group is None:
+            title = {"server": "server", "large": "large model", "small": "small model"}.get(section, section)
+            group = groups[section] = parser.add_argument_group(title)
+        default = "<hidden>" if opt.secret and opt.default else (opt.default.value if isinstance(
+            opt.default, enum.Enum) else opt.default)
+        details = [f"default {default!r}" if isinstance(default, str) else f"default {default}"]
+        if opt.kind in (int, float) and opt.lo is not None:
+            details.append(opt.describe())
+        details.append(f"env {opt.env}")
+        text = f"{opt.help} ({'; '.join(details)})".replace("%", "%%")
+        if opt.kind is bool:
+            group.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            metavar = "{" + ",".join(opt.all_choices()) + "}" if opt.all_choices() else (
+                "N" if opt.kind in (int, float) else "TEXT")
+            group.add_argument(opt.flag, dest=opt.dest, metavar=metavar, help=text)
+    return parser
+
+
+def load_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerSettings:
+    """Defaults < TOML file < environment < flags; validated. Raises SettingsError naming the setting."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(list(argv))
+    return from_flags(vars(args), environ)
+
+
+def from_flags(flags: Mapping[str, Any], environ: Mapping[str, str]) -> ServerSettings:
+    """Settings from parsed flags (vars() of build_parser's namespace), the environment and --config."""
+    by_key = {opt.key: opt for opt in options()}
+    values: dict[str, Any] = {}
+    config = flags.get("config") or environ.get(CONFIG_ENV)
+    if config:
+        for key, raw in _read_toml(config).items():
+            opt = by_key.get(key)
+            if opt is None:
+                raise SettingsError(f"unknown setting {key!r} in {config}")
+            values[key] = opt.parse(raw, f"config file {config}", text=False)
+    for opt in options():
+        if opt.env in environ:
+            values[opt.key] = opt.parse(environ[opt.env], f"environment {opt.env}", text=True)
+    for opt in options():
+        if opt.dest in flags:
+            raw = flags[opt.dest]
+            values[opt.key] = raw if opt.kind is bool else opt.parse(raw, f"flag {opt.flag}", text=True)
+    return settings_from(values)
+
+
+def settings_from(values: Mapping[str, Any]) -> ServerSettings:
+    """ServerSettings from {dotted key: parsed value}; unset keys keep their defaults. Validated."""
+    unknown = set(values) - {opt.key for opt in options()}
+    if unknown:
+        raise SettingsError(f"unknown setting {min(unknown)!r}")
+    return _build(ServerSettings, (), ServerSettings(), values).validate()
+
+
+def _build(cls: type, prefix: tuple[str, ...], default: Any, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        path = (*prefix, f.name)
+        key = ".".join(path)
+        current = getattr(default, f.name)
+        if kind is Sampling:
+            sub = {name: values[f"{key}.{name}"] for name in _SAMPLING_META if f"{key}.{name}" in values}
+            if sub:
+                changes[f.name] = dataclasses.replace(current, **sub)
+        elif dataclasses.is_dataclass(kind):
+            changes[f.name] = _build(kind, path, current, values)  # type: ignore[arg-type]
+        elif key in values:
+            changes[f.name] = values[key]
+    return dataclasses.replace(default, **changes) if changes else default
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    """The file's leaf values as {dotted key: value}."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc}") from None
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, table: Mapping[str, Any]) -> None:
+        for name, value in table.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, dict):
+                visit(f"{key}.", value)
+            else:
+                flat[key] = value
+
+    visit("", data)
+    return flat
+
+
+def to_toml(settings: ServerSettings) -> str:
+    """The effective settings as a TOML document (secrets hidden); loads back with --config."""
+    lines: list[str] = []
+    section: tuple[str, ...] = ()
+    for opt in options():
+        table = opt.path[:-1]
+        if table != section:
+            lines.append(f"\n[{'.'.join(table)}]")
+            section = table
+        value = opt.get(settings)
+        if opt.secret and value:
+            lines.append(f"# {opt.path[-1]} = <hidden>")
+            continue
+        value = value.value if isinstance(value, enum.Enum) else value
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, str):
+            shown = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        else:
+            shown = repr(value)
+        lines.append(f"{opt.path[-1]} = {shown}  # {opt.help}")
+    return "\n".join(lines).lstrip("\n") + "\n"
