@@ -1,0 +1,116 @@
+"""The planner's front door: route, plan, expand.
+
+Owns the request flow over an Engine: `make_plan` (route the question unless the mode forces a
+route, ask for a skeleton, parse it; a skeleton that cannot be parsed becomes a direct plan, never
+an error), `expand` (run a plan, possibly edited by the caller, through the DAG runner) and
+`answer` (both, as one event stream). The gRPC Plan / Expand / Answer calls map onto these.
+`resident_prefixes` lists the prompt prefixes the engine should keep resident for this planner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from planner import prompts, router, runner
+from planner.decode import collect, resolve_role
+from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Role
+from planner.events import Event, Meter
+from planner.plan import Mode, Node, Plan, PlanInvalid, Route
+from planner.settings import DEFAULT_SETTINGS, PlannerSettings
+from planner.skeleton_parser import parse_skeleton
+
+
+def _check_question(question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidRequest("the question must not be empty", field="question")
+    return question.strip()
+
+
+def _check_mode(mode: Mode | str) -> Mode:
+    try:
+        return Mode(mode)
+    except ValueError:
+        raise InvalidRequest(f"unknown mode {mode!r} (one of {', '.join(Mode)})", field="mode") from None
+
+
+async def make_plan(engine: Engine, question: str, mode: Mode | str = Mode.AUTO,
+                    settings: PlannerSettings = DEFAULT_SETTINGS, *, meter: Meter | None = None,
+                    request_id: str = "") -> Plan:
+    """Decide the route and, unless direct, write and parse a skeleton.
+
+    Raises InvalidRequest for an empty question or unknown mode, and lets engine errors propagate;
+    an unusable skeleton yields a direct plan whose `reason` says so.
+    """
+    question = _check_question(question)
+    mode = _check_mode(mode)
+    settings.validate()
+    meter = meter or Meter()
+    forced = mode.forced_route
+    if forced is None:
+        decision = await router.route(engine, question, settings, meter)
+        route, reason = decision.route, f"route {decision.route} ({decision.reason})"
+    else:
+        route, reason = forced, f"route {forced} (forced by mode {mode})"
+    meter.mark_routed()
+    if route is Route.DIRECT:
+        return Plan.direct(reason)
+
+    role = resolve_role(settings.skeleton_role, engine.roles())
+    request = GenerateRequest(
+        prompt=prompts.skeleton_prompt(engine, role, route, question), role=role,
+        sampling=dataclasses.replace(settings.sampling, max_tokens=settings.skeleton_max_tokens,
+                                     stop=prompts.skeleton_stop()),
+        request_id=f"{request_id}/skeleton" if request_id else "",
+    )
+    out = await collect(engine, request, meter)
+    skeleton = prompts.SKELETON_PREFILL + out.text
+    nodes = _parse(skeleton, route, settings, truncated=out.finish is FinishReason.LENGTH)
+    if nodes is None:
+        return Plan.direct(f"{reason}; skeleton unusable, answering directly")
+    try:
+        return Plan.validated(nodes, route, max_nodes=settings.max_nodes, reason=f"{reason}; {len(nodes)} points",
+                              skeleton=skeleton)
+    except PlanInvalid as exc:  # the parser repairs graphs, so this is a parser bug; still answer
+        return Plan.direct(f"{reason}; skeleton rejected ({exc}), answering directly")
+
+
+def _parse(skeleton: str, route: Route, settings: PlannerSettings, *, truncated: bool) -> tuple[Node, ...] | None:
+    graph = route is Route.GRAPH
+    if truncated and not skeleton.endswith("\n") and "\n" in skeleton:
+        # the budget ran out mid-line: the last point is probably cut; drop it if enough remain
+        whole = parse_skeleton(skeleton.rsplit("\n", 1)[0], max_nodes=settings.max_nodes,
+                               min_nodes=settings.min_nodes, graph=graph)
+        if whole is not None:
+            return whole
+    return parse_skeleton(skeleton, max_nodes=settings.max_nodes, min_nodes=settings.min_nodes, graph=graph)
+
+
+def expand(engine: Engine, question: str, plan: Plan, settings: PlannerSettings = DEFAULT_SETTINGS, *,
+           meter: Meter | None = None, request_id: str = "") -> AsyncGenerator[Event, None]:
+    """Run a plan (from make_plan, or edited by the caller): PlanReady, node events, AnswerDone.
+
+    The question and plan are checked now (InvalidRequest / PlanInvalid raised by this call, before
+    any event); close the iterator (contextlib.aclosing) to cancel the expansion.
+    """
+    question = _check_question(question)
+    settings.validate()
+    plan = Plan.validated(plan.nodes, plan.route, max_nodes=settings.max_nodes, reason=plan.reason,
+                          skeleton=plan.skeleton)
+    return runner.run(engine, question, plan, settings, meter=meter, request_id=request_id)
+
+
+async def answer(engine: Engine, question: str, mode: Mode | str = Mode.AUTO,
+                 settings: PlannerSettings = DEFAULT_SETTINGS, *, request_id: str = "") -> AsyncGenerator[Event, None]:
+    """Route, plan and expand in one stream; timings in AnswerDone cover all of it."""
+    meter = Meter()
+    plan = await make_plan(engine, question, mode, settings, meter=meter, request_id=request_id)
+    async with aclosing(expand(engine, question, plan, settings, meter=meter, request_id=request_id)) as events:
+        async for event in events:
+            yield event
+
+
+def resident_prefixes(engine: Engine, settings: PlannerSettings = DEFAULT_SETTINGS) -> tuple[tuple[Role, str], ...]:
+    """(role, text) prompt prefixes that do not depend on the question: keep them resident in the engine."""
+    return prompts.fixed_prefixes(engine, skeleton_role=settings.skeleton_role, router_role=settings.router_role)

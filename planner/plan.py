@@ -1,0 +1,218 @@
+"""The plan: a validated, frozen graph of answer points.
+
+Owns the vocabulary of what an answer is made of (Node, Difficulty), how it is produced (Route,
+and the caller-facing Mode that selects a route), and the one place where a graph is checked:
+`Plan.validated` (ids unique, references known, acyclic, bounded count). Caller-edited graphs go
+through the same check, so its error (PlanInvalid, an InvalidRequest naming the bad field) is what
+the service turns into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from planner.engine import InvalidRequest
+
+DEFAULT_MAX_NODES = 10
+MAX_TITLE_CHARS = 300
+MAX_NODE_ID = 2**31 - 1
+
+
+class Difficulty(enum.StrEnum):
+    """How hard a point is to write; picks the model role (easy -> small, hard -> large)."""
+
+    EASY = "easy"
+    HARD = "hard"
+
+
+class Route(enum.StrEnum):
+    """How an answer is produced."""
+
+    PARALLEL = "parallel"  # independent points, expanded together (Skeleton-of-Thought)
+    GRAPH = "graph"  # points with dependencies and difficulty (Skeleton Graph Decoding)
+    DIRECT = "direct"  # no skeleton: plain decoding
+
+
+class Mode(enum.StrEnum):
+    """What the caller asks for; `auto` lets the router pick the route."""
+
+    AUTO = "auto"
+    DIRECT = "direct"
+    SOT = "sot"
+    SGD = "sgd"
+
+    @property
+    def forced_route(self) -> Route | None:
+        return _FORCED[self]
+
+
+_FORCED: dict[Mode, Route | None] = {
+    Mode.AUTO: None,
+    Mode.DIRECT: Route.DIRECT,
+    Mode.SOT: Route.PARALLEL,
+    Mode.SGD: Route.GRAPH,
+}
+
+
+class PlanInvalid(InvalidRequest):
+    """A plan breaks a rule of Plan.validated; `field` names the offending part (e.g. plan.nodes[2].depends_on)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One point of the answer. depends_on lists ids of nodes whose text this one needs."""
+
+    id: int
+    title: str
+    depends_on: tuple[int, ...] = ()
+    difficulty: Difficulty = Difficulty.HARD
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Nodes in skeleton order (the order the answer is assembled in) and the route.
+
+    Build with Plan.validated (or Plan.direct); the runner assumes a validated plan.
+    `reason` says how the route and nodes were chosen (for logs and benchmarks; not validated).
+    `skeleton` is the raw text the model wrote, when the plan came from a skeleton.
+    """
+
+    nodes: tuple[Node, ...]
+    route: Route
+    reason: str = ""
+    skeleton: str = ""
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def direct(cls, reason: str = "") -> Plan:
+        """The one-node plan of plain decoding."""
+        return cls((Node(1, "Answer"),), Route.DIRECT, reason)
+
+    @classmethod
+    def validated(cls, nodes: Iterable[Node], route: Route | str, *, max_nodes: int = DEFAULT_MAX_NODES,
+                  reason: str = "", skeleton: str = "") -> Plan:
+        """Check a graph and return it frozen; raise PlanInvalid naming the first bad field.
+
+        Rules: 1..max_nodes nodes; ids positive and unique; titles non-empty and bounded;
+        depends_on only names other known nodes, without repeats; no cycles; a parallel plan has
+        no dependencies; a direct plan has exactly one node.
+        """
+        try:
+            route = Route(route)
+        except ValueError:
+            raise PlanInvalid(f"unknown route {route!r} (one of {', '.join(Route)})", field="plan.route") from None
+        nodes = tuple(nodes)
+        if not nodes:
+            raise PlanInvalid("a plan needs at least one node", field="plan.nodes")
+        if len(nodes) > max_nodes:
+            raise PlanInvalid(f"a plan may have at most {max_nodes} nodes (got {len(nodes)})", field="plan.nodes")
+        if route is Route.DIRECT and len(nodes) != 1:
+            raise PlanInvalid("a direct plan has exactly one node", field="plan.nodes")
+        seen: set[int] = set()
+        for i, node in enumerate(nodes):
+            where = f"plan.nodes[{i}]"
+            if not isinstance(node, Node):
+                raise PlanInvalid(f"{where} is not a Node", field=where)
+            if not isinstance(node.id, int) or isinstance(node.id, bool) or not 1 <= node.id <= MAX_NODE_ID:
+                raise PlanInvalid(f"{where}.id must be an integer from 1 to {MAX_NODE_ID} (got {node.id!r})",
+                                  field=f"{where}.id")
+            if node.id in seen:
+                raise PlanInvalid(f"node id {node.id} is used twice", field=f"{where}.id")
+            seen.add(node.id)
+            if not isinstance(node.title, str) or not node.title.strip():
+                raise PlanInvalid(f"{where}.title must not be empty", field=f"{where}.title")
+            if len(node.title) > MAX_TITLE_CHARS:
+                raise PlanInvalid(f"{where}.title is longer than {MAX_TITLE_CHARS} characters",
+                                  field=f"{where}.title")
+            if not isinstance(node.difficulty, Difficulty):
+                raise PlanInvalid(f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
+                                  field=f"{where}.difficulty")
+        for i, node in enumerate(nodes):
+            where = f"plan.nodes[{i}].depends_on"
+            if node.depends_on and route is not Route.GRAPH:
+                raise PlanInvalid(f"a {route} plan has no dependencies (node {node.id} has some)", field=where)
+            if len(set(node.depends_on)) != len(node.depends_on):
+                raise PlanInvalid(f"node {node.id} names a dependency twice", field=where)
+            for dep in node.depends_on:
+                if dep == node.id:
+                    raise PlanInvalid(f"node {node.id} depends on itself", field=where)
+                if dep not in seen:
+                    raise PlanInvalid(f"node {node.id} depends on unknown node {dep!r}", field=where)
+        plan = cls(nodes, route, reason, skeleton)
+        cycle = plan._find_cycle()
+        if cycle:
+            index = next(i for i, n in enumerate(nodes) if n.id == cycle[0])
+            path = " -> ".join(str(c) for c in (*cycle, cycle[0]))
+            raise PlanInvalid(f"dependencies form a cycle: {path}", field=f"plan.nodes[{index}].depends_on")
+        return plan
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def node(self, node_id: int) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def position(self, node_id: int) -> int:
+        """1-based place of a node in skeleton order (the number shown to the model and the reader)."""
+        for i, n in enumerate(self.nodes, 1):
+            if n.id == node_id:
+                return i
+        raise KeyError(node_id)
+
+    def topological_order(self) -> tuple[int, ...]:
+        """Node ids so that every node comes after the nodes it depends on.
+
+        Stable: among ready nodes, skeleton order wins (Kahn's algorithm over a position-ordered
+        ready list), so an edge-free plan keeps its skeleton order.
+        """
+        indegree = {n.id: len(n.depends_on) for n in self.nodes}
+        children: dict[int, list[int]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for dep in n.depends_on:
+                children[dep].append(n.id)
+        pos = {n.id: i for i, n in enumerate(self.nodes)}
+        ready = sorted((i for i, d in indegree.items() if d == 0), key=pos.__getitem__)
+        order: list[int] = []
+        while ready:
+            current = ready.pop(0)
+            order.append(current)
+            for child in children[current]:
+                indegree[child] -= 1
+                if indegree[child] == 0:
+                    ready.append(child)
+            ready.sort(key=pos.__getitem__)
+        if len(order) != len(self.nodes):
+            raise PlanInvalid("dependencies form a cycle", field="plan.nodes")
+        return tuple(order)
+
+    def _find_cycle(self) -> tuple[int, ...]:
+        """One cycle as a tuple of ids (empty if none); deterministic: searched in skeleton order."""
+        deps = {n.id: n.depends_on for n in self.nodes}
+        state: dict[int, int] = {}  # 1 = on the current path, 2 = done
+        path: list[int] = []
+
+        def visit(nid: int) -> tuple[int, ...]:
+            state[nid] = 1
+            path.append(nid)
+            for dep in deps[nid]:
+                if state.get(dep) == 1:
+                    return tuple(path[path.index(dep):])
+                if dep not in state:
+                    found = visit(dep)
+                    if found:
+                        return found
+            path.pop()
+            state[nid] = 2
+            return ()
+
+        for n in self.nodes:
+            if n.id not in state:
+                found = visit(n.id)
+                if found:
+                    return found
+        return ()

@@ -1,0 +1,244 @@
+"""Every prompt the planner sends, in one place, and how each splits into a fixed and a variable part.
+
+Prompts are built with the model's own chat template (Engine.chat_prompt). Latency on small
+machines is dominated by prefill, so each prompt is laid out as [fixed instructions and examples]
+[variable part], and the fixed part is kept identical across requests: the engine keeps it resident
+(see `fixed_prefixes`) and forks it, prefilling only the variable tail. The question always comes
+last. A split point always sits right after a newline, so that tokenizing the prefix alone gives
+the same tokens as tokenizing the whole prompt (BPE joins a trailing space to the next word).
+
+How the split is found: the variable part is marked with SPLIT inside the message content, the
+messages are formatted, and the text before the mark is the prefix. The full prompt is formatted
+again without the mark and must start with that prefix; if a template breaks this (it should not:
+templates copy content verbatim), the prefix is empty and nothing is shared, which is slower, not
+wrong.
+
+Wording is our own, after the Skeleton-of-Thought and Skeleton Graph Decoding papers: an organizer
+writes a short numbered skeleton (3 to 10 points of a few words, one worked example, assistant turn
+pre-filled with "1."); each point is then written by a separate sequence that sees the question and
+the skeleton and is pre-filled with "i. <title>:".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from planner.decode import resolve_role
+from planner.engine import Engine, Message, Role
+from planner.plan import Node, Plan, Route
+
+SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; never sent to a model
+
+# --- skeleton --------------------------------------------------------------------------------
+
+_SKELETON_SYSTEM_COMMON = (
+    "You are an organizer. You do not answer the question: you only write the skeleton of a good answer, "
+    "a numbered list of 3 to 10 short points, one point per line, each point only 3 to 6 words, "
+    "about the question asked. Write nothing before or after the list."
+)
+SKELETON_SYSTEM_PARALLEL = _SKELETON_SYSTEM_COMMON
+SKELETON_SYSTEM_GRAPH = _SKELETON_SYSTEM_COMMON + (
+    " After each point, in brackets, say which earlier points it builds on (their numbers, or none) and "
+    "whether it is easy or hard to write, as in the examples."
+)
+
+# Two examples on unrelated topics, so that a small model learns the form rather than the content.
+_EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    (
+        "What are some practical ways to reduce household energy use?",
+        ("1. Switch to LED lighting\n2. Seal drafts and insulate\n3. Use appliances efficiently\n"
+         "4. Lower heating and cooling"),
+        ("1. Switch to LED lighting (needs: none; easy)\n2. Seal drafts and insulate (needs: none; easy)\n"
+         "3. Use appliances efficiently (needs: none; easy)\n4. Lower heating and cooling (needs: 2; hard)"),
+    ),
+    (
+        "How did the printing press change Europe?",
+        ("1. Gutenberg's invention\n2. Cheaper, faster books\n3. Spread of literacy\n4. Religious and "
+         "scientific change"),
+        ("1. Gutenberg's invention (needs: none; easy)\n2. Cheaper, faster books (needs: 1; easy)\n"
+         "3. Spread of literacy (needs: 2; hard)\n4. Religious and scientific change (needs: 2, 3; hard)"),
+    ),
+)
+QUESTION_LEAD = "Question:\n"  # ends with a newline: the split point is a clean token boundary
+SKELETON_PREFILL = "1."
+
+
+def _skeleton_messages(route: Route, question: str) -> list[Message]:
+    graph = route is Route.GRAPH
+    messages = [Message("system", SKELETON_SYSTEM_GRAPH if graph else SKELETON_SYSTEM_PARALLEL)]
+    for q, plain, annotated in _EXAMPLES:
+        messages += [Message("user", QUESTION_LEAD + q), Message("assistant", annotated if graph else plain)]
+    messages.append(Message("user", QUESTION_LEAD + SPLIT + question))
+    return messages
+
+
+def skeleton_prompt(engine: Engine, role: Role, route: Route, question: str) -> str:
+    """The whole skeleton prompt, assistant turn pre-filled with "1."."""
+    return render(engine, role, _skeleton_messages(route, clean_question(question)), SKELETON_PREFILL).full
+
+
+def skeleton_fixed_prefix(engine: Engine, role: Role, route: Route) -> str:
+    """The part of every skeleton prompt that does not depend on the question."""
+    return render(engine, role, _skeleton_messages(route, "?"), SKELETON_PREFILL).prefix
+
+
+def skeleton_stop() -> tuple[str, ...]:
+    # The list is one point per line; a blank line means the model moved on to prose.
+    return ("\n\n",)
+
+
+# --- router ----------------------------------------------------------------------------------
+
+ROUTER_SYSTEM = (
+    "You sort questions by the shape of their best answer. Reply with one letter only.\n"
+    "A: a list of separate points that can each be written on their own (tips, ways, reasons, factors, "
+    "differences, pros and cons, what-if scenarios).\n"
+    "B: a list of points that build on each other, where later points need the earlier ones (a process, "
+    "step-by-step instructions, an explanation that builds up).\n"
+    "C: no list, one direct reply (math, code, a short fact, a yes or no, a story, a poem, a letter or "
+    "email, role-play, small talk)."
+)
+_ROUTER_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("What are good ways to save money on groceries?", "A"),
+    ("Write a short poem about the sea.", "C"),
+    ("How does a bill become a law in the United States?", "B"),
+    ("What is 15% of 240?", "C"),
+    ("What are the pros and cons of electric cars?", "A"),
+    ("How do I set up a home aquarium?", "B"),
+    ("Who painted the Mona Lisa?", "C"),
+)
+ROUTER_LETTERS: dict[str, Route] = {"A": Route.PARALLEL, "B": Route.GRAPH, "C": Route.DIRECT}
+
+
+def _router_messages(question: str) -> list[Message]:
+    messages = [Message("system", ROUTER_SYSTEM)]
+    for q, letter in _ROUTER_EXAMPLES:
+        messages += [Message("user", QUESTION_LEAD + q), Message("assistant", letter)]
+    messages.append(Message("user", QUESTION_LEAD + SPLIT + question))
+    return messages
+
+
+def router_prompt(engine: Engine, role: Role, question: str) -> str:
+    return render(engine, role, _router_messages(clean_question(question)), "").full
+
+
+def router_fixed_prefix(engine: Engine, role: Role) -> str:
+    return render(engine, role, _router_messages("?"), "").prefix
+
+
+# --- points and direct answers ---------------------------------------------------------------
+
+ANSWER_SYSTEM = "You are a helpful assistant. Answer accurately and to the point."
+OUTLINE_LEAD = "\n\nOutline of the answer:\n"
+
+
+def outline(plan: Plan) -> str:
+    """The skeleton as the point prompts show it: numbered by position, titles only."""
+    return "".join(f"{i}. {n.title}\n" for i, n in enumerate(plan.nodes, 1))
+
+
+def heading(position: int, title: str) -> str:
+    """How a point starts, both in its pre-fill and in the assembled answer."""
+    title = title.strip()
+    return f"{position}. {title}" if title[-1:] in ".:?!" else f"{position}. {title}:"
+
+
+def _point_instruction(position: int, node: Node) -> str:
+    return (f"Continue the answer by writing only point {position} ({node.title}) in one or two short "
+            "sentences, then stop.")
+
+
+def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
+    if not parents:
+        return ""
+    lines = ["Points already written that this point builds on (use them, do not repeat them):"]
+    for position, node, text in parents:
+        text = " ".join(text.split())
+        if len(text) > max_chars:
+            text = text[:max_chars].rsplit(" ", 1)[0] + " ..."
+        lines.append(f"{heading(position, node.title)} {text}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _point_messages(question: str, plan: Plan, tail: str, *, split_after_lead: bool = False) -> list[Message]:
+    if split_after_lead:  # the fixed, question-independent part (resident)
+        content = QUESTION_LEAD + SPLIT + question + OUTLINE_LEAD + outline(plan) + tail
+    else:  # the per-request shared part: question and outline, forked once per role
+        content = QUESTION_LEAD + question + OUTLINE_LEAD + outline(plan) + SPLIT + tail
+    return [Message("system", ANSWER_SYSTEM), Message("user", content)]
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    prefix: str  # text before the split ("" when the template does not allow a shared prefix)
+    full: str  # the whole prompt
+
+    @property
+    def tail(self) -> str:
+        return self.full[len(self.prefix):]
+
+
+def point_prompt(engine: Engine, role: Role, question: str, plan: Plan, node_id: int,
+                 parents: Sequence[tuple[int, Node, str]] = (), forward_max_chars: int = 1500) -> Rendered:
+    """The prompt of one point: prefix = question + outline (the same for every point of the plan),
+    tail = parents' text (information forwarding) + the instruction + the pre-filled heading."""
+    question = clean_question(question)
+    position = plan.position(node_id)
+    node = plan.node(node_id)
+    tail = _forwarded(parents, forward_max_chars) + _point_instruction(position, node)
+    return render(engine, role, _point_messages(question, plan, tail), heading(position, node.title))
+
+
+def point_shared_prefix(engine: Engine, role: Role, question: str, plan: Plan) -> str:
+    """The question + outline prefix every point prompt of this plan starts with."""
+    return point_prompt(engine, role, question, plan, plan.nodes[0].id).prefix
+
+
+def point_stop(position: int) -> tuple[str, ...]:
+    # A point is one or two sentences: a blank line, or the next numbered line, means it is over.
+    return ("\n\n", f"\n{position + 1}.", f"\n{position + 1})")
+
+
+def direct_prompt(engine: Engine, role: Role, question: str) -> Rendered:
+    messages = [Message("system", ANSWER_SYSTEM), Message("user", SPLIT + clean_question(question))]
+    return render(engine, role, messages, "")
+
+
+# --- shared machinery --------------------------------------------------------------------------
+
+
+def clean_question(question: str) -> str:
+    return question.replace(SPLIT, "").strip()
+
+
+def render(engine: Engine, role: Role, messages: Sequence[Message], prefill: str) -> Rendered:
+    """Format messages holding SPLIT once; return the text before it and the full prompt without it."""
+    marked = engine.chat_prompt(role, messages, add_generation_prompt=True)
+    clean = [Message(m.role, m.content.replace(SPLIT, "")) for m in messages]
+    full = engine.chat_prompt(role, clean, add_generation_prompt=True) + prefill
+    cut = marked.find(SPLIT)
+    prefix = marked[:cut] if cut >= 0 else ""
+    if not full.startswith(prefix) or len(prefix) >= len(full):
+        prefix = ""
+    return Rendered(prefix, full)
+
+
+def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role) -> tuple[tuple[Role, str], ...]:
+    """Question-independent prompt prefixes worth keeping resident in the engine, per role.
+
+    The engine should prefill these once at start-up and fork them for any prompt that starts with
+    one (compared as tokens). Roles are resolved against the loaded ones. Sorted, without repeats.
+    """
+    loaded = engine.roles()
+    out: set[tuple[Role, str]] = set()
+    sk = resolve_role(skeleton_role, loaded)
+    for route in (Route.PARALLEL, Route.GRAPH):
+        out.add((sk, skeleton_fixed_prefix(engine, sk, route)))
+    rr = resolve_role(router_role, loaded)
+    out.add((rr, router_fixed_prefix(engine, rr)))
+    dummy = Plan((Node(1, "a"), Node(2, "b")), Route.PARALLEL)
+    for role in loaded:
+        out.add((role, render(engine, role, _point_messages("?", dummy, "x", split_after_lead=True), "").prefix))
+        out.add((role, direct_prompt(engine, role, "?").prefix))
+    return tuple(sorted((r, t) for r, t in out if t))

@@ -1,0 +1,209 @@
+"""The DAG runner: the only place that schedules the points of a plan.
+
+Owns expansion of a validated plan into events. Every node is a task in one asyncio.TaskGroup; a
+node starts as soon as every node it depends on has finished (or failed), and at most N nodes per
+model role decode at once, N = min(settings.max_concurrency, the engine's free slots at start),
+at least 1. For each role that runs two or more points, the question + outline prefix is opened
+once as an engine Prefix and every point forks it (`prefix=` in its request), so the shared part is
+prefilled once. A dependent point gets its finished parents' text after that prefix (information
+forwarding). Difficulty picks the role (easy -> settings.easy_role, hard -> settings.hard_role;
+direct plans use settings.direct_role), falling back to whichever role is loaded.
+
+Failure and cancellation: a node whose engine call raises, or ends with finish=error/cancelled,
+yields NodeFailed with the reason and keeps its partial text; the other nodes go on and the answer
+notes the gap. Closing or cancelling the event iterator cancels every node task, which closes every
+engine iterator and prefix (freeing their sequences) before the cancellation propagates.
+
+The nodes run in a driver task that owns the TaskGroup and feeds a queue; the iterator only reads
+the queue. So a failure inside the group can never cancel the consumer's task at some unrelated
+await (which is what happens when a generator yields from inside a TaskGroup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable
+
+from planner import prompts
+from planner.answer import assemble
+from planner.decode import aclose_quietly, resolve_role
+from planner.engine import Chunk, Engine, EngineError, FinishReason, GenerateRequest, Prefix, Role
+from planner.events import (
+    AnswerDone,
+    Event,
+    Meter,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    PlanReady,
+)
+from planner.plan import Difficulty, Node, Plan, Route
+from planner.settings import DEFAULT_SETTINGS, PlannerSettings
+
+_DONE = object()
+
+
+async def run(engine: Engine, question: str, plan: Plan, settings: PlannerSettings = DEFAULT_SETTINGS, *,
+              meter: Meter | None = None, request_id: str = "") -> AsyncGenerator[Event, None]:
+    """Expand a validated plan: PlanReady, then node events as they happen, then AnswerDone.
+
+    Use with `contextlib.aclosing` (or exhaust it): closing the iterator early cancels all nodes.
+    An error that is not a node's own (e.g. no model role loaded) is raised from the iterator.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    expansion = _Expansion(engine, question, plan, settings, meter or Meter(), request_id, queue.put_nowait)
+    driver = asyncio.create_task(expansion.drive(), name=f"espalier-expand-{request_id or id(expansion)}")
+    driver.add_done_callback(lambda _: queue.put_nowait(_DONE))
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            yield item  # type: ignore[misc]
+        driver.result()  # re-raise the driver's own error, if any
+    finally:
+        await _cancel_and_wait(driver)
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel the driver and wait until all its nodes have unwound (their sequences freed).
+
+    If we are cancelled ourselves while waiting, keep waiting (the wait is bounded by the nodes'
+    own unwinding) and re-raise the cancellation afterwards: never swallowed.
+    """
+    if task.done():
+        return
+    task.cancel()
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+def role_for(node: Node, plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) -> Role:
+    if plan.route is Route.DIRECT:
+        wanted = settings.direct_role
+    else:
+        wanted = settings.easy_role if node.difficulty is Difficulty.EASY else settings.hard_role
+    return resolve_role(wanted, loaded)
+
+
+class _Expansion:
+    def __init__(self, engine: Engine, question: str, plan: Plan, settings: PlannerSettings, meter: Meter,
+                 request_id: str, emit: Callable[[Event], None]) -> None:
+        self.engine = engine
+        self.question = question
+        self.plan = plan
+        self.settings = settings
+        self.meter = meter
+        self.request_id = request_id
+        self.emit = emit
+        self.texts: dict[int, str] = {}
+        self.failures: dict[int, tuple[str, str]] = {}
+        self.done = {n.id: asyncio.Event() for n in plan.nodes}
+        self.roles: dict[int, Role] = {}
+        self.prefixes: dict[Role, Prefix] = {}
+        self.limits: dict[Role, asyncio.Semaphore] = {}
+
+    async def drive(self) -> None:
+        plan = self.plan
+        self.emit(PlanReady(plan, self.meter.mark_planned()))
+        loaded = self.engine.roles()
+        self.roles = {n.id: role_for(n, plan, self.settings, loaded) for n in plan.nodes}
+        per_role = Counter(self.roles.values())
+        async with contextlib.AsyncExitStack() as stack:
+            for role in sorted(per_role):
+                free = self.engine.free_slots(role)
+                self.limits[role] = asyncio.Semaphore(max(1, min(self.settings.max_concurrency, free)))
+                if plan.route is not Route.DIRECT and per_role[role] >= 2:
+                    await self._open_prefix(stack, role)
+            async with asyncio.TaskGroup() as group:
+                for node in plan.nodes:
+                    group.create_task(self._run_node(node), name=f"espalier-node-{node.id}")
+        self.emit(AnswerDone(
+            text=assemble(plan, self.texts, self.failures), route=plan.route, usage=self.meter.usage(),
+            timings=self.meter.timings(), failed=tuple(n.id for n in plan.nodes if n.id in self.failures),
+        ))
+
+    async def _open_prefix(self, stack: contextlib.AsyncExitStack, role: Role) -> None:
+        text = prompts.point_shared_prefix(self.engine, role, self.question, self.plan)
+        if not text:
+            return
+        try:
+            self.prefixes[role] = await stack.enter_async_context(self.engine.prefix(role, text))
+        except EngineError:
+            pass  # no sharing for this role: each point sends its whole prompt (slower, same text)
+
+    def _request(self, node: Node, role: Role, parents: list[tuple[int, Node, str]]) -> GenerateRequest:
+        s = self.settings
+        rid = f"{self.request_id}/{node.id}" if self.request_id else ""
+        if self.plan.route is Route.DIRECT:
+            rendered = prompts.direct_prompt(self.engine, role, self.question)
+            sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
+            return GenerateRequest(rendered.full, role, sampling, None, rid)
+        position = self.plan.position(node.id)
+        rendered = prompts.point_prompt(self.engine, role, self.question, self.plan, node.id, parents,
+                                        s.forward_max_chars)
+        sampling = dataclasses.replace(s.sampling, max_tokens=s.point_max_tokens, stop=prompts.point_stop(position))
+        prefix = self.prefixes.get(role)
+        if prefix is not None and rendered.prefix and rendered.prefix == prefix.text:
+            return GenerateRequest(rendered.tail, role, sampling, prefix, rid)
+        return GenerateRequest(rendered.full, role, sampling, None, rid)
+
+    async def _run_node(self, node: Node) -> None:
+        parts: list[str] = []
+        try:
+            for dep in node.depends_on:
+                await self.done[dep].wait()
+            role = self.roles[node.id]
+            async with self.limits[role]:
+                parents = [(self.plan.position(d), self.plan.node(d), self.texts[d])
+                           for d in node.depends_on if d in self.texts]
+                self.emit(NodeStarted(node.id, role, tuple(p.id for _, p, _ in parents)))
+                started = self.meter.elapsed()
+                request = self._request(node, role, parents)
+                last, tokens = await self._decode(node, request, parts)
+            text = "".join(parts)
+            finish = last.finish if last is not None and last.finish is not None else FinishReason.STOP
+            if finish in (FinishReason.ERROR, FinishReason.CANCELLED):
+                self._fail(node, f"the engine ended the point with finish={finish.value}", finish.value, text)
+                return
+            self.texts[node.id] = text
+            self.emit(NodeFinished(node.id, text, tokens, finish, self.meter.elapsed() - started))
+        except Exception as exc:  # noqa: BLE001 - a node's failure is reported, never lost; CancelledError passes
+            self._fail(node, str(exc) or type(exc).__name__, type(exc).__name__, "".join(parts))
+        finally:
+            self.done[node.id].set()
+
+    async def _decode(self, node: Node, request: GenerateRequest, parts: list[str]) -> tuple[Chunk | None, int]:
+        """Stream one point into `parts` (kept by the caller even if this raises)."""
+        tokens = 0
+        last: Chunk | None = None
+        stream = self.engine.generate(request)
+        try:
+            async for chunk in stream:
+                tokens += chunk.tokens
+                last = chunk
+                if chunk.text:
+                    parts.append(chunk.text)
+                    self.meter.mark_first_token()
+                    self.emit(NodeDelta(node.id, chunk.text, chunk.tokens))
+                if chunk.finish is not None:
+                    break
+        finally:
+            await aclose_quietly(stream)
+            self.meter.add(request.role, prompt_tokens=last.prompt_tokens if last else 0,
+                           reused_tokens=last.reused_tokens if last else 0, completion_tokens=tokens)
+        return last, tokens
+
+    def _fail(self, node: Node, reason: str, error: str, partial: str) -> None:
+        self.failures[node.id] = (partial, reason)
+        self.emit(NodeFailed(node.id, reason, error, partial))

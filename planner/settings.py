@@ -1,0 +1,94 @@
+"""Planner settings: one frozen dataclass with bounds and help text, validated once.
+
+Owns every knob of routing, planning and expansion (which model role does what, token budgets,
+graph size, concurrency, sampling). Each field carries `help` and, for numbers, `min`/`max` in its
+metadata so a config loader can build flags and messages from it without repeating them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from planner.engine import InvalidRequest, Role, Sampling
+from planner.plan import DEFAULT_MAX_NODES, Route
+
+
+def _m(help: str, lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"help": help}
+    if lo is not None:
+        meta["min"] = lo
+    if hi is not None:
+        meta["max"] = hi
+    return meta
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerSettings:
+    skeleton_role: Role = field(default=Role.LARGE, metadata=_m(
+        "model role that writes the skeleton (small is faster, maybe worse)"))
+    router_role: Role = field(default=Role.SMALL, metadata=_m(
+        "model role that answers the one-token routing prompt"))
+    easy_role: Role = field(default=Role.SMALL, metadata=_m(
+        "model role for points the skeleton marks easy"))
+    hard_role: Role = field(default=Role.LARGE, metadata=_m(
+        "model role for hard points and for every point of a parallel plan"))
+    direct_role: Role = field(default=Role.LARGE, metadata=_m(
+        "model role for plain (direct) answers"))
+    use_router_model: bool = field(default=True, metadata=_m(
+        "ask the router model when the cheap rules do not decide"))
+    router_default: Route = field(default=Route.DIRECT, metadata=_m(
+        "route when neither the rules nor the router model decide (direct: never worse than plain "
+        "decoding, and right more often on the labelled sets)"))
+    router_max_tokens: int = field(default=2, metadata=_m(
+        "tokens the router model may write (its answer is one letter)", 1, 8))
+    skeleton_max_tokens: int = field(default=160, metadata=_m(
+        "token budget of the skeleton", 16, 2048))
+    point_max_tokens: int = field(default=128, metadata=_m(
+        "token budget of each expanded point", 1, 4096))
+    direct_max_tokens: int = field(default=512, metadata=_m(
+        "token budget of a direct answer", 1, 32768))
+    max_nodes: int = field(default=DEFAULT_MAX_NODES, metadata=_m(
+        "most points a plan may have (more are cut from the skeleton)", 1, 64))
+    min_nodes: int = field(default=2, metadata=_m(
+        "fewest points a parsed skeleton needs; fewer falls back to a direct answer", 1, 64))
+    max_concurrency: int = field(default=8, metadata=_m(
+        "most points decoding at once per role (also bounded by the engine's free slots)", 1, 256))
+    forward_max_chars: int = field(default=1500, metadata=_m(
+        "characters of each parent's text forwarded to a dependent point", 0, 100_000))
+    sampling: Sampling = field(default_factory=Sampling, metadata=_m(
+        "sampling of points, skeleton and direct answers; max_tokens and stop are set per stage"))
+
+    def validate(self) -> PlannerSettings:
+        """Raise InvalidRequest naming the first bad field (as planner.<name>); return self."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            name = f"planner.{f.name}"
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            if kind == "Role" and not isinstance(value, Role):
+                raise InvalidRequest(f"{name} must be one of {', '.join(Role)} (got {value!r})", field=name)
+            if kind == "Route" and not isinstance(value, Route):
+                raise InvalidRequest(f"{name} must be one of {', '.join(Route)} (got {value!r})", field=name)
+            if kind == "bool" and not isinstance(value, bool):
+                raise InvalidRequest(f"{name} must be true or false (got {value!r})", field=name)
+            if kind == "int":
+                lo, hi = f.metadata["min"], f.metadata["max"]
+                if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                    raise InvalidRequest(f"{name} must be an integer from {lo} to {hi} (got {value!r})", field=name)
+        if self.min_nodes > self.max_nodes:
+            raise InvalidRequest("planner.min_nodes must not exceed planner.max_nodes", field="planner.min_nodes")
+        if not isinstance(self.sampling, Sampling):
+            raise InvalidRequest("planner.sampling must be a Sampling", field="planner.sampling")
+        try:
+            self.sampling.validate()
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"planner.{exc}", field=f"planner.{exc.field}") from None
+        return self
+
+    def replace(self, **changes: Any) -> PlannerSettings:
+        """A validated copy with some fields changed (e.g. per-request budgets)."""
+        return dataclasses.replace(self, **changes).validate()
+
+
+DEFAULT_SETTINGS = PlannerSettings()

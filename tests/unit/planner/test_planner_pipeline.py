@@ -1,0 +1,162 @@
+"""make_plan / expand / answer over the fake engine, in every mode."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+
+import pytest
+from planner_fakes import FakeEngine
+
+from planner import pipeline
+from planner.engine import InvalidRequest, Role
+from planner.events import AnswerDone, Event, NodeFinished, NodeStarted, PlanReady
+from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
+from planner.settings import PlannerSettings
+
+OPEN_Q = "Why do some people enjoy being scared by horror movies while others avoid it?"
+GRAPH_SKELETON = (" Thrill of fear (needs: none; easy)\n2. Brain chemistry (needs: 1; hard)\n"
+                  "3. Personality differences (needs: 1, 2; hard)\n\nNow the answer: ...")
+PLAIN_SKELETON = " Thrill of fear\n2. Brain chemistry\n3. Personality differences\n"
+
+
+def engine_with_skeletons(**kw: object) -> FakeEngine:
+    engine = FakeEngine(**kw)  # type: ignore[arg-type]
+    engine.script("(needs: 2, 3; hard)", GRAPH_SKELETON)  # only in the graph skeleton prompt (its example)
+    engine.script("You are an organizer", PLAIN_SKELETON)
+    return engine
+
+
+async def run(coro_factory, timeout: float = 5):  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        return await coro_factory()
+
+
+async def answer_events(engine: FakeEngine, question: str, mode: Mode | str,
+                        settings: PlannerSettings | None = None) -> list[Event]:
+    async with asyncio.timeout(5):
+        async with aclosing(pipeline.answer(engine, question, mode, settings or PlannerSettings())) as events:
+            return [e async for e in events]
+
+
+async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
+    engine = engine_with_skeletons()
+    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SGD))
+    assert plan.route is Route.GRAPH
+    assert [(n.title, n.depends_on, n.difficulty) for n in plan.nodes] == [
+        ("Thrill of fear", (), Difficulty.EASY), ("Brain chemistry", (1,), Difficulty.HARD),
+        ("Personality differences", (1, 2), Difficulty.HARD)]
+    assert "forced" in plan.reason and plan.skeleton.startswith("1. Thrill of fear")
+    (call,) = engine.calls
+    assert call.request.role is Role.LARGE and call.request.sampling.stop == ("\n\n",)
+    assert call.full_prompt.endswith(OPEN_Q + "<|im_end|>\n<|im_start|>assistant\n1.")
+    assert "Now the answer" not in plan.skeleton  # the stop string ended the list
+
+
+async def test_sot_mode_plans_independent_hard_points() -> None:
+    engine = engine_with_skeletons()
+    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, "sot"))
+    assert plan.route is Route.PARALLEL
+    assert all(n.depends_on == () and n.difficulty is Difficulty.HARD for n in plan.nodes)
+    assert len(plan.nodes) == 3 and "needs:" not in engine.calls[0].full_prompt
+
+
+async def test_direct_mode_makes_no_engine_call() -> None:
+    engine = engine_with_skeletons()
+    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.DIRECT))
+    assert plan.route is Route.DIRECT and engine.calls == []
+
+
+async def test_auto_mode_uses_rules_then_the_router_model() -> None:
+    engine = engine_with_skeletons()
+    plan = await run(lambda: pipeline.make_plan(engine, "Implement quicksort in Python.", Mode.AUTO))
+    assert plan.route is Route.DIRECT and "rules" in plan.reason and engine.calls == []
+    engine.script("sort questions", "B")
+    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.AUTO))
+    assert plan.route is Route.GRAPH and "model" in plan.reason
+    assert [c.request.role for c in engine.calls] == [Role.SMALL, Role.LARGE]  # router, then skeleton
+
+
+async def test_skeleton_role_is_configurable() -> None:
+    engine = engine_with_skeletons()
+    await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SGD, PlannerSettings(skeleton_role=Role.SMALL)))
+    assert engine.calls[0].request.role is Role.SMALL
+
+
+async def test_unparseable_skeleton_falls_back_to_direct() -> None:
+    engine = FakeEngine()
+    engine.script("You are an organizer", " I cannot make a list for this.")
+    events = await answer_events(engine, OPEN_Q, Mode.SGD)
+    first, last = events[0], events[-1]
+    assert isinstance(first, PlanReady) and first.plan.route is Route.DIRECT and "unusable" in first.plan.reason
+    assert isinstance(last, AnswerDone) and last.text == "Some helpful text." and last.route is Route.DIRECT
+
+
+async def test_truncated_skeleton_drops_the_cut_line() -> None:
+    engine = FakeEngine()
+    engine.script("You are an organizer",
+                  " Alpha point\n2. Beta point\n3. Gamma point\n4. Delta is very long and goes on and on")
+    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=16)))
+    assert [n.title for n in plan.nodes] == ["Alpha point", "Beta point", "Gamma point"]
+    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=64)))
+    assert len(plan.nodes) == 4
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+async def test_answer_in_every_mode(mode: Mode) -> None:
+    engine = engine_with_skeletons(delay=0.001)
+    engine.script("sort questions", "A")
+    events = await answer_events(engine, OPEN_Q, mode)
+    assert isinstance(events[0], PlanReady) and isinstance(events[-1], AnswerDone)
+    plan = events[0].plan
+    done = events[-1]
+    assert done.text and done.failed == ()
+    started = [e for e in events if isinstance(e, NodeStarted)]
+    finished = [e for e in events if isinstance(e, NodeFinished)]
+    assert len(started) == len(finished) == len(plan.nodes)
+    expected_route = {Mode.AUTO: Route.PARALLEL, Mode.SOT: Route.PARALLEL, Mode.SGD: Route.GRAPH,
+                      Mode.DIRECT: Route.DIRECT}[mode]
+    assert plan.route is expected_route and done.route is expected_route
+    t = done.timings
+    assert t.route_s <= t.plan_s <= (t.first_token_s or 0) <= t.total_s
+    if mode is not Mode.DIRECT:
+        assert done.text.startswith("1. Thrill of fear: ") and "3. Personality differences: " in done.text
+        assert done.usage.role(Role.LARGE).calls >= 1
+
+
+async def test_expand_an_edited_plan() -> None:
+    engine = FakeEngine()
+    edited = Plan(nodes=(Node(7, "Intro"), Node(3, "Details", (7,), Difficulty.EASY)), route=Route.GRAPH)
+
+    async def go() -> list[Event]:
+        async with aclosing(pipeline.expand(engine, OPEN_Q, edited)) as events:
+            return [e async for e in events]
+    events = await run(go)
+    done = events[-1]
+    assert isinstance(done, AnswerDone)
+    assert done.text == "1. Intro: Some helpful text.\n2. Details: Some helpful text."
+    assert [e.node_id for e in events if isinstance(e, NodeStarted)] == [7, 3]
+
+
+def test_expand_rejects_bad_input_before_streaming() -> None:
+    engine = FakeEngine()
+    cyclic = Plan(nodes=(Node(1, "A", (2,)), Node(2, "B", (1,))), route=Route.GRAPH)
+    with pytest.raises(PlanInvalid) as info:
+        pipeline.expand(engine, OPEN_Q, cyclic)
+    assert info.value.field.startswith("plan.nodes[")
+    with pytest.raises(PlanInvalid):
+        pipeline.expand(engine, OPEN_Q, Plan(tuple(Node(i, "x") for i in range(1, 5)), Route.PARALLEL),
+                        PlannerSettings(max_nodes=3))
+    with pytest.raises(InvalidRequest) as q_info:
+        pipeline.expand(engine, "  ", Plan.direct())
+    assert q_info.value.field == "question"
+
+
+async def test_make_plan_rejects_bad_input() -> None:
+    engine = FakeEngine()
+    with pytest.raises(InvalidRequest) as info:
+        await run(lambda: pipeline.make_plan(engine, "", Mode.AUTO))
+    assert info.value.field == "question"
+    with pytest.raises(InvalidRequest) as info:
+        await run(lambda: pipeline.make_plan(engine, "What?", "fastest"))
+    assert info.value.field == "mode"

@@ -1,0 +1,110 @@
+"""Prompt layout: fixed parts are text prefixes of every prompt, split after a newline, question last."""
+
+from __future__ import annotations
+
+import pytest
+from planner_fakes import FakeEngine, chatml, llama3_trimming
+
+from planner import prompts
+from planner.engine import Role
+from planner.pipeline import resident_prefixes
+from planner.plan import Difficulty, Node, Plan, Route
+
+QUESTIONS = [
+    "How can I improve my time management skills?",
+    "  What if the Internet had been invented during the Renaissance period?\n",
+    "Explain CRISPR.\n\nAlso: ethics?",
+    "x",
+]
+PLAN = Plan.validated([Node(1, "Set goals"), Node(2, "Plan the week", (1,), Difficulty.EASY),
+                       Node(3, "Review: what worked?", (1, 2))], Route.GRAPH)
+
+
+@pytest.fixture(params=[chatml, llama3_trimming], ids=["chatml", "llama3-trimming"])
+def engine(request: pytest.FixtureRequest) -> FakeEngine:
+    return FakeEngine(template=request.param)
+
+
+@pytest.mark.parametrize("route", [Route.PARALLEL, Route.GRAPH])
+def test_skeleton_fixed_prefix_is_shared_and_question_comes_last(engine: FakeEngine, route: Route) -> None:
+    fixed = prompts.skeleton_fixed_prefix(engine, Role.LARGE, route)
+    assert fixed.endswith("\n") and "organizer" in fixed and "printing press" in fixed  # instructions + example
+    for q in QUESTIONS:
+        full = prompts.skeleton_prompt(engine, Role.LARGE, route, q)
+        assert full.startswith(fixed)
+        assert full.endswith(prompts.SKELETON_PREFILL)
+        variable = full[len(fixed):]
+        assert variable.startswith(q.strip())  # the question is the whole variable part, save the template tail
+        assert len(variable) < len(q) + 80
+    assert ("needs:" in fixed) == (route is Route.GRAPH)
+
+
+def test_router_fixed_prefix(engine: FakeEngine) -> None:
+    fixed = prompts.router_fixed_prefix(engine, Role.SMALL)
+    assert fixed.endswith("\n") and "one letter" in fixed
+    for q in QUESTIONS:
+        full = prompts.router_prompt(engine, Role.SMALL, q)
+        assert full.startswith(fixed) and q.strip() in full[len(fixed):]
+
+
+def test_point_prompts_share_the_question_and_outline_prefix(engine: FakeEngine) -> None:
+    q = QUESTIONS[0]
+    shared = prompts.point_shared_prefix(engine, Role.LARGE, q, PLAN)
+    assert shared.endswith("\n") and q in shared
+    assert "1. Set goals\n2. Plan the week\n3. Review: what worked?\n" in shared
+    parents = [(1, PLAN.node(1), "Write down three goals.\n\nKeep them small.")]
+    for node_id in (1, 2, 3):
+        r = prompts.point_prompt(engine, Role.LARGE, q, PLAN, node_id, parents if node_id == 2 else ())
+        assert r.prefix == shared and r.full.startswith(shared)
+        assert r.tail and not r.tail[0].isspace()
+        assert f"point {node_id}" in r.tail
+    two = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2, parents)
+    assert "1. Set goals: Write down three goals. Keep them small." in two.tail  # forwarded, after the prefix
+    assert two.full.endswith("2. Plan the week:")
+    three = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 3)
+    assert three.full.endswith("3. Review: what worked?")  # no colon after a question mark
+
+
+def test_forwarded_text_is_capped(engine: FakeEngine) -> None:
+    long = "word " * 1000
+    r = prompts.point_prompt(engine, Role.LARGE, "q?", PLAN, 2, [(1, PLAN.node(1), long)], forward_max_chars=50)
+    assert "word word" in r.tail and len(r.tail) < 600
+
+
+def test_direct_prompt(engine: FakeEngine) -> None:
+    r = prompts.direct_prompt(engine, Role.LARGE, "What is 2+2?")
+    assert r.prefix and r.full.startswith(r.prefix) and r.tail.startswith("What is 2+2?")
+
+
+def test_split_marker_in_question_is_removed(engine: FakeEngine) -> None:
+    full = prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, "evil " + prompts.SPLIT + " question")
+    assert prompts.SPLIT not in full
+    assert full.startswith(prompts.skeleton_fixed_prefix(engine, Role.LARGE, Route.GRAPH))
+
+
+def test_template_that_breaks_prefixes_disables_sharing() -> None:
+    def reversing(messages, add_generation_prompt=True):  # type: ignore[no-untyped-def]
+        return "".join(m.content[::-1] for m in messages)
+
+    engine = FakeEngine(template=reversing)
+    r = prompts.point_prompt(engine, Role.LARGE, "q?", PLAN, 1)
+    assert r.prefix == "" and r.tail == r.full
+
+
+def test_resident_prefixes_cover_every_prompt_kind(engine: FakeEngine) -> None:
+    residents = resident_prefixes(engine)
+    texts = {t for _, t in residents}
+    assert {r for r, _ in residents} == {Role.LARGE, Role.SMALL}
+    q = QUESTIONS[0]
+    for prompt in [prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q),
+                   prompts.skeleton_prompt(engine, Role.LARGE, Route.PARALLEL, q),
+                   prompts.router_prompt(engine, Role.SMALL, q),
+                   prompts.point_prompt(engine, Role.SMALL, q, PLAN, 2).full,
+                   prompts.direct_prompt(engine, Role.LARGE, q).full]:
+        assert any(prompt.startswith(t) for t in texts), prompt[:80]
+    assert all(t.endswith("\n") for t in texts)
+
+
+def test_resident_prefixes_with_one_role_loaded() -> None:
+    engine = FakeEngine(roles=[Role.SMALL])
+    assert {r for r, _ in resident_prefixes(engine)} == {Role.SMALL}

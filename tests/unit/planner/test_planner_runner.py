@@ -1,0 +1,276 @@
+"""The DAG runner over a scripted fake engine: order, concurrency, forwarding, failures, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+
+from planner_fakes import FakeEngine
+
+from planner import runner
+from planner.engine import EngineFault, FinishReason, Role
+from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
+from planner.plan import Difficulty, Node, Plan, Route
+from planner.settings import PlannerSettings
+
+E, H = Difficulty.EASY, Difficulty.HARD
+Q = "How can I improve my time management skills?"
+
+
+def graph(*nodes: Node, route: Route = Route.GRAPH) -> Plan:
+    return Plan.validated(nodes, route)
+
+
+async def collect(engine: FakeEngine, plan: Plan, settings: PlannerSettings | None = None,
+                  timeout: float = 5) -> list[Event]:
+    async with asyncio.timeout(timeout):
+        async with aclosing(runner.run(engine, Q, plan, settings or PlannerSettings())) as events:
+            return [e async for e in events]
+
+
+def check_event_grammar(events: list[Event], plan: Plan) -> None:
+    """PlanReady first, AnswerDone last; per node: Started, Delta*, then Finished or Failed."""
+    assert isinstance(events[0], PlanReady) and events[0].plan == plan
+    assert isinstance(events[-1], AnswerDone)
+    assert not any(isinstance(e, (PlanReady, AnswerDone)) for e in events[1:-1])
+    for node in plan.nodes:
+        mine = [e for e in events[1:-1] if getattr(e, "node_id", None) == node.id]
+        assert isinstance(mine[0], NodeStarted), mine
+        assert isinstance(mine[-1], (NodeFinished, NodeFailed)), mine
+        assert all(isinstance(e, NodeDelta) for e in mine[1:-1]), mine
+        if isinstance(mine[-1], NodeFinished):
+            assert mine[-1].text == "".join(e.text for e in mine[1:-1] if isinstance(e, NodeDelta))
+
+
+def index(events: list[Event], kind: type, node_id: int) -> int:
+    return next(i for i, e in enumerate(events) if isinstance(e, kind) and getattr(e, "node_id", None) == node_id)
+
+
+async def test_dependency_order_and_event_grammar() -> None:
+    engine = FakeEngine(delay=0.001)
+    plan = graph(Node(1, "Set goals"), Node(2, "Plan the week", (1,)), Node(3, "Use a timer"),
+                 Node(4, "Review", (2, 3)))
+    events = await collect(engine, plan)
+    check_event_grammar(events, plan)
+    for child, parent in [(2, 1), (4, 2), (4, 3)]:
+        assert index(events, NodeFinished, parent) < index(events, NodeStarted, child)
+    # independent nodes run together: 1 and 3 both start before either finishes
+    assert max(index(events, NodeStarted, 1), index(events, NodeStarted, 3)) < min(
+        index(events, NodeFinished, 1), index(events, NodeFinished, 3))
+    done = events[-1]
+    assert isinstance(done, AnswerDone) and done.failed == () and done.route is Route.GRAPH
+    assert done.text.splitlines() == [
+        "1. Set goals: Some helpful text.", "2. Plan the week: Some helpful text.",
+        "3. Use a timer: Some helpful text.", "4. Review: Some helpful text."]
+    assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
+
+
+async def test_concurrency_bounded_by_free_slots_and_settings() -> None:
+    plan = graph(*(Node(i, f"Point {i}") for i in range(1, 7)), route=Route.PARALLEL)
+    engine = FakeEngine(slots=2, delay=0.002)
+    events = await collect(engine, plan)
+    check_event_grammar(events, plan)
+    assert engine.max_in_flight[Role.LARGE] == 2
+    engine = FakeEngine(slots=8, delay=0.002)
+    await collect(engine, plan, PlannerSettings(max_concurrency=3))
+    assert engine.max_in_flight[Role.LARGE] == 3
+    engine = FakeEngine(slots=0, delay=0.001)  # no free slot at start: still makes progress, one at a time
+    await collect(engine, plan)
+    assert engine.max_in_flight[Role.LARGE] == 1
+
+
+async def test_forwarding_and_shared_prefix() -> None:
+    engine = FakeEngine()
+    engine.script("writing only point 1", "Write down three goals.")
+    engine.script("writing only point 2", "Block time for each goal.")
+    plan = graph(Node(1, "Set goals"), Node(2, "Plan the week", (1,)), Node(3, "Review", (1, 2)))
+    events = await collect(engine, plan)
+    starts = {e.node_id: e for e in events if isinstance(e, NodeStarted)}
+    assert starts[1].parents == () and starts[2].parents == (1,) and starts[3].parents == (1, 2)
+    (p,) = engine.prefix_opens  # one prefix for the one role in use, forked by every point
+    assert p.role is Role.LARGE and Q in p.text and p.text.endswith("3. Review\n")
+    assert engine.prefix_closes == [p]
+    for call in engine.calls:
+        assert call.request.prefix is p and call.full_prompt.startswith(p.text)
+        assert Q not in call.request.prompt  # the tail holds only what differs
+    (three,) = engine.calls_matching("writing only point 3")
+    assert "1. Set goals: Write down three goals." in three.request.prompt
+    assert "2. Plan the week: Block time for each goal." in three.request.prompt
+    (one,) = engine.calls_matching("writing only point 1")
+    assert "builds on" not in one.request.prompt
+    assert one.request.sampling.stop[:2] == ("\n\n", "\n2.")
+    assert one.request.sampling.max_tokens == PlannerSettings().point_max_tokens
+
+
+async def test_difficulty_picks_the_role_and_single_role_fallback() -> None:
+    plan = graph(Node(1, "Easy one", (), E), Node(2, "Hard one", (), H), Node(3, "Easy two", (), E))
+    engine = FakeEngine()
+    events = await collect(engine, plan)
+    roles = {e.node_id: e.role for e in events if isinstance(e, NodeStarted)}
+    assert roles == {1: Role.SMALL, 2: Role.LARGE, 3: Role.SMALL}
+    assert [p.role for p in engine.prefix_opens] == [Role.SMALL]  # the large role runs one point: no prefix
+    assert engine.calls_matching("writing only point 2")[0].request.prefix is None
+    engine = FakeEngine(roles=[Role.SMALL])
+    events = await collect(engine, plan)
+    assert {e.role for e in events if isinstance(e, NodeStarted)} == {Role.SMALL}
+    done = events[-1]
+    assert isinstance(done, AnswerDone)
+    assert done.usage.role(Role.SMALL).calls == 3 and done.usage.role(Role.LARGE).calls == 0
+    swapped = PlannerSettings(easy_role=Role.LARGE, hard_role=Role.SMALL)
+    events = await collect(FakeEngine(), plan, swapped)
+    assert {e.node_id: e.role for e in events if isinstance(e, NodeStarted)}[1] is Role.LARGE
+
+
+async def test_one_node_failing_keeps_the_others() -> None:
+    engine = FakeEngine(delay=0.001)
+    engine.script("writing only point 2", "Half of the text and then", fail_after=3)
+    plan = graph(Node(1, "Alpha"), Node(2, "Beta"), Node(3, "Gamma", (2,)))
+    events = await collect(engine, plan)
+    check_event_grammar(events, plan)
+    failed = [e for e in events if isinstance(e, NodeFailed)]
+    assert len(failed) == 1 and failed[0].node_id == 2
+    assert failed[0].error == "EngineFault" and "injected" in failed[0].reason
+    assert failed[0].partial_text == "Half of the"
+    starts = {e.node_id: e for e in events if isinstance(e, NodeStarted)}
+    assert starts[3].parents == ()  # a failed parent forwards nothing, but its child still runs
+    done = events[-1]
+    assert isinstance(done, AnswerDone) and done.failed == (2,)
+    lines = done.text.splitlines()
+    assert lines[0] == "1. Alpha: Some helpful text."
+    assert lines[1] == "2. Beta: Half of the [point 2 failed: decoder fault injected]"
+    assert lines[2] == "3. Gamma: Some helpful text."
+    assert engine.open_sequences == 0
+
+
+async def test_engine_reported_error_finish_is_a_failure() -> None:
+    engine = FakeEngine()
+    engine.script("writing only point 1", "Partial", finish=FinishReason.ERROR)
+    plan = graph(Node(1, "Alpha"), Node(2, "Beta"))
+    events = await collect(engine, plan)
+    (failed,) = [e for e in events if isinstance(e, NodeFailed)]
+    assert failed.node_id == 1 and failed.error == "error" and failed.partial_text == "Partial"
+
+
+async def test_length_finish_is_a_normal_finish() -> None:
+    engine = FakeEngine()
+    engine.script("writing only point ", "one two three four five six")
+    events = await collect(engine, graph(Node(1, "A"), Node(2, "B")), PlannerSettings(point_max_tokens=2))
+    finished = [e for e in events if isinstance(e, NodeFinished)]
+    assert [(e.text, e.finish, e.tokens) for e in finished] == [("one two", FinishReason.LENGTH, 2)] * 2
+
+
+async def test_whole_request_cancellation_frees_everything() -> None:
+    engine = FakeEngine(delay=0.001)
+    hold = asyncio.Event()  # never set: nodes 1 and 2 hang mid-way
+    engine.script("writing only point 1", "stuck", hold=hold)
+    engine.script("writing only point 2", "stuck too", hold=hold)
+    plan = graph(Node(1, "A"), Node(2, "B"), Node(3, "C"), Node(4, "D", (1, 3)))
+    seen: list[Event] = []
+
+    async def consume() -> None:
+        async with aclosing(runner.run(engine, Q, plan, PlannerSettings())) as events:
+            async for e in events:
+                seen.append(e)
+
+    async def main() -> None:
+        async with asyncio.timeout(5):
+            task = asyncio.create_task(consume())
+            while not any(isinstance(e, NodeFinished) and e.node_id == 3 for e in seen):
+                await asyncio.sleep(0.001)
+            assert engine.open_sequences == 2
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            else:
+                raise AssertionError("cancellation was swallowed")
+            assert task.cancelled()
+            assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
+            assert len(engine.prefix_closes) == len(engine.prefix_opens) == 1
+            assert not engine.calls_matching("writing only point 4")  # never started
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert others == []
+
+    await main()
+    assert not any(isinstance(e, AnswerDone) for e in seen)
+
+
+async def test_closing_the_iterator_early_cancels_the_nodes() -> None:
+    engine = FakeEngine(delay=0.01)
+    plan = graph(*(Node(i, f"P{i}") for i in range(1, 5)), route=Route.PARALLEL)
+
+    async def main() -> None:
+        async with asyncio.timeout(5):
+            async with aclosing(runner.run(engine, Q, plan, PlannerSettings())) as events:
+                async for e in events:
+                    if isinstance(e, NodeDelta):
+                        break
+            assert engine.open_sequences == 0
+            assert engine.prefix_closes == engine.prefix_opens
+            assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+    await main()
+
+
+async def test_prefix_refused_falls_back_to_whole_prompts() -> None:
+    engine = FakeEngine()
+    engine.fail_prefix = True
+    events = await collect(engine, graph(Node(1, "A"), Node(2, "B")))
+    assert isinstance(events[-1], AnswerDone) and events[-1].failed == ()
+    assert all(c.request.prefix is None and c.full_prompt.startswith("<|im_start|>system") for c in engine.calls)
+
+
+async def test_direct_plan_is_one_plain_node() -> None:
+    engine = FakeEngine()
+    engine.script("2+2", "It is 4.")
+    events = await collect(engine, Plan.direct())
+    check_event_grammar(events, Plan.direct())
+    (call,) = engine.calls
+    assert call.request.prefix is None and call.request.sampling.stop == ()
+    assert call.request.sampling.max_tokens == PlannerSettings().direct_max_tokens
+    assert "Outline" not in call.full_prompt and engine.prefix_opens == []
+    done = events[-1]
+    assert isinstance(done, AnswerDone) and done.text == "Some helpful text." and done.route is Route.DIRECT
+
+
+async def test_usage_and_timings() -> None:
+    engine = FakeEngine(delay=0.001)
+    events = await collect(engine, graph(Node(1, "A", (), E), Node(2, "B"), Node(3, "C")))
+    done = events[-1]
+    assert isinstance(done, AnswerDone)
+    large, small = done.usage.role(Role.LARGE), done.usage.role(Role.SMALL)
+    assert (large.calls, small.calls) == (2, 1)
+    assert large.completion_tokens == 6 and small.completion_tokens == 3 and done.usage.completion_tokens == 9
+    assert large.reused_tokens > 0 and small.reused_tokens == 0 and large.prompt_tokens > large.reused_tokens
+    t = done.timings
+    assert t.first_token_s is not None and 0 <= t.plan_s <= t.first_token_s <= t.total_s
+    deltas = [e for e in events if isinstance(e, NodeDelta)]
+    assert sum(e.tokens for e in deltas) == 9
+
+
+async def test_driver_error_is_raised_from_the_iterator() -> None:
+    engine = FakeEngine(roles=[])
+
+    async def main() -> None:
+        async with asyncio.timeout(5):
+            async with aclosing(runner.run(engine, Q, graph(Node(1, "A"), Node(2, "B")))) as events:
+                first = await anext(events)
+                assert isinstance(first, PlanReady)
+                try:
+                    await anext(events)
+                except Exception as exc:  # noqa: BLE001
+                    assert type(exc).__name__ == "RoleNotLoaded"
+                else:
+                    raise AssertionError("expected RoleNotLoaded")
+
+    await main()
+
+
+async def test_engine_fault_class_is_reported() -> None:
+    engine = FakeEngine()
+    engine.script("writing only point 1", "x", fail_after=0, error=EngineFault("boom"))
+    events = await collect(engine, graph(Node(1, "A"), Node(2, "B")))
+    (failed,) = [e for e in events if isinstance(e, NodeFailed)]
+    assert (failed.reason, failed.error, failed.partial_text) == ("boom", "EngineFault", "")
+    assert "1. A: [point 1 failed: boom]" in events[-1].text  # type: ignore[union-attr]
