@@ -339,7 +339,8 @@ def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "n": len(runs), "failures": len(runs) - len(ok),
         "partial_answers": sum(1 for r in ok if r["failed_nodes"]),
-        "median_s": _r(median(secs)), "p90_s": _r(percentile(secs, 90)), "mean_s": _r(statistics.fmean(secs)) if secs else None,
+        "median_s": _r(median(secs)), "p90_s": _r(percentile(secs, 90)),
+        "mean_s": _r(statistics.fmean(secs)) if secs else None,
         "ttft_median_s": _r(median(ttft)), "ttft_p90_s": _r(percentile(ttft, 90)),
         "tokens_median": _r(median(toks), 1), "tokens_total": sum(toks),
         "tokens_per_s_median": _r(median(rates), 2),
@@ -366,7 +367,8 @@ def router_score(pairs: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
         by_source.setdefault(src, []).append(int((r != "direct") == (lab == 1)))
     return {"n": n, "accuracy": _r((tp + tn) / n, 4) if n else None, "tp": tp, "tn": tn, "fp": fp, "fn": fn,
             "routes": dict(sorted(Counter(r for _, r, _ in pairs).items())),
-            "by_source": {s: {"n": len(v), "accuracy": _r(sum(v) / len(v), 4)} for s, v in sorted(by_source.items())}}
+            "by_source": {s: {"n": len(v), "accuracy": _r(sum(v) / len(v), 4)}
+                          for s, v in sorted(by_source.items())}}
 
 
 def machine_info() -> dict[str, Any]:
@@ -417,8 +419,8 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
                 elif normalize(mine["answer"]) == normalize(base["answer"]):
                     row["judge"][mode] = {"outcome": "tie", "note": "identical answers"}
                 else:
-                    row["judge"][mode] = await _judge_pair(judge, row["question"], mine["answer"], base["answer"],
-                                                           jbar, note)
+                    row["judge"][mode] = await _judge_pair(judge, row["question"], mine["answer"],
+                                                           base["answer"], jbar, note)
                     continue
                 jbar.step(note)
                 jbar.step(note)
@@ -547,12 +549,14 @@ async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels:
                 await engine.add_resident_prefix(role, text)
             except EngineError as exc:  # costs speed only, and alike for every mode
                 _log(f"resident prefix for {role.value} not kept: {exc}")
-        config.models = {r.value: f"{c.model} ({engine.model(r).description})" for r, c in engine_config.roles().items()}
+        config.models = {r.value: f"{c.model} ({engine.model(r).description})"
+                         for r, c in engine_config.roles().items()}
         runner = EmbeddedRunner(engine, settings)
         await runner.warm_up()
         if judge is None and opts.judge == "embedded":
             role = Role.LARGE if Role.LARGE in engine.roles() else Role.SMALL
-            judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({engine_config.roles()[role].model})",
+            model = engine_config.roles()[role].model
+            judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({model})",
                                         max_chars=opts.judge_max_chars)
         config.judge_name = judge.name if judge is not None else "none"
         return await run_bench(questions, runner, config, judge=judge, labels=labels)
@@ -609,8 +613,9 @@ def write_outputs(result: dict[str, Any], opts: AnswersOptions) -> None:
     if opts.plot_path:
         result["plot"] = report.write_plot(result, opts.plot_path)
     if opts.json_path:
-        Path(opts.json_path).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        Path(opts.json_path).write_text(text, encoding="utf-8")
     if opts.report_path:
         plot = opts.plot_path if result.get("plot", {}).get("written") else None
-        Path(opts.report_path).write_text(report.render_markdown(result, plot_path=plot, report_path=opts.report_path),
-                                          encoding="utf-8")
+        markdown = report.render_markdown(result, plot_path=plot, report_path=opts.report_path)
+        Path(opts.report_path).write_text(markdown, encoding="utf-8")

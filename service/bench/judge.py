@@ -118,7 +118,8 @@ class EngineJudge:
     max_chars: int = DEFAULT_MAX_ANSWER_CHARS
 
     async def reply(self, question: str, answer_a: str, answer_b: str) -> str:
-        prompt = self.engine.chat_prompt(self.role, judge_messages(question, answer_a, answer_b, self.max_chars))
+        messages = judge_messages(question, answer_a, answer_b, self.max_chars)
+        prompt = self.engine.chat_prompt(self.role, messages)
         request = GenerateRequest(prompt=prompt, role=self.role,
                                   sampling=Sampling(temperature=0.0, max_tokens=JUDGE_MAX_TOKENS))
         parts: list[str] = []
@@ -166,7 +167,8 @@ class OpenAIJudge:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(chat_completions_url(self.url), data=body, headers=headers, method="POST")
+        url = chat_completions_url(self.url)
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 payload = json.loads(response.read().decode("utf-8"))

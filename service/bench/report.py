@@ -97,9 +97,10 @@ def render_markdown(result: dict[str, Any], plot_path: str | None = None, report
     router = result.get("router")
     out += ["## Router accuracy", ""]
     if router:
-        out.append(f"{_f(router['accuracy'], 3)} on {router['n']} labelled question(s) ({router['labelled_from']}): "
-                   f"{router['tp']} skeleton and {router['tn']} direct right, {router['fp']} skeleton where direct "
-                   f"was wanted, {router['fn']} direct where a skeleton was wanted. Routes: {_routes(router['routes'])}.")
+        out.append(f"{_f(router['accuracy'], 3)} on {router['n']} labelled question(s) "
+                   f"({router['labelled_from']}): {router['tp']} skeleton and {router['tn']} direct right, "
+                   f"{router['fp']} skeleton where direct was wanted, {router['fn']} direct where a skeleton "
+                   f"was wanted. Routes: {_routes(router['routes'])}.")
         if router.get("by_source"):
             out.append("By how the route was decided: " + ", ".join(
                 f"{k} {_f(v['accuracy'], 3)} (n={v['n']})" for k, v in router["by_source"].items()) + ".")
@@ -126,9 +127,11 @@ def render_markdown(result: dict[str, Any], plot_path: str | None = None, report
                     cells.append(f"{d['seconds']:.1f} ({d['speedup']:.2f}x)")
             out.append(f"| {r['index'] + 1} | {_cell(r['question'])} | " + " | ".join(cells) + " |")
         out.append("")
-        failures = [(r["index"] + 1, name, d["error"]) for r in rows for name, d in r["modes"].items() if d["error"]]
+        failures = [(r["index"] + 1, name, d["error"])
+                    for r in rows for name, d in r["modes"].items() if d["error"]]
         if failures:
-            out += ["Failures:", ""] + [f"- question {i}, {name}: {_cell(err, 200)}" for i, name, err in failures] + [""]
+            out += ["Failures:", ""]
+            out += [f"- question {i}, {name}: {_cell(err, 200)}" for i, name, err in failures] + [""]
 
     out += ["## Settings", ""]
     for k, v in s.items():
@@ -146,7 +149,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         quality = ""
         if q and q.get("n"):
             quality = f", net win {_pct(q['net_win_rate'])} (W/T/L {_wtl(q)})"
-        lines.append(f"{name:>6}: median {_f(d['median_s'])} s (p90 {_f(d['p90_s'])} s), TTFT {_f(d['ttft_median_s'])} s, "
+        lines.append(f"{name:>6}: median {_f(d['median_s'])} s (p90 {_f(d['p90_s'])} s), "
+                     f"TTFT {_f(d['ttft_median_s'])} s, "
                      f"{_f(d['tokens_median'], 0)} tokens, {_f(d['tokens_per_s_median'], 1)} tok/s, "
                      f"speed-up {_x(d['speedup_median'])} median / {_x(d['speedup_geomean'])} geomean{quality}, "
                      f"routes {_routes(d['routes'])}, failures {d['failures']}")
@@ -182,7 +186,7 @@ def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
             continue
         xs.append(x)
         judged = net is not None
-        y = net if judged else 0.0
+        y = float(net) if net is not None else 0.0
         marker = "s" if name == "direct" else "o"
         left.scatter([x], [y], s=140, marker=marker, color=colour if judged else "white", edgecolors=colour,
                      linewidths=2, zorder=3)
@@ -196,7 +200,7 @@ def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
     left.axhline(0.0, color="#999999", linestyle="--", linewidth=1)
     lo, hi = (min(xs + [1.0]), max(xs + [1.0])) if xs else (0.5, 1.5)
     pad = max(0.15, (hi - lo) * 0.2)
-    left.set_xlim(max(0.0, lo - pad), hi + pad)
+    left.set_xlim(max(0.0, lo - pad), hi + 2.5 * pad)  # room for the labels right of the points
     left.set_ylim(-1.05, 1.05)
     left.set_xlabel("speed-up over direct (median per question)")
     left.set_ylabel("net win rate vs direct (judge)")

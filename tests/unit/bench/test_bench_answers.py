@@ -1,0 +1,188 @@
+"""The answer bench end to end: orchestration over a stub runner (exact numbers) and over the planner
+with a scripted fake engine (the real EmbeddedRunner, judge and router), plus the command's exits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bench_fakes import FakeEngine, StubJudge, StubRunner
+
+from planner.engine import Role
+from planner.settings import PlannerSettings
+from service import bench_cli
+from service.bench.answers import (
+    AnswersOptions,
+    BenchConfig,
+    EmbeddedRunner,
+    rotated,
+    run_bench,
+    write_outputs,
+)
+from service.bench.judge import EngineJudge
+from service.bench.questions import Question
+
+Q1, Q2, Q3 = "How can I relax?", "Solve 2x + 3 = 7", "What are the ways to learn?"
+MODES = ("direct", "sot", "sgd", "auto")
+
+
+def stub_seconds() -> dict[tuple[str, str], float]:
+    # direct 10 s everywhere; sot 5/4/20 s -> speed-ups 2, 2.5, 0.5; sgd 10 s -> 1; auto 8 s -> 1.25
+    t: dict[tuple[str, str], float] = {}
+    for q, sot in ((Q1, 5.0), (Q2, 4.0), (Q3, 20.0)):
+        t[(q, "direct")] = 10.0
+        t[(q, "sot")] = sot
+        t[(q, "sgd")] = 10.0
+        t[(q, "auto")] = 8.0
+    return t
+
+
+def sot_wins(a: str, b: str) -> str:
+    """Prefers sot's answer, and is position-biased otherwise (always says A)."""
+    if a.startswith("sot"):
+        return "A"
+    if b.startswith("sot"):
+        return "B"
+    return "A"
+
+
+async def test_orchestration_numbers_order_and_judging() -> None:
+    runner = StubRunner(stub_seconds(), routes={Q1: "parallel", Q2: "direct", Q3: "graph"})
+    judge = StubJudge(sot_wins)
+    questions = [Question(Q1), Question(Q2), Question(Q3)]
+    labels = [Question(Q2, 0), Question(Q1, 1), Question(Q3, 0), Question("not in the run", 1)]
+    result = await run_bench(questions, runner, BenchConfig(MODES), judge=judge, labels=labels)
+
+    # interleaving: question i starts at mode i mod n, every mode once per question
+    for i, q in enumerate(questions):
+        assert [m for qq, m in runner.log if qq == q.text] == rotated(list(MODES), i)
+    assert [m for _, m in runner.log[:4]] == ["direct", "sot", "sgd", "auto"]
+    assert [m for _, m in runner.log[4:8]] == ["sot", "sgd", "auto", "direct"]
+
+    modes = result["modes"]
+    assert modes["direct"]["median_s"] == 10.0 and modes["direct"]["speedup_median"] == 1.0
+    sot = modes["sot"]
+    assert sot["median_s"] == 5.0
+    assert sot["p90_s"] == pytest.approx(17.0)  # sorted 4, 5, 20: linear at rank 1.8
+    assert sot["speedup_median"] == 2.0
+    assert sot["speedup_geomean"] == pytest.approx(round((2 * 2.5 * 0.5) ** (1 / 3), 3))
+    assert sot["ttft_median_s"] == 1.25 and sot["tokens_median"] == 50
+    assert sot["tokens_per_s_median"] == 10.0
+    assert sot["routes"] == {"parallel": 3}
+    assert modes["sgd"]["speedup_median"] == 1.0 and modes["auto"]["speedup_median"] == 1.25
+    assert modes["auto"]["routes"] == {"direct": 1, "graph": 1, "parallel": 1}
+
+    # the judge: sot wins both orders -> win; sgd/auto get "A" both times = one win, one loss -> tie
+    assert sot["quality"] == {"n": 3, "wins": 3, "ties": 0, "losses": 0, "no_verdict": 0, "win_rate": 1.0,
+                              "tie_rate": 0.0, "lose_rate": 0.0, "net_win_rate": 1.0}
+    assert modes["sgd"]["quality"]["ties"] == 3 and modes["sgd"]["quality"]["net_win_rate"] == 0.0
+    assert "quality" not in modes["direct"]
+    assert len(judge.calls) == 2 * 3 * 3  # both orders, three questions, three modes besides direct
+    first, second = judge.calls[0], judge.calls[1]
+    assert first[1] == second[2] and first[2] == second[1]  # the same pair, swapped
+
+    # per question rows carry seconds, tokens, answers and speed-ups
+    row = result["questions"][1]
+    assert row["question"] == Q2 and row["order"] == ["sot", "sgd", "auto", "direct"]
+    assert row["modes"]["sot"]["seconds"] == 4.0 and row["modes"]["sot"]["speedup"] == 2.5
+    assert row["modes"]["sot"]["answer"] == f"sot answer to {Q2}" and row["modes"]["sot"]["tokens"] == 40
+
+    # router accuracy on the labelled questions of the run only: Q1 right, Q2 right, Q3 wrong
+    router = result["router"]
+    assert router["n"] == 3 and router["accuracy"] == pytest.approx(0.6667)
+    assert (router["tp"], router["tn"], router["fp"], router["fn"]) == (1, 1, 1, 0)
+    assert router["labelled_from"] == "questions of the run"
+    assert result["settings"]["modes"] == list(MODES)
+
+
+async def test_failures_count_and_lose() -> None:
+    runner = StubRunner(stub_seconds(), fail={(Q1, "sot"), (Q2, "direct")})
+    result = await run_bench([Question(Q1), Question(Q2)], runner, BenchConfig(("direct", "sot")),
+                             judge=StubJudge(lambda a, b: "tie"))
+    sot = result["modes"]["sot"]
+    assert sot["failures"] == 1 and result["modes"]["direct"]["failures"] == 1
+    assert sot["speedup_n"] == 0 and sot["speedup_median"] is None  # no question where both answered
+    assert result["questions"][0]["judge"]["sot"] == {"outcome": "lose", "note": "this mode failed"}
+    assert result["questions"][1]["judge"]["sot"]["outcome"] is None
+    assert sot["quality"]["n"] == 1 and sot["quality"]["losses"] == 1 and sot["quality"]["no_verdict"] == 1
+    assert result["router"] is None
+
+
+SKELETON = " Breathe slowly\n2. Take a walk\n3. Listen to music\n"
+GRAPH_SKELETON = " Breathe slowly (needs: none; easy)\n2. Take a walk (needs: 1; hard)\n"
+
+
+def skeleton_judge(prompt: str) -> str:
+    """The fake model as judge: prefers the answer that has points (their titles appear in it)."""
+    a = prompt.split("[Answer A]", 1)[1].split("[End of Answer A]", 1)[0]
+    return "A" if "Breathe slowly" in a else "B"
+
+
+async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) -> None:
+    engine = FakeEngine(default_reply="Some helpful text about it.", delay=0.002)
+    engine.script("[Answer A]", skeleton_judge)
+    engine.script("(needs: 2, 3; hard)", GRAPH_SKELETON)  # only the graph skeleton prompt has this example
+    engine.script("You are an organizer", SKELETON)
+    settings = PlannerSettings(point_max_tokens=16, direct_max_tokens=32)
+    runner = EmbeddedRunner(engine, settings)
+    await runner.warm_up()
+    relax = "What are the most effective ways to deal with stress?"  # the rules route it to a skeleton
+    math_q = "Solve for x: 3x + 11 = 5x - 9"  # the rules route it direct
+    questions = [Question(relax), Question(math_q)]
+    labels = [Question(relax, 1), Question(math_q, 0)]
+    judge = EngineJudge(engine, Role.LARGE, name="fake large")
+    result = await run_bench(questions, runner, BenchConfig(MODES, models={"large": "fake"}, judge_name=judge.name),
+                             judge=judge, labels=labels)
+
+    modes = result["modes"]
+    assert all(modes[m]["failures"] == 0 and modes[m]["n"] == 2 for m in MODES)
+    assert modes["sot"]["routes"] == {"parallel": 2} and modes["sgd"]["routes"] == {"graph": 2}
+    assert modes["auto"]["routes"] == {"direct": 1, "parallel": 1}
+    assert modes["direct"]["routes"] == {"direct": 2}
+    for m in MODES:
+        assert modes[m]["median_s"] is not None and modes[m]["median_s"] > 0
+        assert modes[m]["speedup_median"] is not None and modes[m]["tokens_median"] > 0
+    row = result["questions"][0]
+    assert "Breathe slowly" in row["modes"]["sot"]["answer"] and row["modes"]["sot"]["nodes"] == 3
+    assert row["modes"]["direct"]["answer"].startswith("Some helpful text")
+    # auto answered the math question directly: identical to direct, a tie without asking the judge
+    assert result["questions"][1]["judge"]["auto"] == {"outcome": "tie", "note": "identical answers"}
+    assert modes["sot"]["quality"]["wins"] == 2 and modes["sot"]["quality"]["net_win_rate"] == 1.0
+    assert modes["auto"]["quality"] == {"n": 2, "wins": 1, "ties": 1, "losses": 0, "no_verdict": 0,
+                                        "win_rate": 0.5, "tie_rate": 0.5, "lose_rate": 0.0, "net_win_rate": 0.5}
+    judge_calls = [c for c in engine.calls if "[Answer A]" in c.prompt]
+    assert len(judge_calls) == 2 * (2 + 2 + 1) and all(c.role is Role.LARGE for c in judge_calls)
+    assert result["router"]["accuracy"] == 1.0 and result["router"]["by_source"] == {"rules": {"n": 2, "accuracy": 1.0}}
+
+    out = tmp_path / "out"
+    opts = AnswersOptions(set_path="x.csv", json_path=str(tmp_path / "b.json"), report_path=str(out / "b.md"),
+                          plot_path=str(out / "b.png"))
+    out.mkdir()
+    write_outputs(result, opts)
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["modes"]["sot"]["speedup_median"] == modes["sot"]["speedup_median"]
+    assert {"median_s", "speedup_median", "speedup_geomean", "p90_s"} <= set(saved["modes"]["sgd"])
+    assert saved["questions"][1]["modes"]["sgd"]["answer"]
+    md = (out / "b.md").read_text()
+    assert "| sot |" in md and "Router accuracy" in md
+    if saved["plot"]["written"]:
+        assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "](b.png)" in md  # relative to the report
+    else:
+        assert "Plot skipped" in md
+
+
+def test_command_refuses_bad_input_before_loading_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.csv"
+    assert bench_cli.run(["answers", "--set", str(missing)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    qs = tmp_path / "q.csv"
+    qs.write_text("request\nHi there, how are you?\n")
+    assert bench_cli.run(["answers", "--set", str(qs), "--modes", "sot,sgd"]) == 2
+    assert "must include direct" in capsys.readouterr().err
+    assert bench_cli.run(["answers", "--set", str(qs), "--judge-url", "http://x"]) == 2
+    assert "--judge-model" in capsys.readouterr().err
+    assert bench_cli.run(["answers", "--set", str(qs), "--point-tokens", "0"]) == 2
+    assert "point_max_tokens" in capsys.readouterr().err
+    assert bench_cli.run(["answers", "--set", str(qs), "--limit", "0"]) == 2
