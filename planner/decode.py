@@ -53,6 +53,10 @@ async def collect(engine: Engine, request: GenerateRequest, meter: Meter | None 
     finally:
         await aclose_quietly(stream)
         if meter is not None:
-            meter.add(request.role, prompt_tokens=last.prompt_tokens if last else 0,
-                      reused_tokens=last.reused_tokens if last else 0, completion_tokens=tokens)
+            meter.add(
+                request.role,
+                prompt_tokens=last.prompt_tokens if last else 0,
+                reused_tokens=last.reused_tokens if last else 0,
+                completion_tokens=tokens,
+            )
     return Collected("".join(parts), last.finish if last else None, tokens)

@@ -117,11 +117,23 @@ class Meter:
     def elapsed(self) -> float:
         return self._clock() - self._t0
 
-    def add(self, role: Role, *, prompt_tokens: int = 0, reused_tokens: int = 0, completion_tokens: int = 0,
-            calls: int = 1) -> None:
+    def add(
+        self,
+        role: Role,
+        *,
+        prompt_tokens: int = 0,
+        reused_tokens: int = 0,
+        completion_tokens: int = 0,
+        calls: int = 1,
+    ) -> None:
         u = self._usage.get(role, RoleUsage(role))
-        self._usage[role] = RoleUsage(role, u.calls + calls, u.prompt_tokens + prompt_tokens,
-                                      u.reused_tokens + reused_tokens, u.completion_tokens + completion_tokens)
+        self._usage[role] = RoleUsage(
+            role,
+            u.calls + calls,
+            u.prompt_tokens + prompt_tokens,
+            u.reused_tokens + reused_tokens,
+            u.completion_tokens + completion_tokens,
+        )
 
     def mark_routed(self) -> None:
         if self._route_s is None:

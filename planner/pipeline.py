@@ -35,9 +35,15 @@ def _check_mode(mode: Mode | str) -> Mode:
         raise InvalidRequest(f"unknown mode {mode!r} (one of {', '.join(Mode)})", field="mode") from None
 
 
-async def make_plan(engine: Engine, question: str, mode: Mode | str = Mode.AUTO,
-                    settings: PlannerSettings = DEFAULT_SETTINGS, *, meter: Meter | None = None,
-                    request_id: str = "") -> Plan:
+async def make_plan(
+    engine: Engine,
+    question: str,
+    mode: Mode | str = Mode.AUTO,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+    *,
+    meter: Meter | None = None,
+    request_id: str = "",
+) -> Plan:
     """Decide the route and, unless direct, write and parse a skeleton.
 
     Raises InvalidRequest for an empty question or unknown mode, and lets engine errors propagate;
@@ -59,9 +65,11 @@ async def make_plan(engine: Engine, question: str, mode: Mode | str = Mode.AUTO,
 
     role = resolve_role(settings.skeleton_role, engine.roles())
     request = GenerateRequest(
-        prompt=prompts.skeleton_prompt(engine, role, route, question), role=role,
-        sampling=dataclasses.replace(settings.sampling, max_tokens=settings.skeleton_max_tokens,
-                                     stop=prompts.skeleton_stop()),
+        prompt=prompts.skeleton_prompt(engine, role, route, question),
+        role=role,
+        sampling=dataclasses.replace(
+            settings.sampling, max_tokens=settings.skeleton_max_tokens, stop=prompts.skeleton_stop()
+        ),
         request_id=f"{request_id}/skeleton" if request_id else "",
     )
     out = await collect(engine, request, meter)
@@ -70,25 +78,43 @@ async def make_plan(engine: Engine, question: str, mode: Mode | str = Mode.AUTO,
     if nodes is None:
         return Plan.direct(f"{reason}; skeleton unusable, answering directly")
     try:
-        return Plan.validated(nodes, route, max_nodes=settings.max_nodes, reason=f"{reason}; {len(nodes)} points",
-                              skeleton=skeleton)
+        return Plan.validated(
+            nodes,
+            route,
+            max_nodes=settings.max_nodes,
+            reason=f"{reason}; {len(nodes)} points",
+            skeleton=skeleton,
+        )
     except PlanInvalid as exc:  # the parser repairs graphs, so this is a parser bug; still answer
         return Plan.direct(f"{reason}; skeleton rejected ({exc}), answering directly")
 
 
-def _parse(skeleton: str, route: Route, settings: PlannerSettings, *, truncated: bool) -> tuple[Node, ...] | None:
+def _parse(
+    skeleton: str, route: Route, settings: PlannerSettings, *, truncated: bool
+) -> tuple[Node, ...] | None:
     graph = route is Route.GRAPH
     if truncated and not skeleton.endswith("\n") and "\n" in skeleton:
         # the budget ran out mid-line: the last point is probably cut; drop it if enough remain
-        whole = parse_skeleton(skeleton.rsplit("\n", 1)[0], max_nodes=settings.max_nodes,
-                               min_nodes=settings.min_nodes, graph=graph)
+        whole = parse_skeleton(
+            skeleton.rsplit("\n", 1)[0],
+            max_nodes=settings.max_nodes,
+            min_nodes=settings.min_nodes,
+            graph=graph,
+        )
         if whole is not None:
             return whole
     return parse_skeleton(skeleton, max_nodes=settings.max_nodes, min_nodes=settings.min_nodes, graph=graph)
 
 
-def expand(engine: Engine, question: str, plan: Plan, settings: PlannerSettings = DEFAULT_SETTINGS, *,
-           meter: Meter | None = None, request_id: str = "") -> AsyncGenerator[Event, None]:
+def expand(
+    engine: Engine,
+    question: str,
+    plan: Plan,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+    *,
+    meter: Meter | None = None,
+    request_id: str = "",
+) -> AsyncGenerator[Event, None]:
     """Run a plan (from make_plan, or edited by the caller): PlanReady, node events, AnswerDone.
 
     The question and plan are checked now (InvalidRequest / PlanInvalid raised by this call, before
@@ -96,21 +122,34 @@ def expand(engine: Engine, question: str, plan: Plan, settings: PlannerSettings 
     """
     question = _check_question(question)
     settings.validate()
-    plan = Plan.validated(plan.nodes, plan.route, max_nodes=settings.max_nodes, reason=plan.reason,
-                          skeleton=plan.skeleton)
+    plan = Plan.validated(
+        plan.nodes, plan.route, max_nodes=settings.max_nodes, reason=plan.reason, skeleton=plan.skeleton
+    )
     return runner.run(engine, question, plan, settings, meter=meter, request_id=request_id)
 
 
-async def answer(engine: Engine, question: str, mode: Mode | str = Mode.AUTO,
-                 settings: PlannerSettings = DEFAULT_SETTINGS, *, request_id: str = "") -> AsyncGenerator[Event, None]:
+async def answer(
+    engine: Engine,
+    question: str,
+    mode: Mode | str = Mode.AUTO,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+    *,
+    request_id: str = "",
+) -> AsyncGenerator[Event, None]:
     """Route, plan and expand in one stream; timings in AnswerDone cover all of it."""
     meter = Meter()
     plan = await make_plan(engine, question, mode, settings, meter=meter, request_id=request_id)
-    async with aclosing(expand(engine, question, plan, settings, meter=meter, request_id=request_id)) as events:
+    async with aclosing(
+        expand(engine, question, plan, settings, meter=meter, request_id=request_id)
+    ) as events:
         async for event in events:
             yield event
 
 
-def resident_prefixes(engine: Engine, settings: PlannerSettings = DEFAULT_SETTINGS) -> tuple[tuple[Role, str], ...]:
+def resident_prefixes(
+    engine: Engine, settings: PlannerSettings = DEFAULT_SETTINGS
+) -> tuple[tuple[Role, str], ...]:
     """(role, text) prompt prefixes that do not depend on the question: keep them resident in the engine."""
-    return prompts.fixed_prefixes(engine, skeleton_role=settings.skeleton_role, router_role=settings.router_role)
+    return prompts.fixed_prefixes(
+        engine, skeleton_role=settings.skeleton_role, router_role=settings.router_role
+    )

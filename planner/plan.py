@@ -57,7 +57,10 @@ _FORCED: dict[Mode, Route | None] = {
 
 
 class PlanInvalid(InvalidRequest):
-    """A plan breaks a rule of Plan.validated; `field` names the offending part (e.g. plan.nodes[2].depends_on)."""
+    """A plan breaks a rule of Plan.validated.
+
+    `field` names the offending part, e.g. plan.nodes[2].depends_on.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +95,15 @@ class Plan:
         return cls((Node(1, "Answer"),), Route.DIRECT, reason)
 
     @classmethod
-    def validated(cls, nodes: Iterable[Node], route: Route | str, *, max_nodes: int = DEFAULT_MAX_NODES,
-                  reason: str = "", skeleton: str = "") -> Plan:
+    def validated(
+        cls,
+        nodes: Iterable[Node],
+        route: Route | str,
+        *,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        reason: str = "",
+        skeleton: str = "",
+    ) -> Plan:
         """Check a graph and return it frozen; raise PlanInvalid naming the first bad field.
 
         Rules: 1..max_nodes nodes; ids positive and unique; titles non-empty and bounded;
@@ -103,12 +113,16 @@ class Plan:
         try:
             route = Route(route)
         except ValueError:
-            raise PlanInvalid(f"unknown route {route!r} (one of {', '.join(Route)})", field="plan.route") from None
+            raise PlanInvalid(
+                f"unknown route {route!r} (one of {', '.join(Route)})", field="plan.route"
+            ) from None
         nodes = tuple(nodes)
         if not nodes:
             raise PlanInvalid("a plan needs at least one node", field="plan.nodes")
         if len(nodes) > max_nodes:
-            raise PlanInvalid(f"a plan may have at most {max_nodes} nodes (got {len(nodes)})", field="plan.nodes")
+            raise PlanInvalid(
+                f"a plan may have at most {max_nodes} nodes (got {len(nodes)})", field="plan.nodes"
+            )
         if route is Route.DIRECT and len(nodes) != 1:
             raise PlanInvalid("a direct plan has exactly one node", field="plan.nodes")
         seen: set[int] = set()
@@ -117,23 +131,30 @@ class Plan:
             if not isinstance(node, Node):
                 raise PlanInvalid(f"{where} is not a Node", field=where)
             if not isinstance(node.id, int) or isinstance(node.id, bool) or not 1 <= node.id <= MAX_NODE_ID:
-                raise PlanInvalid(f"{where}.id must be an integer from 1 to {MAX_NODE_ID} (got {node.id!r})",
-                                  field=f"{where}.id")
+                raise PlanInvalid(
+                    f"{where}.id must be an integer from 1 to {MAX_NODE_ID} (got {node.id!r})",
+                    field=f"{where}.id",
+                )
             if node.id in seen:
                 raise PlanInvalid(f"node id {node.id} is used twice", field=f"{where}.id")
             seen.add(node.id)
             if not isinstance(node.title, str) or not node.title.strip():
                 raise PlanInvalid(f"{where}.title must not be empty", field=f"{where}.title")
             if len(node.title) > MAX_TITLE_CHARS:
-                raise PlanInvalid(f"{where}.title is longer than {MAX_TITLE_CHARS} characters",
-                                  field=f"{where}.title")
+                raise PlanInvalid(
+                    f"{where}.title is longer than {MAX_TITLE_CHARS} characters", field=f"{where}.title"
+                )
             if not isinstance(node.difficulty, Difficulty):
-                raise PlanInvalid(f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
-                                  field=f"{where}.difficulty")
+                raise PlanInvalid(
+                    f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
+                    field=f"{where}.difficulty",
+                )
         for i, node in enumerate(nodes):
             where = f"plan.nodes[{i}].depends_on"
             if node.depends_on and route is not Route.GRAPH:
-                raise PlanInvalid(f"a {route} plan has no dependencies (node {node.id} has some)", field=where)
+                raise PlanInvalid(
+                    f"a {route} plan has no dependencies (node {node.id} has some)", field=where
+                )
             if len(set(node.depends_on)) != len(node.depends_on):
                 raise PlanInvalid(f"node {node.id} names a dependency twice", field=where)
             for dep in node.depends_on:
@@ -201,7 +222,7 @@ class Plan:
             path.append(nid)
             for dep in deps[nid]:
                 if state.get(dep) == 1:
-                    return tuple(path[path.index(dep):])
+                    return tuple(path[path.index(dep) :])
                 if dep not in state:
                     found = visit(dep)
                     if found:

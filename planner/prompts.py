@@ -47,17 +47,25 @@ SKELETON_SYSTEM_GRAPH = _SKELETON_SYSTEM_COMMON + (
 _EXAMPLES: tuple[tuple[str, str, str], ...] = (
     (
         "What are some practical ways to reduce household energy use?",
-        ("1. Switch to LED lighting\n2. Seal drafts and insulate\n3. Use appliances efficiently\n"
-         "4. Lower heating and cooling"),
-        ("1. Switch to LED lighting (needs: none; easy)\n2. Seal drafts and insulate (needs: none; easy)\n"
-         "3. Use appliances efficiently (needs: none; easy)\n4. Lower heating and cooling (needs: 2; hard)"),
+        (
+            "1. Switch to LED lighting\n2. Seal drafts and insulate\n3. Use appliances efficiently\n"
+            "4. Lower heating and cooling"
+        ),
+        (
+            "1. Switch to LED lighting (needs: none; easy)\n2. Seal drafts and insulate (needs: none; easy)\n"
+            "3. Use appliances efficiently (needs: none; easy)\n4. Lower heating and cooling (needs: 2; hard)"
+        ),
     ),
     (
         "How did the printing press change Europe?",
-        ("1. Gutenberg's invention\n2. Cheaper, faster books\n3. Spread of literacy\n4. Religious and "
-         "scientific change"),
-        ("1. Gutenberg's invention (needs: none; easy)\n2. Cheaper, faster books (needs: 1; easy)\n"
-         "3. Spread of literacy (needs: 2; hard)\n4. Religious and scientific change (needs: 2, 3; hard)"),
+        (
+            "1. Gutenberg's invention\n2. Cheaper, faster books\n3. Spread of literacy\n4. Religious and "
+            "scientific change"
+        ),
+        (
+            "1. Gutenberg's invention (needs: none; easy)\n2. Cheaper, faster books (needs: 1; easy)\n"
+            "3. Spread of literacy (needs: 2; hard)\n4. Religious and scientific change (needs: 2, 3; hard)"
+        ),
     ),
 )
 QUESTION_LEAD = "Question:\n"  # ends with a newline: the split point is a clean token boundary
@@ -145,8 +153,10 @@ def heading(position: int, title: str) -> str:
 
 
 def _point_instruction(position: int, node: Node) -> str:
-    return (f"Continue the answer by writing only point {position} ({node.title}) in one or two short "
-            "sentences, then stop.")
+    return (
+        f"Continue the answer by writing only point {position} ({node.title}) in one or two short "
+        "sentences, then stop."
+    )
 
 
 def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
@@ -176,11 +186,18 @@ class Rendered:
 
     @property
     def tail(self) -> str:
-        return self.full[len(self.prefix):]
+        return self.full[len(self.prefix) :]
 
 
-def point_prompt(engine: Engine, role: Role, question: str, plan: Plan, node_id: int,
-                 parents: Sequence[tuple[int, Node, str]] = (), forward_max_chars: int = 1500) -> Rendered:
+def point_prompt(
+    engine: Engine,
+    role: Role,
+    question: str,
+    plan: Plan,
+    node_id: int,
+    parents: Sequence[tuple[int, Node, str]] = (),
+    forward_max_chars: int = 1500,
+) -> Rendered:
     """The prompt of one point: prefix = question + outline (the same for every point of the plan),
     tail = parents' text (information forwarding) + the instruction + the pre-filled heading."""
     question = clean_question(question)
@@ -239,6 +256,8 @@ def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role) ->
     out.add((rr, router_fixed_prefix(engine, rr)))
     dummy = Plan((Node(1, "a"), Node(2, "b")), Route.PARALLEL)
     for role in loaded:
-        out.add((role, render(engine, role, _point_messages("?", dummy, "x", split_after_lead=True), "").prefix))
+        out.add(
+            (role, render(engine, role, _point_messages("?", dummy, "x", split_after_lead=True), "").prefix)
+        )
         out.add((role, direct_prompt(engine, role, "?").prefix))
     return tuple(sorted((r, t) for r, t in out if t))

@@ -47,8 +47,15 @@ from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 _DONE = object()
 
 
-async def run(engine: Engine, question: str, plan: Plan, settings: PlannerSettings = DEFAULT_SETTINGS, *,
-              meter: Meter | None = None, request_id: str = "") -> AsyncGenerator[Event, None]:
+async def run(
+    engine: Engine,
+    question: str,
+    plan: Plan,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+    *,
+    meter: Meter | None = None,
+    request_id: str = "",
+) -> AsyncGenerator[Event, None]:
     """Expand a validated plan: PlanReady, then node events as they happen, then AnswerDone.
 
     Use with `contextlib.aclosing` (or exhaust it): closing the iterator early cancels all nodes.
@@ -75,15 +82,15 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     If we are cancelled ourselves while waiting, keep waiting (the wait is bounded by the nodes'
     own unwinding) and re-raise the cancellation afterwards: never swallowed.
     """
-    if task.done():
-        return
-    task.cancel()
+    task.cancel()  # no-op if it is done
     interrupted = False
     while not task.done():
         try:
             await asyncio.wait({task})
         except asyncio.CancelledError:
             interrupted = True
+    if not task.cancelled():
+        task.exception()  # retrieved: the consumer left early, nobody is left to receive it
     if interrupted:
         raise asyncio.CancelledError
 
@@ -97,8 +104,16 @@ def role_for(node: Node, plan: Plan, settings: PlannerSettings, loaded: frozense
 
 
 class _Expansion:
-    def __init__(self, engine: Engine, question: str, plan: Plan, settings: PlannerSettings, meter: Meter,
-                 request_id: str, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        question: str,
+        plan: Plan,
+        settings: PlannerSettings,
+        meter: Meter,
+        request_id: str,
+        emit: Callable[[Event], None],
+    ) -> None:
         self.engine = engine
         self.question = question
         self.plan = plan
@@ -128,10 +143,15 @@ class _Expansion:
             async with asyncio.TaskGroup() as group:
                 for node in plan.nodes:
                     group.create_task(self._run_node(node), name=f"espalier-node-{node.id}")
-        self.emit(AnswerDone(
-            text=assemble(plan, self.texts, self.failures), route=plan.route, usage=self.meter.usage(),
-            timings=self.meter.timings(), failed=tuple(n.id for n in plan.nodes if n.id in self.failures),
-        ))
+        self.emit(
+            AnswerDone(
+                text=assemble(plan, self.texts, self.failures),
+                route=plan.route,
+                usage=self.meter.usage(),
+                timings=self.meter.timings(),
+                failed=tuple(n.id for n in plan.nodes if n.id in self.failures),
+            )
+        )
 
     async def _open_prefix(self, stack: contextlib.AsyncExitStack, role: Role) -> None:
         text = prompts.point_shared_prefix(self.engine, role, self.question, self.plan)
@@ -150,9 +170,12 @@ class _Expansion:
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
             return GenerateRequest(rendered.full, role, sampling, None, rid)
         position = self.plan.position(node.id)
-        rendered = prompts.point_prompt(self.engine, role, self.question, self.plan, node.id, parents,
-                                        s.forward_max_chars)
-        sampling = dataclasses.replace(s.sampling, max_tokens=s.point_max_tokens, stop=prompts.point_stop(position))
+        rendered = prompts.point_prompt(
+            self.engine, role, self.question, self.plan, node.id, parents, s.forward_max_chars
+        )
+        sampling = dataclasses.replace(
+            s.sampling, max_tokens=s.point_max_tokens, stop=prompts.point_stop(position)
+        )
         prefix = self.prefixes.get(role)
         if prefix is not None and rendered.prefix and rendered.prefix == prefix.text:
             return GenerateRequest(rendered.tail, role, sampling, prefix, rid)
@@ -165,8 +188,11 @@ class _Expansion:
                 await self.done[dep].wait()
             role = self.roles[node.id]
             async with self.limits[role]:
-                parents = [(self.plan.position(d), self.plan.node(d), self.texts[d])
-                           for d in node.depends_on if d in self.texts]
+                parents = [
+                    (self.plan.position(d), self.plan.node(d), self.texts[d])
+                    for d in node.depends_on
+                    if d in self.texts
+                ]
                 self.emit(NodeStarted(node.id, role, tuple(p.id for _, p, _ in parents)))
                 started = self.meter.elapsed()
                 request = self._request(node, role, parents)
@@ -183,7 +209,9 @@ class _Expansion:
         finally:
             self.done[node.id].set()
 
-    async def _decode(self, node: Node, request: GenerateRequest, parts: list[str]) -> tuple[Chunk | None, int]:
+    async def _decode(
+        self, node: Node, request: GenerateRequest, parts: list[str]
+    ) -> tuple[Chunk | None, int]:
         """Stream one point into `parts` (kept by the caller even if this raises)."""
         tokens = 0
         last: Chunk | None = None
@@ -200,8 +228,12 @@ class _Expansion:
                     break
         finally:
             await aclose_quietly(stream)
-            self.meter.add(request.role, prompt_tokens=last.prompt_tokens if last else 0,
-                           reused_tokens=last.reused_tokens if last else 0, completion_tokens=tokens)
+            self.meter.add(
+                request.role,
+                prompt_tokens=last.prompt_tokens if last else 0,
+                reused_tokens=last.reused_tokens if last else 0,
+                completion_tokens=tokens,
+            )
         return last, tokens
 
     def _fail(self, node: Node, reason: str, error: str, partial: str) -> None:

@@ -53,12 +53,20 @@ _DEPS = re.compile(
 )
 _BARE_LIST = re.compile(r"\[\s*(?P<body>\d{1,2}(?:\s*,\s*\d{1,2})*)?\s*\]")
 _DIFF_SCORE = re.compile(
-    r"difficulty\s*(?:score)?\s*[:=]?\s*(?P<score>\d+(?:\.\d+)?)(?:\s*/\s*\d+)?", re.IGNORECASE)
+    r"difficulty\s*(?:score)?\s*[:=]?\s*(?P<score>\d+(?:\.\d+)?)(?:\s*/\s*\d+)?", re.IGNORECASE
+)
 _DIFF_NAMED = re.compile(r"difficulty\s*[:=]?\s*(?P<word>[a-z]+)", re.IGNORECASE)
 _DIFF_WORDS: dict[str, Difficulty] = {
-    "easy": Difficulty.EASY, "simple": Difficulty.EASY, "trivial": Difficulty.EASY, "low": Difficulty.EASY,
-    "hard": Difficulty.HARD, "difficult": Difficulty.HARD, "complex": Difficulty.HARD, "high": Difficulty.HARD,
-    "medium": Difficulty.HARD, "moderate": Difficulty.HARD,
+    "easy": Difficulty.EASY,
+    "simple": Difficulty.EASY,
+    "trivial": Difficulty.EASY,
+    "low": Difficulty.EASY,
+    "hard": Difficulty.HARD,
+    "difficult": Difficulty.HARD,
+    "complex": Difficulty.HARD,
+    "high": Difficulty.HARD,
+    "medium": Difficulty.HARD,
+    "moderate": Difficulty.HARD,
 }
 # A bare difficulty word counts only after a separator or inside brackets, so a title like
 # "Easy recipes to start with" keeps its word.
@@ -67,7 +75,9 @@ _DIFF_WORD = re.compile(
     r"complex|medium|moderate)\s*(?=[)\]|;,.]|$)",
     re.IGNORECASE,
 )
-_ANNOTATION_ONLY = re.compile(r"^\s*[(\[]?\s*(?:needs?|depends?\s+on|dependenc|difficulty|requires?)", re.IGNORECASE)
+_ANNOTATION_ONLY = re.compile(
+    r"^\s*[(\[]?\s*(?:needs?|depends?\s+on|dependenc|difficulty|requires?)", re.IGNORECASE
+)
 _EMPTY_GROUPS = re.compile(r"\(\s*[;,|:.\s-]*\s*\)|\[\s*[;,|:.\s-]*\s*\]")
 _BOLD_LEAD = re.compile(r"^\s*\*\*([^*]+?)\s*(?:\*\*\s*[:.\-–—]|[:.\-–—]\s*\*\*)\s*\w")
 _EDGE_JUNK = " \t|;,:-–—*_\"'`"
@@ -122,7 +132,7 @@ def _read_annotations(text: str) -> tuple[str, list[int], bool, Difficulty | Non
     if not had_refs:
         m = _BARE_LIST.search(text)
         if m:
-            text = text[:m.start()] + " " + text[m.end():]
+            text = text[: m.start()] + " " + text[m.end() :]
             had_refs = True
             refs.extend(_numbers(m.group("body") or ""))
     return _clean_title(text), refs, had_refs, difficulty
@@ -140,7 +150,7 @@ def _clean_title(text: str) -> str:
         text = text.strip(_EDGE_JUNK)
     # a parenthesis left open by a truncated annotation: "Title (needs: 1"
     if text.count("(") > text.count(")"):
-        text = text[:text.rfind("(")].strip(_EDGE_JUNK)
+        text = text[: text.rfind("(")].strip(_EDGE_JUNK)
     text = " ".join(text.split())
     if len(text) > MAX_TITLE_CHARS:
         text = text[:MAX_TITLE_CHARS].rsplit(" ", 1)[0]
@@ -161,8 +171,15 @@ def _sgd_items(text: str) -> list[_Item]:
         if diff:
             difficulty = _difficulty_from_score(diff) if diff.isdigit() else _DIFF_WORDS.get(diff.lower())
         # SGD numbers nodes from 0; we number from 1
-        items.append(_Item(index + 1, _clean_title(m.group("title")),
-                           [n + 1 for n in _numbers(m.group("deps"))], difficulty, True))
+        items.append(
+            _Item(
+                index + 1,
+                _clean_title(m.group("title")),
+                [n + 1 for n in _numbers(m.group("deps"))],
+                difficulty,
+                True,
+            )
+        )
     return items
 
 
@@ -199,8 +216,9 @@ def _line_items(text: str) -> list[_Item]:
     return numbered if numbered else bullets
 
 
-def parse_skeleton(text: str, *, max_nodes: int = DEFAULT_MAX_NODES, min_nodes: int = 2,
-                   graph: bool = True) -> tuple[Node, ...] | None:
+def parse_skeleton(
+    text: str, *, max_nodes: int = DEFAULT_MAX_NODES, min_nodes: int = 2, graph: bool = True
+) -> tuple[Node, ...] | None:
     """Nodes numbered 1..n in skeleton order, or None when fewer than min_nodes points are found.
 
     graph=False reads titles only: no dependencies, every point hard (a parallel plan).
@@ -252,8 +270,12 @@ def parse_skeleton(text: str, *, max_nodes: int = DEFAULT_MAX_NODES, min_nodes: 
         if target not in deps[me] and not _reaches(deps, target, me):
             deps[me].append(target)
     return tuple(
-        Node(new_id[it.number], it.title, tuple(sorted(deps[new_id[it.number]])),
-             it.difficulty or Difficulty.HARD)
+        Node(
+            new_id[it.number],
+            it.title,
+            tuple(sorted(deps[new_id[it.number]])),
+            it.difficulty or Difficulty.HARD,
+        )
         for it in kept
     )
 

@@ -34,8 +34,10 @@ ALLOWED = {
 
 def _questions() -> list[str]:
     if not DATA.exists():
-        return ["How can I improve my time management skills?",
-                "What if the Internet had been invented during the Renaissance period?"]
+        return [
+            "How can I improve my time management skills?",
+            "What if the Internet had been invented during the Renaissance period?",
+        ]
     with open(DATA, newline="", encoding="utf-8") as f:
         rows = [r["request"] for r in csv.DictReader(f)]
     return [rows[0], rows[50]]  # a generic question and a counterfactual one

@@ -40,7 +40,8 @@ def chatml(messages: Sequence[Message], add_generation_prompt: bool = True) -> s
 def llama3_trimming(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
     """A template that trims content, like Llama 3's: the split must still work."""
     text = "<|begin_of_text|>" + "".join(
-        f"<|start_header_id|>{m.role}<|end_header_id|>\n\n{m.content.strip()}<|eot_id|>" for m in messages)
+        f"<|start_header_id|>{m.role}<|end_header_id|>\n\n{m.content.strip()}<|eot_id|>" for m in messages
+    )
     return text + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else "")
 
 
@@ -96,9 +97,15 @@ class FakePrefix:
 
 
 class FakeEngine:
-    def __init__(self, roles: Sequence[Role] = (Role.LARGE, Role.SMALL), *, slots: int = 8, delay: float = 0.0,
-                 default_reply: str = "Some helpful text.",
-                 template: Callable[[Sequence[Message], bool], str] = chatml) -> None:
+    def __init__(
+        self,
+        roles: Sequence[Role] = (Role.LARGE, Role.SMALL),
+        *,
+        slots: int = 8,
+        delay: float = 0.0,
+        default_reply: str = "Some helpful text.",
+        template: Callable[[Sequence[Message], bool], str] = chatml,
+    ) -> None:
         self._roles = frozenset(roles)
         self.slots = slots
         self.delay = delay
@@ -153,11 +160,11 @@ class FakeEngine:
             finish = FinishReason.LENGTH
             cut = [text.find(s) for s in request.sampling.stop if s in text]
             if cut:
-                text = text[:min(cut)]
+                text = text[: min(cut)]
                 finish = FinishReason.STOP
             pieces = re.findall(r"\s*\S+", text) or []
             if len(pieces) > request.sampling.max_tokens:
-                pieces = pieces[:request.sampling.max_tokens]
+                pieces = pieces[: request.sampling.max_tokens]
                 finish = FinishReason.LENGTH
             elif not cut:
                 finish = FinishReason.STOP
@@ -190,16 +197,21 @@ class FakeEngine:
         self.prefix_opens.append(p)
         return p
 
-    def chat_prompt(self, role: Role, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def chat_prompt(
+        self, role: Role, messages: Sequence[Message], *, add_generation_prompt: bool = True
+    ) -> str:
         return self.template(messages, add_generation_prompt)
 
     def free_slots(self, role: Role) -> int:
         return max(0, self.slots - self.in_flight[role])
 
     def stats(self) -> EngineStats:
-        return EngineStats(tuple(
-            RoleStats(role, "fake", self.slots, self.in_flight[role], 0, 0, 0, 0, 0.0, 0) for role in sorted(self._roles)
-        ))
+        return EngineStats(
+            tuple(
+                RoleStats(role, "fake", self.slots, self.in_flight[role], 0, 0, 0, 0, 0.0, 0)
+                for role in sorted(self._roles)
+            )
+        )
 
     async def aclose(self) -> None:
         return None

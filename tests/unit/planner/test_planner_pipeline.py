@@ -15,8 +15,11 @@ from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
 from planner.settings import PlannerSettings
 
 OPEN_Q = "Why do some people enjoy being scared by horror movies while others avoid it?"
-GRAPH_SKELETON = (" Thrill of fear (needs: none; easy)\n2. Brain chemistry (needs: 1; hard)\n"
-                  "3. Personality differences (needs: 1, 2; hard)\n\nNow the answer: ...")
+GRAPH_SKELETON = (
+    " Thrill of fear (needs: none; easy)\n2. Brain chemistry (needs: 1; hard)\n"
+    "3. Personality differences (needs: 1, 2; hard)\n\nNow the answer: ..."
+)
+ROUTED = PlannerSettings(use_router_model=True)  # the router model is off by default
 PLAIN_SKELETON = " Thrill of fear\n2. Brain chemistry\n3. Personality differences\n"
 
 
@@ -32,10 +35,11 @@ async def run(coro_factory, timeout: float = 5):  # type: ignore[no-untyped-def]
         return await coro_factory()
 
 
-async def answer_events(engine: FakeEngine, question: str, mode: Mode | str,
-                        settings: PlannerSettings | None = None) -> list[Event]:
+async def answer_events(
+    engine: FakeEngine, question: str, mode: Mode | str, settings: PlannerSettings | None = None
+) -> list[Event]:
     async with asyncio.timeout(5):
-        async with aclosing(pipeline.answer(engine, question, mode, settings or PlannerSettings())) as events:
+        async with aclosing(pipeline.answer(engine, question, mode, settings or ROUTED)) as events:
             return [e async for e in events]
 
 
@@ -44,8 +48,10 @@ async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
     plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SGD))
     assert plan.route is Route.GRAPH
     assert [(n.title, n.depends_on, n.difficulty) for n in plan.nodes] == [
-        ("Thrill of fear", (), Difficulty.EASY), ("Brain chemistry", (1,), Difficulty.HARD),
-        ("Personality differences", (1, 2), Difficulty.HARD)]
+        ("Thrill of fear", (), Difficulty.EASY),
+        ("Brain chemistry", (1,), Difficulty.HARD),
+        ("Personality differences", (1, 2), Difficulty.HARD),
+    ]
     assert "forced" in plan.reason and plan.skeleton.startswith("1. Thrill of fear")
     (call,) = engine.calls
     assert call.request.role is Role.LARGE and call.request.sampling.stop == ("\n\n",)
@@ -71,8 +77,10 @@ async def test_auto_mode_uses_rules_then_the_router_model() -> None:
     engine = engine_with_skeletons()
     plan = await run(lambda: pipeline.make_plan(engine, "Implement quicksort in Python.", Mode.AUTO))
     assert plan.route is Route.DIRECT and "rules" in plan.reason and engine.calls == []
-    engine.script("sort questions", "B")
     plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.AUTO))
+    assert plan.route is Route.DIRECT and "default" in plan.reason and engine.calls == []
+    engine.script("sort questions", "B")
+    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.AUTO, ROUTED))
     assert plan.route is Route.GRAPH and "model" in plan.reason
     assert [c.request.role for c in engine.calls] == [Role.SMALL, Role.LARGE]  # router, then skeleton
 
@@ -88,17 +96,25 @@ async def test_unparseable_skeleton_falls_back_to_direct() -> None:
     engine.script("You are an organizer", " I cannot make a list for this.")
     events = await answer_events(engine, OPEN_Q, Mode.SGD)
     first, last = events[0], events[-1]
-    assert isinstance(first, PlanReady) and first.plan.route is Route.DIRECT and "unusable" in first.plan.reason
+    assert (
+        isinstance(first, PlanReady) and first.plan.route is Route.DIRECT and "unusable" in first.plan.reason
+    )
     assert isinstance(last, AnswerDone) and last.text == "Some helpful text." and last.route is Route.DIRECT
 
 
 async def test_truncated_skeleton_drops_the_cut_line() -> None:
     engine = FakeEngine()
-    engine.script("You are an organizer",
-                  " Alpha point\n2. Beta point\n3. Gamma point\n4. Delta is very long and goes on and on")
-    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=16)))
+    engine.script(
+        "You are an organizer",
+        " Alpha point\n2. Beta point\n3. Gamma point\n4. Delta is very long and goes on and on",
+    )
+    plan = await run(
+        lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=16))
+    )
     assert [n.title for n in plan.nodes] == ["Alpha point", "Beta point", "Gamma point"]
-    plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=64)))
+    plan = await run(
+        lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=64))
+    )
     assert len(plan.nodes) == 4
 
 
@@ -114,8 +130,12 @@ async def test_answer_in_every_mode(mode: Mode) -> None:
     started = [e for e in events if isinstance(e, NodeStarted)]
     finished = [e for e in events if isinstance(e, NodeFinished)]
     assert len(started) == len(finished) == len(plan.nodes)
-    expected_route = {Mode.AUTO: Route.PARALLEL, Mode.SOT: Route.PARALLEL, Mode.SGD: Route.GRAPH,
-                      Mode.DIRECT: Route.DIRECT}[mode]
+    expected_route = {
+        Mode.AUTO: Route.PARALLEL,
+        Mode.SOT: Route.PARALLEL,
+        Mode.SGD: Route.GRAPH,
+        Mode.DIRECT: Route.DIRECT,
+    }[mode]
     assert plan.route is expected_route and done.route is expected_route
     t = done.timings
     assert t.route_s <= t.plan_s <= (t.first_token_s or 0) <= t.total_s
@@ -131,6 +151,7 @@ async def test_expand_an_edited_plan() -> None:
     async def go() -> list[Event]:
         async with aclosing(pipeline.expand(engine, OPEN_Q, edited)) as events:
             return [e async for e in events]
+
     events = await run(go)
     done = events[-1]
     assert isinstance(done, AnswerDone)
@@ -145,8 +166,12 @@ def test_expand_rejects_bad_input_before_streaming() -> None:
         pipeline.expand(engine, OPEN_Q, cyclic)
     assert info.value.field.startswith("plan.nodes[")
     with pytest.raises(PlanInvalid):
-        pipeline.expand(engine, OPEN_Q, Plan(tuple(Node(i, "x") for i in range(1, 5)), Route.PARALLEL),
-                        PlannerSettings(max_nodes=3))
+        pipeline.expand(
+            engine,
+            OPEN_Q,
+            Plan(tuple(Node(i, "x") for i in range(1, 5)), Route.PARALLEL),
+            PlannerSettings(max_nodes=3),
+        )
     with pytest.raises(InvalidRequest) as q_info:
         pipeline.expand(engine, "  ", Plan.direct())
     assert q_info.value.field == "question"
@@ -160,3 +185,23 @@ async def test_make_plan_rejects_bad_input() -> None:
     with pytest.raises(InvalidRequest) as info:
         await run(lambda: pipeline.make_plan(engine, "What?", "fastest"))
     assert info.value.field == "mode"
+
+
+async def test_cancel_while_planning_frees_the_skeleton_sequence() -> None:
+    engine = FakeEngine()
+    hold = asyncio.Event()  # never set: the skeleton hangs
+    engine.script("You are an organizer", PLAIN_SKELETON, hold=hold)
+
+    async def consume() -> None:
+        async with aclosing(pipeline.answer(engine, OPEN_Q, Mode.SOT)) as events:
+            async for _ in events:
+                raise AssertionError("no event before the plan is ready")
+
+    async with asyncio.timeout(5):
+        task = asyncio.create_task(consume())
+        while not engine.calls:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engine.open_sequences == 0 and engine.calls[0].closed

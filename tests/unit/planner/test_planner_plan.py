@@ -27,22 +27,25 @@ def test_edge_free_plan_keeps_skeleton_order() -> None:
     assert plan.topological_order() == (5, 2, 9)
 
 
-@pytest.mark.parametrize("nodes,route,field", [
-    ([], Route.GRAPH, "plan.nodes"),
-    ([n(1), n(1)], Route.GRAPH, "plan.nodes[1].id"),
-    ([n(0)], Route.GRAPH, "plan.nodes[0].id"),
-    ([n(1), n(2, 7)], Route.GRAPH, "plan.nodes[1].depends_on"),
-    ([n(1, 1)], Route.GRAPH, "plan.nodes[0].depends_on"),
-    ([n(1), n(2, 1, 1)], Route.GRAPH, "plan.nodes[1].depends_on"),
-    ([n(1, 3), n(2, 1), n(3, 2)], Route.GRAPH, "plan.nodes[0].depends_on"),
-    ([n(1), n(2, 1)], Route.PARALLEL, "plan.nodes[1].depends_on"),
-    ([n(1), n(2)], Route.DIRECT, "plan.nodes"),
-    ([Node(1, "  ")], Route.GRAPH, "plan.nodes[0].title"),
-    ([Node(1, "x" * 301)], Route.GRAPH, "plan.nodes[0].title"),
-    ([Node(1, "a", (), "easy")], Route.GRAPH, "plan.nodes[0].difficulty"),  # type: ignore[arg-type]
-    ([n(i) for i in range(1, 12)], Route.PARALLEL, "plan.nodes"),
-    ([n(1)], "tree", "plan.route"),
-])
+@pytest.mark.parametrize(
+    "nodes,route,field",
+    [
+        ([], Route.GRAPH, "plan.nodes"),
+        ([n(1), n(1)], Route.GRAPH, "plan.nodes[1].id"),
+        ([n(0)], Route.GRAPH, "plan.nodes[0].id"),
+        ([n(1), n(2, 7)], Route.GRAPH, "plan.nodes[1].depends_on"),
+        ([n(1, 1)], Route.GRAPH, "plan.nodes[0].depends_on"),
+        ([n(1), n(2, 1, 1)], Route.GRAPH, "plan.nodes[1].depends_on"),
+        ([n(1, 3), n(2, 1), n(3, 2)], Route.GRAPH, "plan.nodes[0].depends_on"),
+        ([n(1), n(2, 1)], Route.PARALLEL, "plan.nodes[1].depends_on"),
+        ([n(1), n(2)], Route.DIRECT, "plan.nodes"),
+        ([Node(1, "  ")], Route.GRAPH, "plan.nodes[0].title"),
+        ([Node(1, "x" * 301)], Route.GRAPH, "plan.nodes[0].title"),
+        ([Node(1, "a", (), "easy")], Route.GRAPH, "plan.nodes[0].difficulty"),  # type: ignore[arg-type]
+        ([n(i) for i in range(1, 12)], Route.PARALLEL, "plan.nodes"),
+        ([n(1)], "tree", "plan.route"),
+    ],
+)
 def test_invalid_plans_name_the_field(nodes: list[Node], route: Route, field: str) -> None:
     with pytest.raises(PlanInvalid) as info:
         Plan.validated(nodes, route)

@@ -16,8 +16,14 @@ QUESTIONS = [
     "Explain CRISPR.\n\nAlso: ethics?",
     "x",
 ]
-PLAN = Plan.validated([Node(1, "Set goals"), Node(2, "Plan the week", (1,), Difficulty.EASY),
-                       Node(3, "Review: what worked?", (1, 2))], Route.GRAPH)
+PLAN = Plan.validated(
+    [
+        Node(1, "Set goals"),
+        Node(2, "Plan the week", (1,), Difficulty.EASY),
+        Node(3, "Review: what worked?", (1, 2)),
+    ],
+    Route.GRAPH,
+)
 
 
 @pytest.fixture(params=[chatml, llama3_trimming], ids=["chatml", "llama3-trimming"])
@@ -28,13 +34,17 @@ def engine(request: pytest.FixtureRequest) -> FakeEngine:
 @pytest.mark.parametrize("route", [Route.PARALLEL, Route.GRAPH])
 def test_skeleton_fixed_prefix_is_shared_and_question_comes_last(engine: FakeEngine, route: Route) -> None:
     fixed = prompts.skeleton_fixed_prefix(engine, Role.LARGE, route)
-    assert fixed.endswith("\n") and "organizer" in fixed and "printing press" in fixed  # instructions + example
+    assert (
+        fixed.endswith("\n") and "organizer" in fixed and "printing press" in fixed
+    )  # instructions + example
     for q in QUESTIONS:
         full = prompts.skeleton_prompt(engine, Role.LARGE, route, q)
         assert full.startswith(fixed)
         assert full.endswith(prompts.SKELETON_PREFILL)
-        variable = full[len(fixed):]
-        assert variable.startswith(q.strip())  # the question is the whole variable part, save the template tail
+        variable = full[len(fixed) :]
+        assert variable.startswith(
+            q.strip()
+        )  # the question is the whole variable part, save the template tail
         assert len(variable) < len(q) + 80
     assert ("needs:" in fixed) == (route is Route.GRAPH)
 
@@ -44,7 +54,7 @@ def test_router_fixed_prefix(engine: FakeEngine) -> None:
     assert fixed.endswith("\n") and "one letter" in fixed
     for q in QUESTIONS:
         full = prompts.router_prompt(engine, Role.SMALL, q)
-        assert full.startswith(fixed) and q.strip() in full[len(fixed):]
+        assert full.startswith(fixed) and q.strip() in full[len(fixed) :]
 
 
 def test_point_prompts_share_the_question_and_outline_prefix(engine: FakeEngine) -> None:
@@ -67,7 +77,9 @@ def test_point_prompts_share_the_question_and_outline_prefix(engine: FakeEngine)
 
 def test_forwarded_text_is_capped(engine: FakeEngine) -> None:
     long = "word " * 1000
-    r = prompts.point_prompt(engine, Role.LARGE, "q?", PLAN, 2, [(1, PLAN.node(1), long)], forward_max_chars=50)
+    r = prompts.point_prompt(
+        engine, Role.LARGE, "q?", PLAN, 2, [(1, PLAN.node(1), long)], forward_max_chars=50
+    )
     assert "word word" in r.tail and len(r.tail) < 600
 
 
@@ -96,11 +108,13 @@ def test_resident_prefixes_cover_every_prompt_kind(engine: FakeEngine) -> None:
     texts = {t for _, t in residents}
     assert {r for r, _ in residents} == {Role.LARGE, Role.SMALL}
     q = QUESTIONS[0]
-    for prompt in [prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q),
-                   prompts.skeleton_prompt(engine, Role.LARGE, Route.PARALLEL, q),
-                   prompts.router_prompt(engine, Role.SMALL, q),
-                   prompts.point_prompt(engine, Role.SMALL, q, PLAN, 2).full,
-                   prompts.direct_prompt(engine, Role.LARGE, q).full]:
+    for prompt in [
+        prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q),
+        prompts.skeleton_prompt(engine, Role.LARGE, Route.PARALLEL, q),
+        prompts.router_prompt(engine, Role.SMALL, q),
+        prompts.point_prompt(engine, Role.SMALL, q, PLAN, 2).full,
+        prompts.direct_prompt(engine, Role.LARGE, q).full,
+    ]:
         assert any(prompt.startswith(t) for t in texts), prompt[:80]
     assert all(t.endswith("\n") for t in texts)
 

@@ -16,41 +16,58 @@ from planner.settings import PlannerSettings
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
-@pytest.mark.parametrize("question,route", [
-    ("Implement a binary search algorithm in Python.", Route.DIRECT),
-    ("Solve for x in the equation 3x + 10 = 5(x - 2).", Route.DIRECT),
-    ("How many atoms are in a grain of salt?", Route.DIRECT),
-    ("Write a short poem about autumn leaves.", Route.DIRECT),
-    ("Can you help me write a resignation letter to my employer?", Route.DIRECT),
-    ("As a pirate captain, what would you say to your crew?", Route.DIRECT),
-    ("hello there!", Route.DIRECT),
-    ("Who wrote Hamlet?", Route.DIRECT),
-    ("What if the Roman Empire had never fallen?", Route.PARALLEL),
-    ("What are the most effective ways to deal with stress?", Route.PARALLEL),
-    ("What are the differences between tea and coffee?", Route.PARALLEL),
-    ("How to start a vegetable garden on a balcony?", Route.GRAPH),
-])
+@pytest.mark.parametrize(
+    "question,route",
+    [
+        ("Implement a binary search algorithm in Python.", Route.DIRECT),
+        ("Solve for x in the equation 3x + 10 = 5(x - 2).", Route.DIRECT),
+        ("How many atoms are in a grain of salt?", Route.DIRECT),
+        ("Write a short poem about autumn leaves.", Route.DIRECT),
+        ("Can you help me write a resignation letter to my employer?", Route.DIRECT),
+        ("As a pirate captain, what would you say to your crew?", Route.DIRECT),
+        ("hello there!", Route.DIRECT),
+        ("Who wrote Hamlet?", Route.DIRECT),
+        ("What if the Roman Empire had never fallen?", Route.PARALLEL),
+        ("What are the most effective ways to deal with stress?", Route.PARALLEL),
+        ("What are the differences between tea and coffee?", Route.PARALLEL),
+        ("How to start a vegetable garden on a balcony?", Route.GRAPH),
+    ],
+)
 def test_rules(question: str, route: Route) -> None:
     decided = router.rules_route(question)
     assert decided is not None and decided.route is route and decided.source == "rules"
 
 
 def test_rules_leave_open_questions_to_the_model() -> None:
-    assert router.rules_route("Why do some people enjoy being scared by horror movies while others hate it?") is None
+    assert (
+        router.rules_route("Why do some people enjoy being scared by horror movies while others hate it?")
+        is None
+    )
 
 
-@pytest.mark.parametrize("text,route", [
-    ("A", Route.PARALLEL), (" B", Route.GRAPH), ("C.", Route.DIRECT), ("(b)", Route.GRAPH), ("**A**", Route.PARALLEL),
-    ("Answer", None), ("", None), ("D", None), ("Because", None),
-])
+@pytest.mark.parametrize(
+    "text,route",
+    [
+        ("A", Route.PARALLEL),
+        (" B", Route.GRAPH),
+        ("C.", Route.DIRECT),
+        ("(b)", Route.GRAPH),
+        ("**A**", Route.PARALLEL),
+        ("Answer", None),
+        ("", None),
+        ("D", None),
+        ("Because", None),
+    ],
+)
 def test_parse_router_answer(text: str, route: Route | None) -> None:
     assert router.parse_router_answer(text) is route
 
 
-async def _route(engine: FakeEngine, question: str,
-                 settings: PlannerSettings | None = None) -> router.RouteDecision:
+async def _route(
+    engine: FakeEngine, question: str, settings: PlannerSettings | None = None
+) -> router.RouteDecision:
     async with asyncio.timeout(5):
-        return await router.route(engine, question, settings or PlannerSettings())
+        return await router.route(engine, question, settings or PlannerSettings(use_router_model=True))
 
 
 OPEN_QUESTION = "Why do some people enjoy being scared by horror movies while others hate it?"
@@ -74,8 +91,11 @@ async def test_model_router_falls_back_to_the_default() -> None:
     decision = await _route(engine, OPEN_QUESTION)
     assert decision.route is PlannerSettings().router_default and decision.source == "default"
     assert engine.calls[0].request.role is Role.LARGE  # the only loaded role
-    off = await _route(FakeEngine(), OPEN_QUESTION, PlannerSettings(use_router_model=False, router_default=Route.PARALLEL))
+    off = await _route(
+        FakeEngine(), OPEN_QUESTION, PlannerSettings(use_router_model=False, router_default=Route.PARALLEL)
+    )
     assert off.route is Route.PARALLEL and off.source == "default"
+    assert not PlannerSettings().use_router_model  # measured: the 0.5B router is worse than the default
 
 
 async def test_rules_do_not_call_the_model() -> None:
@@ -86,13 +106,15 @@ async def test_rules_do_not_call_the_model() -> None:
 
 async def test_evaluate_router_with_a_fake_model(tmp_path: Path) -> None:
     csv_path = tmp_path / "labels.csv"
-    csv_path.write_text('label;request\n1;"What are good ways to relax?"\n0;"Write a poem."\n'
-                        f'1;"{OPEN_QUESTION}"\n', encoding="utf-8")
+    csv_path.write_text(
+        f'label;request\n1;"What are good ways to relax?"\n0;"Write a poem."\n1;"{OPEN_QUESTION}"\n',
+        encoding="utf-8",
+    )
     engine = FakeEngine()
     engine.script("sort questions", "A")
 
     async with asyncio.timeout(5):
-        result = await router.evaluate_router(engine, csv_path)
+        result = await router.evaluate_router(engine, csv_path, PlannerSettings(use_router_model=True))
     assert result["n"] == 3 and result["accuracy"] == 1.0 and result["router_calls"] == 1
 
 
@@ -101,8 +123,10 @@ async def test_evaluate_router_with_a_fake_model(tmp_path: Path) -> None:
 def test_rules_only_accuracy(name: str, floor: float, capsys: pytest.CaptureFixture[str]) -> None:
     result = router.evaluate_rules(DATA / name)
     with capsys.disabled():
-        print(f"\nrules-only router on {name}: accuracy {result['accuracy']} (n={result['n']}, "
-              f"tp={result['tp']} tn={result['tn']} fp={result['fp']} fn={result['fn']}, "
-              f"by source {result['by_source']})")
+        print(
+            f"\nrules-only router on {name}: accuracy {result['accuracy']} (n={result['n']}, "
+            f"tp={result['tp']} tn={result['tn']} fp={result['fp']} fn={result['fn']}, "
+            f"by source {result['by_source']})"
+        )
     accuracy = result["accuracy"]
     assert isinstance(accuracy, float) and accuracy >= floor

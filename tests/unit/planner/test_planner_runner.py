@@ -21,8 +21,9 @@ def graph(*nodes: Node, route: Route = Route.GRAPH) -> Plan:
     return Plan.validated(nodes, route)
 
 
-async def collect(engine: FakeEngine, plan: Plan, settings: PlannerSettings | None = None,
-                  timeout: float = 5) -> list[Event]:
+async def collect(
+    engine: FakeEngine, plan: Plan, settings: PlannerSettings | None = None, timeout: float = 5
+) -> list[Event]:
     async with asyncio.timeout(timeout):
         async with aclosing(runner.run(engine, Q, plan, settings or PlannerSettings())) as events:
             return [e async for e in events]
@@ -43,25 +44,35 @@ def check_event_grammar(events: list[Event], plan: Plan) -> None:
 
 
 def index(events: list[Event], kind: type, node_id: int) -> int:
-    return next(i for i, e in enumerate(events) if isinstance(e, kind) and getattr(e, "node_id", None) == node_id)
+    return next(
+        i for i, e in enumerate(events) if isinstance(e, kind) and getattr(e, "node_id", None) == node_id
+    )
 
 
 async def test_dependency_order_and_event_grammar() -> None:
     engine = FakeEngine(delay=0.001)
-    plan = graph(Node(1, "Set goals"), Node(2, "Plan the week", (1,)), Node(3, "Use a timer"),
-                 Node(4, "Review", (2, 3)))
+    plan = graph(
+        Node(1, "Set goals"),
+        Node(2, "Plan the week", (1,)),
+        Node(3, "Use a timer"),
+        Node(4, "Review", (2, 3)),
+    )
     events = await collect(engine, plan)
     check_event_grammar(events, plan)
     for child, parent in [(2, 1), (4, 2), (4, 3)]:
         assert index(events, NodeFinished, parent) < index(events, NodeStarted, child)
     # independent nodes run together: 1 and 3 both start before either finishes
     assert max(index(events, NodeStarted, 1), index(events, NodeStarted, 3)) < min(
-        index(events, NodeFinished, 1), index(events, NodeFinished, 3))
+        index(events, NodeFinished, 1), index(events, NodeFinished, 3)
+    )
     done = events[-1]
     assert isinstance(done, AnswerDone) and done.failed == () and done.route is Route.GRAPH
     assert done.text.splitlines() == [
-        "1. Set goals: Some helpful text.", "2. Plan the week: Some helpful text.",
-        "3. Use a timer: Some helpful text.", "4. Review: Some helpful text."]
+        "1. Set goals: Some helpful text.",
+        "2. Plan the week: Some helpful text.",
+        "3. Use a timer: Some helpful text.",
+        "4. Review: Some helpful text.",
+    ]
     assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
 
 
@@ -218,7 +229,9 @@ async def test_prefix_refused_falls_back_to_whole_prompts() -> None:
     engine.fail_prefix = True
     events = await collect(engine, graph(Node(1, "A"), Node(2, "B")))
     assert isinstance(events[-1], AnswerDone) and events[-1].failed == ()
-    assert all(c.request.prefix is None and c.full_prompt.startswith("<|im_start|>system") for c in engine.calls)
+    assert all(
+        c.request.prefix is None and c.full_prompt.startswith("<|im_start|>system") for c in engine.calls
+    )
 
 
 async def test_direct_plan_is_one_plain_node() -> None:
