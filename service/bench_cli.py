@@ -13,7 +13,8 @@ def _engine(args: argparse.Namespace) -> int:
     from service.engine.bench import BenchSettings, run_engine_bench
 
     settings = BenchSettings(model=args.model, tokens=32 if args.quick else args.tokens,
-                             counts=tuple(args.sequences), threads=args.threads)
+                             counts=tuple(args.sequences), threads=args.threads,
+                             rounds=1 if args.quick else args.rounds)
     result = asyncio.run(run_engine_bench(settings))
     if args.json:
         print(json.dumps(result))
@@ -67,6 +68,8 @@ def run(argv: Sequence[str]) -> int:
     eng.add_argument("--tokens", type=int, default=128, help="tokens generated per sequence (default 128)")
     eng.add_argument("--sequences", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrency levels")
     eng.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    eng.add_argument("--rounds", type=int, default=3,
+                     help="alternating engine/raw rounds; figures are medians (default 3; --quick: 1)")
     eng.set_defaults(func=_engine)
     ans = sub.add_parser("answers", help="each answer mode over a question set: speed-up, judged quality, router",
                          description="Run a question set through each mode (interleaved per question), judge "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class BenchSettings:
     counts: tuple[int, ...] = (1, 2, 4, 8)
     prefix_tokens: int = 200
     threads: int = 0
+    rounds: int = 3
 
 
 def _progress(msg: str) -> None:
@@ -134,23 +136,28 @@ async def run_engine_bench(s: BenchSettings) -> dict[str, object]:
         params = ContextParams(n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq_max=cfg.slots + cfg.prefix_slots,
                                threads=threads, threads_batch=threads, flash_attn=cfg.flash_attn)
         await _engine_rate(engine, _prompts(engine, 1), 8)  # warm-up
-        results = []
-        for n in s.counts:
-            prompts = _prompts(engine, n)
-            _progress(f"{n} sequence(s) x {s.tokens} tokens: engine")
-            rate = await _engine_rate(engine, prompts, s.tokens)
-            _progress(f"{n} sequence(s) x {s.tokens} tokens: raw llama_decode loop")
-            token_lists = [await asyncio.to_thread(model.tokenize, p) for p in prompts]
-            raw = await asyncio.to_thread(_raw_rate, model, params, token_lists, s.tokens)
-            results.append({"sequences": n, "tokens_per_s": round(rate, 2), "raw_tokens_per_s": round(raw, 2)})
-            _progress(f"  engine {rate:.1f} tok/s, raw {raw:.1f} tok/s")
+        # This machine's speed drifts by tens of percent within minutes (shared cores), so engine and
+        # raw runs alternate, round after round, and each figure is the median of its rounds.
+        engine_runs: dict[int, list[float]] = {n: [] for n in s.counts}
+        raw_runs: dict[int, list[float]] = {n: [] for n in s.counts}
+        token_lists = {n: [await asyncio.to_thread(model.tokenize, p) for p in _prompts(engine, n)] for n in s.counts}
+        for r in range(s.rounds):
+            for n in s.counts:
+                _progress(f"round {r + 1}/{s.rounds}: {n} sequence(s) x {s.tokens} tokens, engine then raw loop")
+                engine_runs[n].append(await _engine_rate(engine, _prompts(engine, n), s.tokens))
+                raw_runs[n].append(await asyncio.to_thread(_raw_rate, model, params, token_lists[n], s.tokens))
+                _progress(f"  engine {engine_runs[n][-1]:.1f} tok/s, raw {raw_runs[n][-1]:.1f} tok/s")
+        results = [{"sequences": n, "tokens_per_s": round(statistics.median(engine_runs[n]), 2),
+                    "raw_tokens_per_s": round(statistics.median(raw_runs[n]), 2),
+                    "tokens_per_s_rounds": [round(x, 2) for x in engine_runs[n]],
+                    "raw_tokens_per_s_rounds": [round(x, 2) for x in raw_runs[n]]} for n in s.counts]
         _progress(f"prefix reuse: 4 forks of a {s.prefix_tokens}-token prefix")
         reuse = await _prefix_reuse(engine, s.prefix_tokens)
     finally:
         await engine.aclose()
     by_n = {r["sequences"]: r for r in results}
     out: dict[str, object] = {"model": model.description, "model_role": s.model, "threads": threads,
-                              "tokens_per_sequence": s.tokens, "results": results}
+                              "tokens_per_sequence": s.tokens, "rounds": s.rounds, "results": results}
     if 4 in by_n and 1 in by_n:
         out["speedup_4"] = round(by_n[4]["tokens_per_s"] / by_n[1]["tokens_per_s"], 3)
         out["raw_speedup_4"] = round(by_n[4]["raw_tokens_per_s"] / by_n[1]["raw_tokens_per_s"], 3)
