@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import logging
 import signal
 import time
@@ -194,14 +193,6 @@ async def load_llama_engine(settings: ServerSettings) -> Engine:
     return await LlamaEngine.load(settings.engine_config())
 
 
-async def close_engine(engine: Engine, grace_s: float) -> None:
-    """engine.aclose(grace_s) where the engine takes a grace period (LlamaEngine does), else aclose()."""
-    if len(inspect.signature(engine.aclose).parameters) >= 1:
-        await engine.aclose(grace_s)  # type: ignore[call-arg]
-    else:
-        await engine.aclose()
-
-
 async def shutdown(parts: Server, engine: Engine | None, grace_s: float) -> None:
     """The fixed order: health NOT_SERVING, refuse new work, stop the server within grace, drain the engine."""
     started = time.monotonic()
@@ -212,7 +203,7 @@ async def shutdown(parts: Server, engine: Engine | None, grace_s: float) -> None
     if not await parts.servicer.wait_idle(UNWIND_S):  # cancelled calls close their engine sequences
         log.warning("some calls did not unwind within %.0fs of their cancellation", UNWIND_S)
     if engine is not None:
-        await close_engine(engine, max(0.0, grace_s - (time.monotonic() - started)))
+        await engine.aclose(max(0.0, grace_s - (time.monotonic() - started)))
 
 
 async def serve(settings: ServerSettings, *, load_engine: EngineLoader | None = None,
@@ -273,7 +264,7 @@ async def serve(settings: ServerSettings, *, load_engine: EngineLoader | None = 
             await asyncio.wait({loader})  # unlike `await loader`, never mistakes its cancel for ours
         if engine is None and loader is not None and loader.done() and not loader.cancelled() \
                 and loader.exception() is None:
-            await close_engine(loader.result(), 0)  # loaded just as we stopped: free it
+            await loader.result().aclose(0)  # loaded just as we stopped: free it
         await shutdown(parts, engine, settings.grace_s)
         if metrics_server is not None:
             metrics_server.close()

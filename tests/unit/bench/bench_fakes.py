@@ -118,7 +118,7 @@ class FakeEngine:
     def stats(self) -> EngineStats:
         return EngineStats(tuple(RoleStats(r, "fake", 8, 0, 0, 0, 0, 0, 0.0, 0) for r in sorted(self._roles)))
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace_s: float = 5.0) -> None:
         return None
 
 

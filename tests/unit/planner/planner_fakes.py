@@ -213,7 +213,7 @@ class FakeEngine:
             )
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace_s: float = 5.0) -> None:
         return None
 
     # --- helpers for assertions ----------------------------------------------------------------
