@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from bench_fakes import FakeEngine, StubJudge, StubRunner
+from bench_fakes import StubJudge, StubRunner
+from engine_fakes import FakeEngine
 
 from planner.engine import Role
 from planner.settings import PlannerSettings
@@ -151,8 +152,8 @@ async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) ->
     assert modes["sot"]["quality"]["wins"] == 2 and modes["sot"]["quality"]["net_win_rate"] == 1.0
     assert modes["auto"]["quality"] == {"n": 2, "wins": 1, "ties": 1, "losses": 0, "no_verdict": 0,
                                         "win_rate": 0.5, "tie_rate": 0.5, "lose_rate": 0.0, "net_win_rate": 0.5}
-    judge_calls = [c for c in engine.calls if "[Answer A]" in c.prompt]
-    assert len(judge_calls) == 2 * (2 + 2 + 1) and all(c.role is Role.LARGE for c in judge_calls)
+    judge_calls = [c for c in engine.calls if "[Answer A]" in c.full_prompt]
+    assert len(judge_calls) == 2 * (2 + 2 + 1) and all(c.request.role is Role.LARGE for c in judge_calls)
     assert result["router"]["accuracy"] == 1.0 and result["router"]["by_source"] == {"rules": {"n": 2, "accuracy": 1.0}}
 
     out = tmp_path / "out"

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
-from bench_fakes import FakeEngine
+from engine_fakes import FakeEngine
 
 from planner.engine import Role
 from service.bench.judge import (
@@ -70,7 +70,7 @@ async def test_engine_judge_is_greedy_and_short() -> None:
     reply = await judge.reply("Q?", "one", "two")
     assert parse_verdict(reply) == "B"
     call = engine.calls[-1]
-    assert call.role is Role.SMALL and "[Answer A]\none" in call.prompt and "[Answer B]\ntwo" in call.prompt
+    assert call.request.role is Role.SMALL and "[Answer A]\none" in call.full_prompt and "[Answer B]\ntwo" in call.full_prompt
     assert len(call.output.split()) <= 4
 
 

@@ -6,7 +6,7 @@ import asyncio
 from contextlib import aclosing
 
 import pytest
-from planner_fakes import FakeEngine
+from engine_fakes import FakeEngine
 
 from planner import pipeline
 from planner.engine import InvalidRequest, Role

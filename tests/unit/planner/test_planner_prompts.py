@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from planner_fakes import FakeEngine, chatml, llama3_trimming
+from engine_fakes import FakeEngine, chatml, llama3_trimming
 
 from planner import prompts
 from planner.engine import Role

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from planner_fakes import FakeEngine
+from engine_fakes import FakeEngine
 
 from planner import router
 from planner.engine import Role

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import aclosing
 
-from planner_fakes import FakeEngine
+from engine_fakes import FakeEngine
 
 from planner import runner
 from planner.engine import EngineFault, FinishReason, Role

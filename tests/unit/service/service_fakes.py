@@ -1,28 +1,21 @@
 """Helpers for the service's unit tests: the planner's scripted FakeEngine and real servers on port 0.
 
-The fake engine is the planner's own (tests/unit/planner/planner_fakes.py), reused rather than
+The fake engine is the shared one (tests/engine_fakes.py), reused rather than
 copied so that both suites script the same behaviour. `running()` builds a real grpc.aio server
 around it on 127.0.0.1:0 and yields the generated stubs over an insecure channel.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
-
-_PLANNER_TESTS = str(Path(__file__).resolve().parents[1] / "planner")
-if _PLANNER_TESTS not in sys.path:
-    sys.path.insert(0, _PLANNER_TESTS)
-
+from engine_fakes import FakeEngine, Script
 from espalier.v1 import espalier_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
-from planner_fakes import FakeEngine, Script
 
 from planner.settings import PlannerSettings
 from service.server import Server, build
