@@ -116,7 +116,7 @@ class LiveView:
         for point in self.state.points.values():
             if len(self.state.points) > 1:
                 lines.append(f"{point.node_id}. {point.title}")
-            lines.extend(textwrap.wrap(point.text.strip(), width) or [""])
+            lines.extend(textwrap.wrap(point.text.strip(), width))
             lines.append("")
         lines.append(self.state.summary())
         return lines
