@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from planner.engine import InvalidRequest
+from planner.engine import InvalidRequest, Role
 
 DEFAULT_MAX_NODES = 10
 MAX_TITLE_CHARS = 300
@@ -65,12 +65,16 @@ class PlanInvalid(InvalidRequest):
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """One point of the answer. depends_on lists ids of nodes whose text this one needs."""
+    """One point of the answer. depends_on lists ids of nodes whose text this one needs.
+
+    role: the model that decodes it when the caller chose one; None lets difficulty decide.
+    """
 
     id: int
     title: str
     depends_on: tuple[int, ...] = ()
     difficulty: Difficulty = Difficulty.HARD
+    role: Role | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,9 @@ class Plan:
                 raise PlanInvalid(
                     f"{where}.title is longer than {MAX_TITLE_CHARS} characters", field=f"{where}.title"
                 )
+            if node.role is not None and not isinstance(node.role, Role):
+                raise PlanInvalid(f"{where}.role must be large, small or unset (got {node.role!r})",
+                                  field=f"{where}.role")
             if not isinstance(node.difficulty, Difficulty):
                 raise PlanInvalid(
                     f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",

@@ -96,7 +96,9 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
 
 
 def role_for(node: Node, plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) -> Role:
-    if plan.route is Route.DIRECT:
+    if node.role is not None:
+        wanted = node.role  # the caller's choice (an edited graph) wins over difficulty
+    elif plan.route is Route.DIRECT:
         wanted = settings.direct_role
     else:
         wanted = settings.easy_role if node.difficulty is Difficulty.EASY else settings.hard_role

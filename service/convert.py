@@ -191,6 +191,7 @@ def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role]) ->
         difficulty = _DIFFICULTY_IN.get(n.difficulty)
         if difficulty is None:
             raise PlanInvalid(f"{where}.difficulty has an unknown value {n.difficulty}", field=f"{where}.difficulty")
+        role = None
         if n.model_role != pb.MODEL_ROLE_UNSPECIFIED:
             role = _ROLES_IN.get(n.model_role)
             if role is None:
@@ -199,7 +200,7 @@ def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role]) ->
             if role not in loaded:
                 have = ", ".join(sorted(r.value for r in loaded)) or "none"
                 raise RoleNotLoaded(f"{where}.model_role: the {role.value} model is not loaded (loaded: {have})")
-        nodes.append(Node(n.id, n.title, tuple(n.depends_on), difficulty))
+        nodes.append(Node(n.id, n.title, tuple(n.depends_on), difficulty, role))
     if graph.route == pb.ROUTE_UNSPECIFIED:
         route = Route.GRAPH if any(n.depends_on for n in nodes) else Route.PARALLEL
     elif graph.route in _ROUTES_IN:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from contextlib import aclosing
 
+import pytest
 from engine_fakes import FakeEngine
 
 from planner import runner
 from planner.engine import EngineFault, FinishReason, Role
 from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
-from planner.plan import Difficulty, Node, Plan, Route
+from planner.plan import Difficulty, Node, Plan, PlanInvalid, Route
 from planner.settings import PlannerSettings
 
 E, H = Difficulty.EASY, Difficulty.HARD
@@ -130,6 +131,16 @@ async def test_difficulty_picks_the_role_and_single_role_fallback() -> None:
     swapped = PlannerSettings(easy_role=Role.LARGE, hard_role=Role.SMALL)
     events = await collect(FakeEngine(), plan, swapped)
     assert {e.node_id: e.role for e in events if isinstance(e, NodeStarted)}[1] is Role.LARGE
+
+
+async def test_a_role_chosen_by_the_caller_wins_over_difficulty() -> None:
+    plan = graph(Node(1, "Hard but small", (), H, Role.SMALL), Node(2, "Easy but large", (), E, Role.LARGE),
+                 Node(3, "Hard", (), H))
+    events = await collect(FakeEngine(), plan)
+    assert {e.node_id: e.role for e in events if isinstance(e, NodeStarted)} == {
+        1: Role.SMALL, 2: Role.LARGE, 3: Role.LARGE}
+    with pytest.raises(PlanInvalid, match="role"):
+        graph(Node(1, "Bad role", (), H, "medium"))  # type: ignore[arg-type]
 
 
 async def test_one_node_failing_keeps_the_others() -> None:

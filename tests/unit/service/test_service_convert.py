@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from espalier.v1 import espalier_pb2 as pb
@@ -31,7 +32,9 @@ def test_plan_to_graph_and_back_is_the_same_plan() -> None:
     assert [n.model_role for n in graph.nodes] == [pb.MODEL_ROLE_SMALL, pb.MODEL_ROLE_LARGE, pb.MODEL_ROLE_LARGE]
     wire = pb.Graph.FromString(graph.SerializeToString())
     back = convert.plan_from_graph(wire, 10, BOTH)
-    assert back.nodes == plan.nodes and back.route is plan.route
+    # the roles Plan reported come back pinned: Expand runs each node where Plan said it would
+    assert back.nodes == tuple(replace(n, role=r) for n, r in zip(plan.nodes, (Role.SMALL, Role.LARGE, Role.LARGE)))
+    assert back.route is plan.route
     # small-only servers report the role a node will really run on
     assert {n.model_role for n in convert.graph_to_pb(plan, BASE, frozenset({Role.SMALL})).nodes} == {
         pb.MODEL_ROLE_SMALL}
@@ -69,7 +72,8 @@ def test_a_node_pinned_to_an_unloaded_role_is_a_failed_precondition() -> None:
     graph = pb.Graph(nodes=[node(1), node(2, role=pb.MODEL_ROLE_LARGE)])
     with pytest.raises(RoleNotLoaded, match=r"graph.nodes\[1\].model_role"):
         convert.plan_from_graph(graph, 10, frozenset({Role.SMALL}))
-    convert.plan_from_graph(graph, 10, BOTH)  # fine when loaded
+    plan = convert.plan_from_graph(graph, 10, BOTH)  # fine when loaded, and the choice is kept
+    assert [n.role for n in plan.nodes] == [None, Role.LARGE]
 
 
 def test_question_or_messages_bounded() -> None:
