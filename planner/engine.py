@@ -11,7 +11,7 @@ import enum
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 
 class Role(enum.StrEnum):
@@ -115,7 +115,7 @@ class Prefix(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def __aenter__(self) -> Prefix: ...
+    async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc: object) -> None: ...
 

@@ -12,13 +12,12 @@ import random
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from espalier.v1 import espalier_pb2 as pb
 from espalier.v1 import espalier_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 T = TypeVar("T")
 
@@ -73,7 +72,7 @@ class EspalierClient:
         self._timeout = timeout_s
         self._retry = retry
 
-    async def __aenter__(self) -> EspalierClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

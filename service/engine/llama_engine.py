@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Self
 
 from planner.engine import (
     Chunk,
@@ -66,7 +67,7 @@ class LlamaPrefix:
             if self._ready is not None and not self._ready.done():
                 self._ready.cancel()
 
-    async def __aenter__(self) -> LlamaPrefix:
+    async def __aenter__(self) -> Self:
         self._open()
         return self
 

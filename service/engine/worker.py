@@ -326,9 +326,9 @@ class ContextWorker:
         best: Seq | None = None
         for res in self._residents:
             n = len(res.tokens)
-            if res.state is SeqState.READY and n < len(tokens) and tuple(tokens[:n]) == tuple(res.tokens):
-                if best is None or n > len(best.tokens):
-                    best = res
+            fits = res.state is SeqState.READY and n < len(tokens) and tuple(tokens[:n]) == tuple(res.tokens)
+            if fits and (best is None or n > len(best.tokens)):
+                best = res
         return best
 
     def _release_prefix(self, holder: PrefixHolder) -> None:

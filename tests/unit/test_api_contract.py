@@ -34,6 +34,6 @@ def _buf() -> str | None:
 def test_proto_passes_buf_lint_standard() -> None:
     buf = _buf()
     assert buf is not None
-    result = subprocess.run([buf, "lint"], cwd=PROTOS, capture_output=True, text=True,
+    result = subprocess.run([buf, "lint"], cwd=PROTOS, capture_output=True, text=True, check=False,
                             env={**os.environ, "BUF_CACHE_DIR": str(ROOT / ".tools/buf-cache")})
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 
 import grpc
 import pytest
+from espalier.v1 import espalier_pb2 as pb
 
 from clients.python.client import EspalierClient, RetryPolicy, settings
-from espalier.v1 import espalier_pb2 as pb
 from planner.settings import PlannerSettings
 from service.server import Server, build
 from service.settings import ServerSettings

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 
-from clients.python.live_view import LiveView
 from espalier.v1 import espalier_pb2 as pb
+
+from clients.python.live_view import LiveView
 
 
 def events() -> list[pb.AnswerEvent]:
