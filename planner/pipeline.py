@@ -78,13 +78,14 @@ async def make_plan(
     if nodes is None:
         return Plan.direct(f"{reason}; skeleton unusable, answering directly")
     try:
-        return Plan.validated(
+        plan = Plan.validated(
             nodes,
             route,
             max_nodes=settings.max_nodes,
             reason=f"{reason}; {len(nodes)} points",
             skeleton=skeleton,
         )
+        return plan.with_max_depth(settings.max_depth) if route is Route.GRAPH else plan
     except PlanInvalid as exc:  # the parser repairs graphs, so this is a parser bug; still answer
         return Plan.direct(f"{reason}; skeleton rejected ({exc}), answering directly")
 

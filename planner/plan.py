@@ -9,6 +9,7 @@ the service turns into INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -191,6 +192,23 @@ class Plan:
             if n.id == node_id:
                 return i
         raise KeyError(node_id)
+
+    def with_max_depth(self, max_depth: int) -> Plan:
+        """The same plan with dependencies cut so that no chain has more than max_depth stages.
+
+        Every stage of a chain is a point decoded after its parent finished, so depth is what
+        serialises a graph; a model copying a chain from its examples would otherwise undo all
+        parallelism. A node keeps the parents that still fit (the shallow ones), drops the rest.
+        """
+        depth: dict[int, int] = {}
+        kept: dict[int, tuple[int, ...]] = {}
+        for node_id in self.topological_order():
+            node = self.node(node_id)
+            deps = tuple(d for d in node.depends_on if depth[d] < max_depth)
+            kept[node_id] = deps
+            depth[node_id] = 1 + max((depth[d] for d in deps), default=0)
+        nodes = tuple(dataclasses.replace(n, depends_on=kept[n.id]) for n in self.nodes)
+        return dataclasses.replace(self, nodes=nodes)
 
     def topological_order(self) -> tuple[int, ...]:
         """Node ids so that every node comes after the nodes it depends on.

@@ -71,6 +71,11 @@ class PlannerSettings:
             "most points decoding at once per role (also bounded by the engine's free slots)", 1, 256
         ),
     )
+    max_depth: int = field(
+        default=2,
+        metadata=_m("most stages in a chain of dependent points of a model-written graph (1 = all parallel); "
+                    "each stage waits for the one before it", 1, 64),
+    )
     forward_max_chars: int = field(
         default=1500,
         metadata=_m("characters of each parent's text forwarded to a dependent point", 0, 100_000),

@@ -50,8 +50,11 @@ async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
     assert [(n.title, n.depends_on, n.difficulty) for n in plan.nodes] == [
         ("Thrill of fear", (), Difficulty.EASY),
         ("Brain chemistry", (1,), Difficulty.HARD),
-        ("Personality differences", (1, 2), Difficulty.HARD),
+        ("Personality differences", (1,), Difficulty.HARD),  # (1, 2) cut to two stages by max_depth=2
     ]
+    deeper = await run(lambda: pipeline.make_plan(engine_with_skeletons(), OPEN_Q, Mode.SGD,
+                                                  PlannerSettings(max_depth=3)))
+    assert deeper.nodes[2].depends_on == (1, 2)
     assert "forced" in plan.reason and plan.skeleton.startswith("1. Thrill of fear")
     (call,) = engine.calls
     assert call.request.role is Role.LARGE and call.request.sampling.stop == ("\n\n",)

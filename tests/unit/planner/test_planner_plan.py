@@ -90,3 +90,12 @@ def test_settings_validate() -> None:
             s.replace(**changes)
         assert info.value.field == field
     assert PlannerSettings(skeleton_role=Role.SMALL).validate().skeleton_role is Role.SMALL
+
+
+def test_max_depth_cuts_chains_keeping_shallow_parents() -> None:
+    chain = Plan.validated((Node(1, "a"), Node(2, "b", (1,)), Node(3, "c", (2,)), Node(4, "d", (2, 3)),
+                            Node(5, "e", (1,))), Route.GRAPH)
+    cut = chain.with_max_depth(2)
+    assert [n.depends_on for n in cut.nodes] == [(), (1,), (), (3,), (1,)]
+    assert [n.depends_on for n in chain.with_max_depth(1).nodes] == [()] * 5
+    assert chain.with_max_depth(4) == chain
