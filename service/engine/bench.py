@@ -97,8 +97,12 @@ async def _prefix_reuse(engine: LlamaEngine, n_prefix: int) -> dict[str, float]:
     """Prompt tokens prefilled for 4 requests sharing a prefix: with a fork over without."""
     model = engine.model(Role.SMALL)
     words = " ".join(f"fact {i}: the {TOPICS[i % 8]} matters." for i in range(n_prefix))
-    toks = await asyncio.to_thread(model.tokenize, words)
-    shared = b"".join(model.piece(t) for t in toks[:n_prefix]).decode(errors="ignore") + "\n"
+
+    def first_tokens_text() -> str:  # llama.cpp calls stay off the event loop
+        toks = model.tokenize(words)
+        return b"".join(model.piece(t) for t in toks[:n_prefix]).decode(errors="ignore") + "\n"
+
+    shared = await asyncio.to_thread(first_tokens_text)
     suffixes = [f"Question {i}: which fact comes first?\n" for i in range(4)]
     sampling = Sampling(max_tokens=2)
 
