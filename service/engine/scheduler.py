@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -153,7 +153,7 @@ class Scheduler:
         self._waiting.append(seq)
 
     def abort(self, seq: Seq) -> None:
-        """Drop a sequence wherever it is; its KV is removed before the next batch."""
+        """Drop a sequence wherever it is; its slot is free at once, its KV removed when needed or idle."""
         if seq.state is SeqState.DONE:
             return
         if seq.state is SeqState.WAITING:
@@ -219,10 +219,10 @@ class Scheduler:
 
     def decode_failed(self, plan: StepPlan) -> list[Seq]:
         """The native decode rejected the batch: retire its sequences; returns them for reporting."""
-        failed = [e.seq for e in plan.entries if e.seq.state is not SeqState.DONE]
-        for seq in dict.fromkeys(failed):
+        failed = list(dict.fromkeys(e.seq for e in plan.entries if e.seq.state is not SeqState.DONE))
+        for seq in failed:
             self._retire(seq)
-        return list(dict.fromkeys(failed))
+        return failed
 
     def release_prefix(self, seq: Seq) -> None:
         """The prefix's owner is done with it; its KV goes once no child still needs to fork."""
@@ -238,14 +238,13 @@ class Scheduler:
     def _idle(self) -> bool:
         return not any(s.state in (SeqState.PREFILL, SeqState.SAMPLE, SeqState.DECODE) for s in self._active)
 
-    def _clean_one(self, plan: StepPlan, seq: Seq) -> int:
+    def _clean_one(self, plan: StepPlan, seq: Seq) -> None:
         """Remove a retired sequence's KV (frees run first in a step) and return its slot to the pool."""
         self._dirty.remove(seq)
         self._reserved -= seq.reserved
         seq.reserved = 0
         plan.frees.append(seq.slot)
         self._clean[seq.is_prefix].append(seq.slot)
-        return seq.slot
 
     def _dirty_cells(self) -> int:
         return sum(d.reserved for d in self._dirty)
@@ -269,7 +268,9 @@ class Scheduler:
 
     def _admit(self, plan: StepPlan) -> None:
         # First come, first served, but a sequence whose parent is still prefilling does not block
-        # the ones behind it.
+        # the ones behind it. Parents are released only after the loop: a parent retired here must
+        # not be cleaned in this same plan, whose frees run before the forks that copy from it.
+        forked: list[Seq] = []
         for seq in list(self._waiting):
             if seq.parent is not None and seq.parent.state is SeqState.DONE:
                 self._waiting.remove(seq)
@@ -295,6 +296,8 @@ class Scheduler:
             seq.state = SeqState.PREFILL
             self._reserved += seq.reserved
             self._active.append(seq)
+            forked.append(seq)
+        for seq in forked:
             self._release_parent(seq)
 
     def _release_parent(self, seq: Seq) -> None:
@@ -310,7 +313,3 @@ class Scheduler:
         self._active.remove(seq)
         self._dirty.append(seq)  # cells stay reserved until cleaned
         seq.state = SeqState.DONE
-
-    def all_seqs(self) -> Iterable[Seq]:
-        yield from self._active
-        yield from self._waiting

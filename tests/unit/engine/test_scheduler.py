@@ -210,3 +210,18 @@ def test_dirty_cells_are_reclaimed_for_the_kv_budget():
     s.add(big)
     plan = s.schedule()
     assert a.slot in plan.frees and big.state is SeqState.PREFILL
+
+
+def test_a_released_parent_is_not_freed_in_the_step_that_forks_its_last_child():
+    s = make(slots=2, prefix_slots=1)
+    p = Seq(1, tokens=[1, 2, 3], is_prefix=True)
+    s.add(p)
+    s.after_decode(s.schedule())
+    c = Seq(2, tokens=[1, 2, 3, 4], max_new=2, parent=p)
+    s.add(c)
+    s.release_prefix(p)
+    q = Seq(3, tokens=[7, 8], is_prefix=True)  # wants the only prefix slot, which p still holds
+    s.add(q)
+    plan = s.schedule()
+    assert [(f.src, f.dst) for f in plan.forks] == [(p.slot, c.slot)]
+    assert p.slot not in plan.frees  # frees run before forks: the child would copy nothing
