@@ -194,13 +194,15 @@ class ContextWorker:
         batch = self.ctx.batch
         batch.clear()
         index: dict[int, int] = {}
-        n_prompt = 0
+        n_prompt = n_decoded = 0
         for e in plan.entries:
             i = batch.add(e.seq.slot, e.tokens, e.pos, e.wants_logits)
             if e.wants_logits:
                 index[e.seq.key] = i
             if e.seq.state is SeqState.PREFILL:
                 n_prompt += len(e.tokens)
+            else:
+                n_decoded += 1
         t0 = time.perf_counter()
         rc = self.ctx.decode()
         dt = time.perf_counter() - t0
@@ -209,7 +211,6 @@ class ContextWorker:
             return
         self.steps += 1
         self.prefilled += n_prompt
-        n_decoded = len(plan.entries) - sum(1 for e in plan.entries if e.seq.state is SeqState.PREFILL)
         if n_decoded:
             self._rate = 0.8 * self._rate + 0.2 * (n_decoded / dt) if self._rate else n_decoded / dt
         for seq in self.sched.after_decode(plan):
@@ -355,9 +356,13 @@ class ContextWorker:
         self._deliver(job.delivery, Chunk(tail, 0, how, prompt_tokens=len(seq.tokens), reused_tokens=seq.reused))
 
     def _fail_key(self, key: int, err: BaseException) -> None:
+        """End a generating sequence, or a prefix holder (whose waiter would otherwise hang), with err."""
         job = self._jobs.get(key)
         if job is not None:
             self._end(job, err)
+        holder = self._prefixes.pop(key, None)
+        if holder is not None:
+            self._reject(holder.ready, err)
 
     def _fail_all(self, err: EngineError) -> None:
         for job in list(self._jobs.values()):
