@@ -21,6 +21,15 @@ class Role(enum.StrEnum):
     SMALL = "small"
 
 
+class Speculation(enum.StrEnum):
+    """Whether a request's tokens may be drafted and verified (speculative decoding)."""
+
+    DEFAULT = "default"  # the engine's configured default for the role
+    AUTO = "auto"  # a cost model measured on this hardware decides per step (never a loss)
+    ON = "on"  # always draft (measurements, tests)
+    OFF = "off"
+
+
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-generation token or a stop string
     LENGTH = "length"  # max_tokens reached
@@ -134,6 +143,7 @@ class GenerateRequest:
     sampling: Sampling = field(default_factory=Sampling)
     prefix: Prefix | None = None
     request_id: str = ""
+    speculation: Speculation = Speculation.DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +169,11 @@ class RoleStats:
     generated_tokens: int
     tokens_per_s: float  # recent decode throughput, all sequences together
     steps: int
+    # Speculative decoding (spec_k -1: none configured for this role)
+    spec_k: int = -1  # drafts per sequence the cost model chose last (0 = plain decoding pays best)
+    spec_drafted: int = 0  # drafted tokens verified so far
+    spec_accepted: int = 0  # of those, kept
+    verify_cost: tuple[tuple[int, float], ...] = ()  # (k, measured cost of a k-token batch / 1 token)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,7 @@ async def make_plan(
             settings.sampling, max_tokens=settings.skeleton_max_tokens, stop=prompts.skeleton_stop()
         ),
         request_id=f"{request_id}/skeleton" if request_id else "",
+        speculation=settings.speculation,
     )
     out = await collect(engine, request, meter)
     skeleton = prompts.SKELETON_PREFILL + out.text

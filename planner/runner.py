@@ -170,7 +170,7 @@ class _Expansion:
         if self.plan.route is Route.DIRECT:
             rendered = prompts.direct_prompt(self.engine, role, self.question)
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
-            return GenerateRequest(rendered.full, role, sampling, None, rid)
+            return GenerateRequest(rendered.full, role, sampling, None, rid, s.speculation)
         position = self.plan.position(node.id)
         rendered = prompts.point_prompt(
             self.engine, role, self.question, self.plan, node.id, parents, s.forward_max_chars
@@ -180,8 +180,8 @@ class _Expansion:
         )
         prefix = self.prefixes.get(role)
         if prefix is not None and rendered.prefix and rendered.prefix == prefix.text:
-            return GenerateRequest(rendered.tail, role, sampling, prefix, rid)
-        return GenerateRequest(rendered.full, role, sampling, None, rid)
+            return GenerateRequest(rendered.tail, role, sampling, prefix, rid, s.speculation)
+        return GenerateRequest(rendered.full, role, sampling, None, rid, s.speculation)
 
     async def _run_node(self, node: Node) -> None:
         parts: list[str] = []

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from planner.engine import InvalidRequest, Role, Sampling
+from planner.engine import InvalidRequest, Role, Sampling, Speculation
 from planner.plan import DEFAULT_MAX_NODES, Route
 
 
@@ -70,6 +70,10 @@ class PlannerSettings:
         metadata=_m(
             "most points decoding at once per role (also bounded by the engine's free slots)", 1, 256
         ),
+    )
+    speculation: Speculation = field(
+        default=Speculation.DEFAULT,
+        metadata=_m("speculative decoding of points and direct answers: default (the engine's), auto, on, off"),
     )
     max_depth: int = field(
         default=2,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from espalier.v1 import espalier_pb2 as pb
 
 from planner import events as ev
-from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded
+from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded, Speculation
 from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
 from planner.runner import role_for
 from planner.settings import PlannerSettings
@@ -36,6 +36,8 @@ _DIFFICULTY_IN = {pb.DIFFICULTY_UNSPECIFIED: Difficulty.HARD, pb.DIFFICULTY_EASY
 _DIFFICULTY_OUT = {Difficulty.EASY: pb.DIFFICULTY_EASY, Difficulty.HARD: pb.DIFFICULTY_HARD}
 _ROLES_IN = {pb.MODEL_ROLE_LARGE: Role.LARGE, pb.MODEL_ROLE_SMALL: Role.SMALL}
 _ROLES_OUT = {v: k for k, v in _ROLES_IN.items()}
+_SPECULATION = {pb.SPECULATION_AUTO: Speculation.AUTO, pb.SPECULATION_ON: Speculation.ON,
+                pb.SPECULATION_OFF: Speculation.OFF}
 _FINISH_OUT = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
                FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED, FinishReason.ERROR: pb.FINISH_REASON_ERROR}
 _CHAT_ROLES = ("system", "user", "assistant")
@@ -141,6 +143,10 @@ def planner_settings(msg: pb.GenerationSettings, base: PlannerSettings, limits: 
             if not 1 <= value <= top:
                 raise bad(pb_name, f"must be between 1 and {top}", value)
             changes[name] = value
+    if msg.speculation:
+        if msg.speculation not in _SPECULATION:
+            raise bad("speculation", "has an unknown value", msg.speculation)
+        changes["speculation"] = _SPECULATION[msg.speculation]
     if msg.HasField("max_points"):
         lo, hi = MAX_POINTS
         if not lo <= msg.max_points <= hi:

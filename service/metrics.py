@@ -15,6 +15,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +226,10 @@ class ServiceMetrics:
         self.prompt_tokens.inc(prompt, role)
         self.reused_tokens.inc(reused, role)
 
-    def track_engine(self, fn: Callable[[], Iterable[tuple[str, dict[str, float]]]]) -> None:
+    def track_engine(self, fn: Callable[[], Iterable[tuple[str, dict[str, Any]]]]) -> None:
         """fn() yields (role, {slots_busy, slots_total, queue_depth, tokens_per_s, reused_tokens,
-        generated_tokens}) per loaded role; an empty iterable while no engine is loaded."""
+        generated_tokens, and with speculation spec_k, spec_drafted, spec_accepted, verify_cost: {k: cost}})
+        per loaded role; an empty iterable while no engine is loaded."""
         def pick(name: str) -> Callable[[], Samples]:
             return lambda: [((role, ), values[name]) for role, values in fn()]
 
@@ -244,6 +246,20 @@ class ServiceMetrics:
                   pick("reused_tokens"))
         r.counter("espalier_engine_generated_tokens_total", "Tokens the engine generated, per role.", ("role",),
                   pick("generated_tokens"))
+
+        # Speculative decoding: only roles with a speculator report these (spec_k >= 0).
+        def spec(name: str) -> Callable[[], Samples]:
+            return lambda: [((role,), v[name]) for role, v in fn() if v.get("spec_k", -1) >= 0]
+
+        r.gauge("espalier_spec_k", "Drafts per sequence the cost model chose last (0 = plain decoding pays best).",
+                ("role",), spec("spec_k"))
+        r.counter("espalier_spec_drafted_tokens_total", "Drafted tokens the target verified, per role.", ("role",),
+                  spec("spec_drafted"))
+        r.counter("espalier_spec_accepted_tokens_total", "Drafted tokens the target kept, per role.", ("role",),
+                  spec("spec_accepted"))
+        r.gauge("espalier_spec_verify_cost", "Measured cost of a k-token target batch relative to one token.",
+                ("role", "k"), lambda: [((role, str(k)), c) for role, v in fn()
+                                         for k, c in dict(v.get("verify_cost", {})).items()])
 
     def track_admission(self, name: str, fn: Callable[[], tuple[int, int, int]]) -> None:
         """fn() gives (in_flight, waiting, rejected) of an Admission named `name` (requests, streams)."""

@@ -164,7 +164,9 @@ def _engine_samples(engine: Engine | None) -> Iterable[tuple[str, dict[str, floa
         return []
     return [(r.role.value, {"slots_busy": r.slots_busy, "slots_total": r.slots_total, "queue_depth": r.queue_depth,
                             "tokens_per_s": r.tokens_per_s, "reused_tokens": r.reused_tokens,
-                            "generated_tokens": r.generated_tokens})
+                            "generated_tokens": r.generated_tokens, "spec_k": r.spec_k,
+                            "spec_drafted": r.spec_drafted, "spec_accepted": r.spec_accepted,
+                            "verify_cost": dict(r.verify_cost)})
             for r in engine.stats().roles]
 
 

@@ -70,10 +70,25 @@ class ModelSettings:
     n_gpu_layers: int = field(default=0, metadata=_m(
         "layers offloaded to the GPU on a CUDA/Metal/Vulkan build; -1 = all", -1, 10_000))
     flash_attn: str = field(default="auto", metadata=_m("flash attention", choices=("auto", "on", "off")))
+    draft: str = field(default="", metadata=_m(
+        "draft model for speculative decoding ('small', 'large' or a GGUF path with this model's "
+        "vocabulary); empty = none"))
+    draft_source: str = field(default="model", metadata=_m(
+        "where drafts come from: the draft model, prompt lookup (n-gram copies, no model needed) or both",
+        choices=("model", "lookup", "both")))
+    speculation: str = field(default="auto", metadata=_m(
+        "default per request: auto (a cost model measured at start-up decides, never a loss), on, off",
+        choices=("auto", "on", "off")))
+    draft_max: int = field(default=8, metadata=_m("most drafted tokens per sequence per step", 0, 32))
+    verify_rows: int = field(default=7, metadata=_m(
+        "most tokens per verify call; 7 keeps greedy output identical to plain decoding on the CPU, "
+        "0 = no limit (fastest on a GPU)", 0, 512))
 
     def context_config(self) -> ContextConfig:
         return ContextConfig(model=self.model, slots=self.slots, n_ctx=self.n_ctx, n_batch=self.n_batch,
-                             threads=self.threads, n_gpu_layers=self.n_gpu_layers, flash_attn=self.flash_attn)
+                             threads=self.threads, n_gpu_layers=self.n_gpu_layers, flash_attn=self.flash_attn,
+                             draft=self.draft, draft_source=self.draft_source, speculation=self.speculation,
+                             draft_max=self.draft_max, verify_rows=self.verify_rows)
 
 
 # Sampling carries no metadata of its own; its bounds are those of Sampling.validate. max_tokens and

@@ -30,6 +30,18 @@ class ContextConfig:
     threads_batch: int = 0  # 0 = same as threads
     n_gpu_layers: int = 0  # layers offloaded to the GPU on a CUDA/Metal/Vulkan build; -1 = all
     flash_attn: str = "auto"  # auto | on | off
+    # Speculative decoding (SeeD): a draft proposes tokens for every running sequence, this
+    # context verifies them in one batch. draft: "small", "large" or a GGUF path sharing this
+    # model's vocabulary; "" = no draft model. draft_source "lookup" needs no draft model.
+    draft: str = ""
+    draft_source: str = "model"  # model | lookup | both
+    speculation: str = "auto"  # the default per request: auto (cost model decides) | on | off
+    draft_max: int = 8  # most drafted tokens per sequence per step
+    draft_p_min: float = 0.3  # a draft stops where its top token is less likely than this
+    # Most tokens per verify decode call. llama.cpp's CPU attention switches to a tiled kernel
+    # with other rounding at 8 rows, so 7 keeps greedy output identical to plain decoding; 0 = no
+    # limit (fastest on a GPU, where outputs may then differ from plain decoding in near-ties).
+    verify_rows: int = 7
 
     def validate(self, where: str) -> None:
         bounds = {
@@ -43,10 +55,27 @@ class ContextConfig:
                 value = getattr(self, f.name)
                 if not lo <= value <= hi:
                     raise ConfigError(f"{where}.{f.name} must be between {lo} and {hi} (got {value})")
+        if not 0 <= self.verify_rows <= 512:
+            raise ConfigError(f"{where}.verify_rows must be between 0 and 512 (got {self.verify_rows})")
+        if not 0 <= self.draft_max <= 32:
+            raise ConfigError(f"{where}.draft_max must be between 0 and 32 (got {self.draft_max})")
+        if not 0.0 <= self.draft_p_min < 1.0:
+            raise ConfigError(f"{where}.draft_p_min must be in [0, 1) (got {self.draft_p_min})")
+        if self.draft_source not in ("model", "lookup", "both"):
+            raise ConfigError(f"{where}.draft_source must be model, lookup or both (got {self.draft_source!r})")
+        if self.speculation not in ("auto", "on", "off"):
+            raise ConfigError(f"{where}.speculation must be auto, on or off (got {self.speculation!r})")
+        if self.draft_source == "both" and not self.draft:
+            raise ConfigError(f"{where}.draft_source both needs {where}.draft (a draft model)")
         if self.flash_attn not in ("auto", "on", "off"):
             raise ConfigError(f"{where}.flash_attn must be auto, on or off (got {self.flash_attn!r})")
         if not self.model:
             raise ConfigError(f"{where}.model is empty: name 'small', 'large' or a GGUF path")
+
+    @property
+    def speculates(self) -> bool:
+        """Whether this context gets a speculator (a draft model, or prompt lookup alone)."""
+        return self.draft != "" or self.draft_source == "lookup"
 
     @property
     def n_threads(self) -> int:

@@ -22,10 +22,15 @@ from planner.engine import (
     Prefix,
     Role,
     RoleNotLoaded,
+    Speculation,
 )
-from service.engine.config import ContextConfig, EngineConfig
+from service.engine.calibrate import measure_curve
+from service.engine.config import ConfigError, ContextConfig, EngineConfig
+from service.engine.drafter import Drafter
 from service.engine.native import Context, ContextParams, Model
 from service.engine.scheduler import Scheduler
+from service.engine.spec_policy import DraftSource, SpecMode, SpecPolicy
+from service.engine.speculator import Speculator
 from service.engine.worker import ContextWorker, Delivery, PrefixHolder
 
 log = logging.getLogger(__name__)
@@ -78,9 +83,11 @@ class LlamaPrefix:
 class LlamaEngine:
     """Build with `await LlamaEngine.load(config)`; close with `await engine.aclose()`."""
 
-    def __init__(self, workers: dict[Role, ContextWorker], models: dict[Role, Model]) -> None:
+    def __init__(self, workers: dict[Role, ContextWorker], models: dict[Role, Model],
+                 drafts: list[Model] | None = None) -> None:
         self._workers = workers
         self._models = models
+        self._drafts = drafts or []
         self._closing = False
 
     @classmethod
@@ -89,20 +96,36 @@ class LlamaEngine:
         config.validate()
         workers: dict[Role, ContextWorker] = {}
         models: dict[Role, Model] = {}
+        by_path: dict[Path, Model] = {}  # a draft that is also a role shares that role's weights
+        extra: list[Model] = []  # drafts loaded only as drafts
+
+        async def model_at(name: str, cfg: ContextConfig) -> Model:
+            path = await asyncio.to_thread(_resolve, name, config.models_dir)
+            if path not in by_path:
+                by_path[path] = await asyncio.to_thread(Model, str(path), n_gpu_layers=cfg.n_gpu_layers,
+                                                        verbose=config.verbose)
+            return by_path[path]
+
         try:
             for role, cfg in config.roles().items():
-                path = await asyncio.to_thread(_resolve, cfg.model, config.models_dir)
-                model = await asyncio.to_thread(Model, str(path), n_gpu_layers=cfg.n_gpu_layers,
-                                                verbose=config.verbose)
-                models[role] = model
-                workers[role] = await asyncio.to_thread(_start_worker, role, model, cfg)
-                log.info("loaded %s model %s (%s) with %d slots", role.value, path.name, model.description,
-                         cfg.slots)
+                models[role] = await model_at(cfg.model, cfg)
+            for role, cfg in config.roles().items():
+                draft = None
+                if cfg.draft:
+                    draft = await model_at(cfg.draft, cfg)
+                    if draft not in models.values():
+                        extra.append(draft)
+                    check_draft_vocab(models[role], draft)
+                workers[role] = await asyncio.to_thread(_start_worker, role, models[role], cfg, draft)
+                log.info("loaded %s model %s with %d slots%s", role.value, models[role].description, cfg.slots,
+                         f", speculating ({cfg.draft_source}, default {cfg.speculation})" if cfg.speculates else "")
         except BaseException:
-            engine = cls(workers, models)
+            engine = cls(workers, models, extra)
             await engine.aclose(0)
+            for model in by_path.values():
+                model.close()
             raise
-        engine = cls(workers, models)
+        engine = cls(workers, models, extra)
         for role, text in config.resident_prefixes:
             if role in workers:
                 await engine.add_resident_prefix(role, text)
@@ -116,6 +139,9 @@ class LlamaEngine:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         worker = self._worker(request.role)
         request.sampling.validate()
+        if request.speculation not in tuple(Speculation):
+            raise InvalidRequest(f"speculation must be auto, on or off (got {request.speculation!r})",
+                                 field="speculation")
         if isinstance(request.prompt, str) and not request.prompt and request.prefix is None:
             raise InvalidRequest("the prompt is empty", field="prompt")
         parent = None
@@ -124,7 +150,7 @@ class LlamaEngine:
                 raise InvalidRequest("the prefix was opened on another engine or role", field="prefix")
             parent = request.prefix._open()
         delivery = Delivery(asyncio.get_running_loop())
-        job = worker.submit(request.prompt, request.sampling, parent, delivery)
+        job = worker.submit(request.prompt, request.sampling, parent, delivery, request.speculation)
         try:
             while True:
                 item = await delivery.queue.get()
@@ -166,6 +192,12 @@ class LlamaEngine:
     def stats(self) -> EngineStats:
         return EngineStats(tuple(w.stats() for w in self._workers.values()))
 
+    async def kv_positions(self, role: Role) -> dict[str, list[int]]:
+        """Highest KV position per sequence id in the role's context (and its draft's); -1 = empty."""
+        done: asyncio.Future[dict[str, list[int]]] = asyncio.get_running_loop().create_future()
+        self._worker(role).kv_positions(done)
+        return await done
+
     def model(self, role: Role) -> Model:
         """The loaded model of a role (for tokenization in tools and benchmarks)."""
         self._worker(role)
@@ -178,10 +210,11 @@ class LlamaEngine:
             worker.stop(grace_s)
         for worker in self._workers.values():
             await asyncio.to_thread(worker.join)
-        for model in self._models.values():
-            model.close()
+        for model in {id(m): m for m in (*self._models.values(), *self._drafts)}.values():
+            model.close()  # a model shared by two roles or as a draft is freed once
         self._workers.clear()
         self._models.clear()
+        self._drafts.clear()
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -201,10 +234,44 @@ def _resolve(model: str, models_dir: str | None) -> Path:
     return resolve_model(model, Path(models_dir) if models_dir else None)
 
 
-def _start_worker(role: Role, model: Model, cfg: ContextConfig) -> ContextWorker:
+def check_draft_vocab(target: Model, draft: Model) -> None:
+    """Refuse a draft whose token ids mean other text: its drafts would never be accepted, or worse."""
+    if target.vocab_signature() != draft.vocab_signature():
+        raise ConfigError(
+            f"the draft model {Path(draft.path).name} ({draft.n_vocab} tokens) does not share the vocabulary of "
+            f"{Path(target.path).name} ({target.n_vocab} tokens): pick a draft from the same model family")
+
+
+def _start_worker(role: Role, model: Model, cfg: ContextConfig, draft: Model | None) -> ContextWorker:
     sched = Scheduler(slots=cfg.slots, prefix_slots=cfg.prefix_slots, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch,
                       prefill_chunk=cfg.prefill_chunk, max_waiting=cfg.max_waiting)
-    ctx = Context(model, ContextParams(n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq_max=sched.n_seq_max,
-                                       threads=cfg.n_threads, threads_batch=cfg.n_threads_batch,
-                                       flash_attn=cfg.flash_attn))
-    return ContextWorker(role, model, ctx, sched)
+    params = ContextParams(n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq_max=sched.n_seq_max,
+                           threads=cfg.n_threads, threads_batch=cfg.n_threads_batch, flash_attn=cfg.flash_attn)
+    ctx = Context(model, params)
+    try:
+        speculator = _speculator(model, ctx, cfg, draft, params) if cfg.speculates else None
+    except BaseException:
+        ctx.close()
+        raise
+    return ContextWorker(role, model, ctx, sched, speculator)
+
+
+def _speculator(model: Model, ctx: Context, cfg: ContextConfig, draft: Model | None,
+                params: ContextParams) -> Speculator:
+    """Measure this hardware's decode costs (a few seconds, once) and build the speculator."""
+    sample = model.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
+    scratch = params.n_seq_max - 1  # no sequence uses any slot before the worker starts
+    target_curve = measure_curve(ctx, scratch, sample)
+    drafter = None
+    draft_curve = None
+    if draft is not None:
+        dctx = Context(draft, params)
+        try:
+            draft_curve = measure_curve(dctx, scratch, sample, max_tokens=max(16, cfg.slots))
+        except BaseException:
+            dctx.close()
+            raise
+        drafter = Drafter(draft, dctx, p_min=cfg.draft_p_min)
+    policy = SpecPolicy(target_curve, draft_curve, max_k=cfg.draft_max, verify_rows=cfg.verify_rows)
+    log.info("speculation costs: target %s, draft %s", target_curve.points, draft_curve.points if draft_curve else None)
+    return Speculator(policy, DraftSource(cfg.draft_source), drafter, SpecMode(cfg.speculation))

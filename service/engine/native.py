@@ -203,8 +203,11 @@ class Batch:
         self.n = 0
         self.raw.n_tokens = 0
 
-    def add(self, seq: int, tokens: Sequence[int], pos: int, logits_last: bool) -> int:
-        """Returns the batch index of the last token (where its logits will be)."""
+    def add(self, seq: int, tokens: Sequence[int], pos: int, logits_last: bool, *, logits_all: bool = False) -> int:
+        """Returns the batch index of the last token (where its logits will be).
+
+        logits_all: every token's logits are kept (a speculative verify samples at each position).
+        """
         raw, n = self.raw, self.n
         if n + len(tokens) > self.capacity:
             raise ValueError("batch overflow")
@@ -215,9 +218,9 @@ class Batch:
             ps[j] = pos + i
             nsq[j] = 1
             sq[j][0] = seq
-            lg[j] = 0
+            lg[j] = 1 if logits_all else 0
         last = n + len(tokens) - 1
-        lg[last] = 1 if logits_last else 0
+        lg[last] = 1 if logits_last or logits_all else 0
         self.n = last + 1
         raw.n_tokens = self.n
         return last

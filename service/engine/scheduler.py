@@ -60,6 +60,7 @@ class Fork:
     src: int  # slot
     dst: int  # slot
     n_tokens: int  # positions [0, n_tokens) are copied
+    tokens: Sequence[int] = ()  # the copied tokens (a draft context mirrors the fork with them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,16 @@ class Scheduler:
         seq.pending = token
         seq.generated += 1
         seq.state = SeqState.DECODE
+
+    def accept_draft(self, seq: Seq) -> None:
+        """A drafted token the target verified: it is already in KV; the sequence stays in SAMPLE."""
+        assert seq.state is SeqState.SAMPLE, seq.state
+        seq.generated += 1
+
+    def rewind(self, seq: Seq, n_past: int) -> None:
+        """Forget KV positions from n_past on (rejected drafts); the worker removes their cells."""
+        assert seq.active and n_past <= seq.n_past, (seq.state, n_past, seq.n_past)
+        seq.n_past = n_past
 
     def schedule(self) -> StepPlan:
         """Admit what fits, then lay out the next batch: decode tokens first, prefill after."""
@@ -291,7 +302,7 @@ class Scheduler:
             shared = self._shared_with_parent(seq)
             if shared:
                 assert seq.parent is not None
-                plan.forks.append(Fork(seq.parent.slot, seq.slot, shared))
+                plan.forks.append(Fork(seq.parent.slot, seq.slot, shared, seq.parent.tokens[:shared]))
                 seq.n_past = seq.reused = shared
             seq.state = SeqState.PREFILL
             self._reserved += seq.reserved

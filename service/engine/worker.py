@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from planner.engine import (
     Chunk,
@@ -31,7 +32,9 @@ from planner.engine import (
     Sampling,
 )
 from service.engine.native import Context, Model, SamplerChain
-from service.engine.scheduler import QueueFull, Scheduler, Seq, SeqState, StepPlan, TooLong
+from service.engine.scheduler import Entry, QueueFull, Scheduler, Seq, SeqState, StepPlan, TooLong
+from service.engine.spec_policy import SpecMode, pack_verifies
+from service.engine.speculator import Offer, Proposal, Speculator
 from service.engine.textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ class Job:
     delivery: Delivery
     text: TextStream
     sampler: SamplerChain | None = None
+    spec_mode: SpecMode = SpecMode.OFF
+    history: list[int] = field(default_factory=list)  # prompt + generated; last = the pending token
 
 
 @dataclass(eq=False)
@@ -71,8 +76,10 @@ class PrefixHolder:
 class ContextWorker:
     """One llama context, one thread. Public methods are safe to call from any thread."""
 
-    def __init__(self, role: Role, model: Model, ctx: Context, scheduler: Scheduler) -> None:
+    def __init__(self, role: Role, model: Model, ctx: Context, scheduler: Scheduler,
+                 speculator: Speculator | None = None) -> None:
         self.role = role
+        self.spec = speculator
         self.model = model
         self.ctx = ctx
         self.sched = scheduler
@@ -96,9 +103,13 @@ class ContextWorker:
     # --- API for the event loop -------------------------------------------------------------
 
     def submit(self, prompt: str | Sequence[int], sampling: Sampling, parent: PrefixHolder | None,
-               delivery: Delivery) -> Job:
+               delivery: Delivery, speculation: str = "default") -> Job:
+        """speculation: auto, on, off, or default (this context's); plain without a speculator."""
         seq = Seq(key=next(_keys), tokens=(), max_new=sampling.max_tokens)
-        job = Job(seq, sampling, delivery, TextStream(sampling.stop))
+        mode = SpecMode.OFF
+        if self.spec is not None:
+            mode = self.spec.default_mode if speculation == "default" else SpecMode(speculation)
+        job = Job(seq, sampling, delivery, TextStream(sampling.stop), spec_mode=mode)
         self._post(lambda: self._admit(job, prompt, parent))
         return job
 
@@ -114,6 +125,20 @@ class ContextWorker:
     def close_prefix(self, holder: PrefixHolder) -> None:
         self._post(lambda: self._release_prefix(holder))
 
+    def kv_positions(self, done: asyncio.Future[dict[str, list[int]]]) -> None:
+        """Resolve `done` with the highest KV position of every sequence id, per context (-1 = empty).
+
+        Runs on the worker thread between steps; tests and diagnostics use it to prove that
+        finished and cancelled sequences left nothing behind in either context.
+        """
+        def probe() -> None:
+            out = {"target": [self.ctx.seq_pos_max(s) for s in range(self.sched.n_seq_max)]}
+            if self.spec is not None and self.spec.drafter is not None:
+                dctx = self.spec.drafter.ctx
+                out["draft"] = [dctx.seq_pos_max(s) for s in range(self.sched.n_seq_max)]
+            _call_on_loop(done.get_loop(), _set_result, done, out)
+        self._post(probe)
+
     def stop(self, grace_s: float) -> None:
         """Take no new work; let running sequences finish for up to grace_s, then end them."""
         def begin() -> None:
@@ -122,11 +147,14 @@ class ContextWorker:
         self._post(begin)
 
     def stats(self) -> RoleStats:
+        spec = self.spec.stats() if self.spec is not None else None
         return RoleStats(
             role=self.role, model=self.model.description, slots_total=self.sched.slots_total,
             slots_busy=self.sched.slots_busy, queue_depth=self.sched.queue_depth,
             prefilled_tokens=self.prefilled, reused_tokens=self.reused, generated_tokens=self.generated,
             tokens_per_s=round(self._rate, 2), steps=self.steps,
+            spec_k=spec.k if spec else -1, spec_drafted=spec.drafted if spec else 0,
+            spec_accepted=spec.accepted if spec else 0, verify_cost=spec.verify_cost if spec else (),
         )
 
     def free_slots(self) -> int:
@@ -185,18 +213,43 @@ class ContextWorker:
         plan = self.sched.schedule()
         for slot in plan.frees:
             self.ctx.seq_rm(slot)
+            if self.spec is not None:
+                self.spec.on_free(slot)
         for fork in plan.forks:
             self.ctx.seq_cp(fork.src, fork.dst, fork.n_tokens)
+            if self.spec is not None:
+                self.spec.on_fork(fork.src, fork.dst, fork.tokens)
         for seq in plan.orphans:
             self._fail_key(seq.key, InvalidRequest("the shared prefix was closed before this request started"))
         if not plan.entries:
             return
+        proposals = self._propose(plan) if self.spec is not None else {}
+        for entries in self._calls(plan.entries, proposals):
+            self._decode(StepPlan(entries=entries), proposals)
+
+    def _calls(self, entries: list[Entry], proposals: dict[int, Proposal]) -> list[list[Entry]]:
+        """Split a step into decode calls: everything plain in one, verify runs packed by row limit."""
+        if not proposals:
+            return [entries]
+        plain = [e for e in entries if e.seq.key not in proposals]
+        runs = [Entry(e.seq, (*e.tokens, *proposals[e.seq.key].drafts), e.pos, True)
+                for e in entries if e.seq.key in proposals]
+        assert self.spec is not None
+        rows = self.spec.policy.verify_rows
+        if rows <= 0:
+            return [plain + runs]
+        calls = [[runs[i] for i in call] for call in pack_verifies([len(r.tokens) for r in runs], rows)]
+        return ([plain] if plain else []) + calls
+
+    def _decode(self, plan: StepPlan, proposals: dict[int, Proposal]) -> None:
+        """One llama_decode of the plan's entries, then sampling (or verifying) per sequence."""
         batch = self.ctx.batch
         batch.clear()
         index: dict[int, int] = {}
         n_prompt = n_decoded = 0
         for e in plan.entries:
-            i = batch.add(e.seq.slot, e.tokens, e.pos, e.wants_logits)
+            verify = e.seq.key in proposals  # the pending token plus drafts: logits at each
+            i = batch.add(e.seq.slot, e.tokens, e.pos, e.wants_logits, logits_all=verify)
             if e.wants_logits:
                 index[e.seq.key] = i
             if e.seq.state is SeqState.PREFILL:
@@ -219,7 +272,11 @@ class ContextWorker:
                 self.sched.finish(seq)
                 continue
             try:
-                self._sample(job, index[seq.key])
+                proposal = proposals.get(seq.key)
+                if proposal is None:
+                    self._sample(job, index[seq.key])
+                else:
+                    self._verify(job, index[seq.key], proposal)
             except Exception as exc:  # one sequence's fault ends that sequence only
                 log.exception("sequence %s failed", seq.key)
                 self._end(job, EngineFault(f"sampling failed: {exc}"))
@@ -231,23 +288,83 @@ class ContextWorker:
 
     def _sample(self, job: Job, index: int) -> None:
         assert job.sampler is not None
-        seq = job.seq
         token = job.sampler.sample(self.ctx, index)
+        if self._take(job, token):
+            self.sched.accept(job.seq, token)
+            job.history.append(token)
+
+    def _take(self, job: Job, token: int) -> bool:
+        """Emit a sampled token; False when it ended the sequence (end of generation, stop, length)."""
+        seq = job.seq
         self.generated += 1
         if self.model.is_eog(token):
             self._end(job, FinishReason.STOP)
-            return
+            return False
         text = job.text.push(self.model.piece(token))
         if job.text.stopped:
             self._emit(job, text, 1)
             self._end(job, FinishReason.STOP)
-            return
+            return False
         if seq.generated + 1 >= seq.max_new:
             self._emit(job, text, 1)
             self._end(job, FinishReason.LENGTH)
-            return
-        self.sched.accept(seq, token)
+            return False
         self._emit(job, text, 1)
+        return True
+
+    # --- speculation (worker thread) ------------------------------------------------------------
+
+    def _propose(self, plan: StepPlan) -> dict[int, Proposal]:
+        assert self.spec is not None
+        offers: list[Offer] = []
+        for e in plan.entries:
+            job = self._jobs.get(e.seq.key)
+            if e.seq.state is not SeqState.DECODE or job is None or job.spec_mode is SpecMode.OFF:
+                continue
+            offers.append(Offer(e.seq.key, e.seq.slot, job.history, job.spec_mode,
+                                room=e.seq.max_new - e.seq.generated - 1, stops_at=self._stop_check(job)))
+        if not offers:
+            return {}
+        return self.spec.propose(offers, other_tokens=plan.n_tokens - len(offers),
+                                 budget=self.sched.n_batch - plan.n_tokens)
+
+    def _stop_check(self, job: Job) -> Callable[[list[int]], bool] | None:
+        stops = job.sampling.stop
+        if not stops:
+            return None
+        piece = self.model.piece
+        return lambda drafts: any(s in b"".join(piece(t) for t in drafts).decode(errors="ignore") for s in stops)
+
+    def _verify(self, job: Job, last: int, proposal: Proposal) -> None:
+        """Sample the target after the pending token and after each draft; keep drafts while they agree.
+
+        At temperature 0 this yields exactly the tokens plain decoding would; above 0 each position
+        is one sample from the target, as in plain decoding, and a draft survives only when the
+        sample equals it (the standard rule for a deterministic draft).
+        """
+        assert job.sampler is not None and self.spec is not None
+        seq, drafts = job.seq, proposal.drafts
+        first = last - len(drafts)  # batch index of the pending token's logits
+        base = seq.n_past - len(drafts) - 1  # its position
+        kept = 0
+        for j in range(len(drafts) + 1):
+            token = job.sampler.sample(self.ctx, first + j)
+            if not self._take(job, token):
+                self.spec.record(seq.key, proposal.source, len(drafts), kept)
+                return
+            if j < len(drafts) and token == drafts[j]:
+                self.sched.accept_draft(seq)
+                job.history.append(token)
+                kept += 1
+                continue
+            break
+        self.spec.record(seq.key, proposal.source, len(drafts), kept)
+        keep = base + 1 + kept
+        if keep < seq.n_past:
+            self.sched.rewind(seq, keep)
+            self.ctx.seq_rm(seq.slot, keep, -1)
+        self.sched.accept(seq, token)
+        job.history.append(token)
 
     def _decode_failed(self, plan: StepPlan, rc: int) -> None:
         if rc == 1:
@@ -290,6 +407,7 @@ class ContextWorker:
             seq.tokens = tokens
             seq.parent = parent.seq if parent is not None else self._resident_for(tokens)
             self.sched.add(seq)
+            job.history = list(tokens)
         except TooLong as exc:
             job.seq.parent = None
             self._deliver(job.delivery, InvalidRequest(f"{exc}: shorten the prompt", field="prompt"))
@@ -344,6 +462,8 @@ class ContextWorker:
         seq = job.seq
         self.sched.finish(seq)
         self.reused += seq.reused
+        if self.spec is not None:
+            self.spec.forget(seq.key)
         if job.sampler is not None:
             job.sampler.close()
             job.sampler = None
@@ -403,6 +523,8 @@ class ContextWorker:
             if job.sampler is not None:
                 job.sampler.close()
         self._jobs.clear()
+        if self.spec is not None and self.spec.drafter is not None:
+            self.spec.drafter.close()
         self.ctx.close()
 
 
@@ -418,7 +540,7 @@ def _put_all(items: list[tuple[Delivery, Chunk | BaseException]]) -> None:
         delivery.queue.put_nowait(item)
 
 
-def _set_result(fut: asyncio.Future[int], value: int) -> None:
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
 

@@ -41,6 +41,13 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
     FINISH_REASON_ERROR: _ClassVar[FinishReason]
+
+class Speculation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPECULATION_UNSPECIFIED: _ClassVar[Speculation]
+    SPECULATION_AUTO: _ClassVar[Speculation]
+    SPECULATION_ON: _ClassVar[Speculation]
+    SPECULATION_OFF: _ClassVar[Speculation]
 MODE_UNSPECIFIED: Mode
 MODE_AUTO: Mode
 MODE_DIRECT: Mode
@@ -61,6 +68,10 @@ FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
 FINISH_REASON_ERROR: FinishReason
+SPECULATION_UNSPECIFIED: Speculation
+SPECULATION_AUTO: Speculation
+SPECULATION_ON: Speculation
+SPECULATION_OFF: Speculation
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -71,7 +82,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerationSettings(_message.Message):
-    __slots__ = ("temperature", "top_p", "top_k", "seed", "point_max_tokens", "answer_max_tokens", "max_points")
+    __slots__ = ("temperature", "top_p", "top_k", "seed", "point_max_tokens", "answer_max_tokens", "max_points", "speculation")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +90,7 @@ class GenerationSettings(_message.Message):
     POINT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ANSWER_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATION_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_p: float
     top_k: int
@@ -86,7 +98,8 @@ class GenerationSettings(_message.Message):
     point_max_tokens: int
     answer_max_tokens: int
     max_points: int
-    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., point_max_tokens: _Optional[int] = ..., answer_max_tokens: _Optional[int] = ..., max_points: _Optional[int] = ...) -> None: ...
+    speculation: Speculation
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., point_max_tokens: _Optional[int] = ..., answer_max_tokens: _Optional[int] = ..., max_points: _Optional[int] = ..., speculation: _Optional[_Union[Speculation, str]] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("id", "title", "depends_on", "difficulty", "model_role")

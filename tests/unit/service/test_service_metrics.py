@@ -78,7 +78,10 @@ def test_a_broken_callback_does_not_blank_the_page(caplog: pytest.LogCaptureFixt
 def test_the_service_catalogue_has_what_the_issue_asks_for() -> None:
     m = ServiceMetrics()
     m.track_engine(lambda: [("small", {"slots_busy": 1, "slots_total": 4, "queue_depth": 0, "tokens_per_s": 41.5,
-                                       "reused_tokens": 120, "generated_tokens": 300})])
+                                       "reused_tokens": 120, "generated_tokens": 300, "spec_k": -1}),
+                             ("large", {"slots_busy": 0, "slots_total": 4, "queue_depth": 0, "tokens_per_s": 9.0,
+                                        "reused_tokens": 0, "generated_tokens": 50, "spec_k": 3, "spec_drafted": 40,
+                                        "spec_accepted": 30, "verify_cost": {1: 1.0, 4: 1.2}})])
     m.track_admission("requests", lambda: (2, 1, 5))
     m.record_request("Expand", "OK", 0.3)
     m.record_first_token("Expand", 0.1)
@@ -90,8 +93,11 @@ def test_the_service_catalogue_has_what_the_issue_asks_for() -> None:
                  'espalier_engine_slots_busy{role="small"} 1',
                  'espalier_requests_waiting 1', 'espalier_requests_in_flight 2',
                  'espalier_prefix_tokens_reused_total{role="small"} 20',
-                 'espalier_engine_reused_tokens_total{role="small"} 120'):
+                 'espalier_engine_reused_tokens_total{role="small"} 120',
+                 'espalier_spec_k{role="large"} 3', 'espalier_spec_accepted_tokens_total{role="large"} 30',
+                 'espalier_spec_verify_cost{role="large",k="4"} 1.2'):
         assert line in text, line
+    assert 'espalier_spec_k{role="small"}' not in text  # no speculator there
 
 
 async def _get(port: int, request: bytes) -> bytes:

@@ -1,0 +1,148 @@
+"""Speculative decoding on real models: identical greedy output, KV freed in both contexts, vocab check.
+
+The target/draft pair is the default pair (large verifies, small drafts), as shipped. Outputs are
+short; speed is measured by `espalier bench spec`, never asserted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from planner.engine import GenerateRequest, Message, Role, Sampling
+from service.engine.config import ConfigError, ContextConfig, EngineConfig
+from service.engine.llama_engine import LlamaEngine, check_draft_vocab
+from service.engine.native import Model
+
+pytestmark = pytest.mark.model
+
+QUESTIONS = ("List three uses of copper.", "Explain what a hash table is.", "Give two tips for sleeping well.",
+             "Why do leaves change colour in autumn?")
+# Prompts that ask the model to repeat text: prompt lookup finds runs to copy, and misses too.
+ECHO = ("Repeat this list exactly, then add one item: apples, pears, plums, cherries, grapes.",
+        "Copy this sentence twice: The quick brown fox jumps over the lazy dog.")
+
+
+def _load(cfg: EngineConfig) -> Iterator[LlamaEngine]:
+    engine = asyncio.run(LlamaEngine.load(cfg))
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+@pytest.fixture(scope="module")
+def pair_engine(small_model: Path) -> Iterator[LlamaEngine]:
+    from service.engine.models import resolve_model
+
+    large = resolve_model("large")  # `make test` fetches both default models
+    yield from _load(EngineConfig(large=ContextConfig(model=str(large), slots=4, n_ctx=2048, n_batch=256, threads=2,
+                                                      draft=str(small_model), draft_max=4)))
+
+
+@pytest.fixture(scope="module")
+def lookup_engine(small_model: Path) -> Iterator[LlamaEngine]:
+    yield from _load(EngineConfig(small=ContextConfig(model=str(small_model), slots=4, n_ctx=2048, n_batch=256,
+                                                      threads=2, draft_source="lookup")))
+
+
+def prompt(engine: LlamaEngine, role: Role, text: str) -> str:
+    return engine.chat_prompt(role, [Message("user", text)])
+
+
+async def answers(engine: LlamaEngine, role: Role, texts: tuple[str, ...], speculation: str,
+                  max_tokens: int = 32) -> list[str]:
+    async def one(text: str) -> str:
+        parts = []
+        req = GenerateRequest(prompt(engine, role, text), role, Sampling(max_tokens=max_tokens), speculation=speculation)
+        async with asyncio.timeout(300):
+            async for chunk in engine.generate(req):
+                parts.append(chunk.text)
+        return "".join(parts)
+    return list(await asyncio.gather(*(one(t) for t in texts)))
+
+
+async def wait_empty(engine: LlamaEngine, role: Role) -> dict[str, list[int]]:
+    async with asyncio.timeout(20):
+        while True:
+            kv = await engine.kv_positions(role)
+            if engine.stats().slots_busy == 0 and all(p == -1 for ps in kv.values() for p in ps):
+                return kv
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("count", [1, 4])
+async def test_forced_speculation_gives_plain_greedy_output(pair_engine: LlamaEngine, count: int) -> None:
+    before = pair_engine.stats().role(Role.LARGE)
+    assert before is not None and before.verify_cost and before.verify_cost[0] == (1, 1.0)
+    plain = await answers(pair_engine, Role.LARGE, QUESTIONS[:count], "off")
+    spec = await answers(pair_engine, Role.LARGE, QUESTIONS[:count], "on")
+    assert spec == plain
+    after = pair_engine.stats().role(Role.LARGE)
+    assert after is not None
+    drafted = after.spec_drafted - before.spec_drafted
+    accepted = after.spec_accepted - before.spec_accepted
+    assert drafted > 0 and 0 < accepted < drafted  # drafts were kept and rejected: both paths ran
+    await wait_empty(pair_engine, Role.LARGE)
+
+
+async def test_prompt_lookup_gives_plain_greedy_output(lookup_engine: LlamaEngine) -> None:
+    before = lookup_engine.stats().role(Role.SMALL)
+    assert before is not None
+    plain = await answers(lookup_engine, Role.SMALL, ECHO * 2, "off", max_tokens=40)
+    spec = await answers(lookup_engine, Role.SMALL, ECHO * 2, "on", max_tokens=40)
+    assert spec == plain
+    after = lookup_engine.stats().role(Role.SMALL)
+    assert after is not None and after.spec_drafted > before.spec_drafted
+    assert after.spec_accepted > before.spec_accepted
+    await wait_empty(lookup_engine, Role.SMALL)
+
+
+async def test_cancelling_while_verifying_frees_both_contexts(pair_engine: LlamaEngine) -> None:
+    async def run(text: str, stop_after: int | None) -> int:
+        req = GenerateRequest(prompt(pair_engine, Role.LARGE, text), Role.LARGE, Sampling(max_tokens=48),
+                              speculation="on")
+        seen = 0
+        gen = pair_engine.generate(req)
+        try:
+            async for _ in gen:
+                seen += 1
+                if stop_after is not None and seen >= stop_after:
+                    break  # leaves the sequence mid-run: its drafts are in flight step after step
+        finally:
+            await gen.aclose()
+        return seen
+
+    done = await asyncio.gather(run(QUESTIONS[0], 3), run(QUESTIONS[1], None), run(QUESTIONS[2], 5))
+    assert done[0] == 3 and done[2] == 5 and done[1] > 5
+    kv = await wait_empty(pair_engine, Role.LARGE)
+    assert set(kv) == {"target", "draft"}
+
+
+async def test_bad_speculation_value_is_refused(lookup_engine: LlamaEngine) -> None:
+    from planner.engine import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as err:
+        await answers(lookup_engine, Role.SMALL, ("hi",), "sometimes")
+    assert err.value.field == "speculation"
+
+
+class _OtherVocab:
+    """A stand-in for a model of another family: same interface, other token texts."""
+
+    path = "/models/other-family.gguf"
+    n_vocab = 32000
+
+    def vocab_signature(self) -> tuple[int, tuple[bytes, ...]]:
+        return 32000, (b"<unk>", b"<s>")
+
+
+def test_a_draft_with_another_vocabulary_is_refused(small_model: Path) -> None:
+    target = Model(str(small_model))
+    try:
+        check_draft_vocab(target, target)  # the same tokenizer passes
+        with pytest.raises(ConfigError, match="does not share the vocabulary"):
+            check_draft_vocab(target, _OtherVocab())  # type: ignore[arg-type]
+    finally:
+        target.close()
