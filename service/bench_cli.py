@@ -27,6 +27,25 @@ def _engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec(args: argparse.Namespace) -> int:
+    from service.engine.bench_spec import SpecBenchSettings, run_spec_bench
+
+    settings = SpecBenchSettings(target=args.target, draft=args.draft, source=args.source, tokens=args.tokens,
+                                 rounds=args.rounds, threads=args.threads, gpu_layers=args.gpu_layers,
+                                 counts=tuple(args.sequences), draft_max=args.draft_max,
+                                 verify_rows=args.verify_rows)
+    result = asyncio.run(run_spec_bench(settings))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for row in result["results"]:  # type: ignore[union-attr]
+        print(f"{row['sequences']} seq {row['mode']:>4}: plain {row['tokens_per_s_plain']:6.2f} tok/s, "
+              f"spec {row['tokens_per_s_spec']:6.2f} tok/s ({row['speedup']:.2f}x), "
+              f"acceptance {row['acceptance_rate']}, k {row['chosen_k']}, identical {row['identical_greedy']}")
+    print(f"verify cost (k tokens vs 1): {result['verify_cost']}")
+    return 0
+
+
 def _answers(args: argparse.Namespace) -> int:
     from service.bench.answers import AnswersOptions, run_answers
     from service.bench.report import summary_lines
@@ -71,6 +90,23 @@ def run(argv: Sequence[str]) -> int:
     eng.add_argument("--rounds", type=int, default=3,
                      help="alternating engine/raw rounds; figures are medians (default 3; --quick: 1)")
     eng.set_defaults(func=_engine)
+    spec = sub.add_parser("spec", help="speculative decoding vs plain decoding at 1 and 4 sequences",
+                          description="Load the target with its draft, measure plain decoding against "
+                                      "speculation on auto and forced on, alternating over rounds.")
+    spec.add_argument("--json", action="store_true", help="print one JSON object")
+    spec.add_argument("--target", default="large", help="target model: large (default), small or a GGUF path")
+    spec.add_argument("--draft", default="small", help="draft model: small (default), large or a GGUF path")
+    spec.add_argument("--source", choices=("model", "lookup", "both"), default="model",
+                      help="drafts from the draft model (default), prompt lookup, or both")
+    spec.add_argument("--tokens", type=int, default=64, help="tokens generated per sequence (default 64)")
+    spec.add_argument("--rounds", type=int, default=2, help="alternating rounds; figures are medians (default 2)")
+    spec.add_argument("--sequences", type=int, nargs="+", default=[1, 4], help="concurrency levels (default 1 4)")
+    spec.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    spec.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
+    spec.add_argument("--draft-max", type=int, default=8, help="most drafts per sequence per step (default 8)")
+    spec.add_argument("--verify-rows", type=int, default=7,
+                      help="most tokens per verify call; 0 = no limit (GPU); default 7 keeps greedy output exact")
+    spec.set_defaults(func=_spec)
     ans = sub.add_parser("answers", help="each answer mode over a question set: speed-up, judged quality, router",
                          description="Run a question set through each mode (interleaved per question), judge "
                                      "every mode against direct in both orders, score the router, and write "

@@ -198,6 +198,11 @@ class LlamaEngine:
         self._worker(role).kv_positions(done)
         return await done
 
+    def speculation_choices(self, role: Role) -> dict[int, int]:
+        """How often the cost model chose each k so far (empty without speculation)."""
+        spec = self._worker(role).spec
+        return dict(spec.policy.choices) if spec is not None else {}
+
     def model(self, role: Role) -> Model:
         """The loaded model of a role (for tokenization in tools and benchmarks)."""
         self._worker(role)

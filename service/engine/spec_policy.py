@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 class SpecMode(enum.StrEnum):
     AUTO = "auto"  # the cost model decides, k may be 0
-    ON = "on"  # always draft the maximum (for tests and measurements)
+    ON = "on"  # always draft: the cost model picks the best k of at least 1 (tests, measurements)
     OFF = "off"
 
 
@@ -154,10 +154,9 @@ class SpecPolicy:
     def _choose(self, mode: SpecMode, candidates: Sequence[Candidate], other: int, catchup: int) -> int:
         if mode is SpecMode.OFF or not candidates or self.k_limit <= 0:
             return 0
-        if mode is SpecMode.ON:
-            return self.k_limit
-        best_k, best_rate = 0, self.rate(0, candidates, other, catchup)
-        for k in range(1, self.k_limit + 1):
+        lowest = 1 if mode is SpecMode.ON else 0
+        best_k, best_rate = lowest, self.rate(lowest, candidates, other, catchup)
+        for k in range(lowest + 1, self.k_limit + 1):
             rate = self.rate(k, candidates, other, catchup)
             if rate > best_rate * 1.02:  # a 2% margin: do not chase noise in the estimates
                 best_k, best_rate = k, rate

@@ -95,14 +95,17 @@ class Speculator:
         if not cands:
             return {}
         plain = other_tokens + sum(1 for o in offers if o.key not in cands)
-        auto = [cands[o.key] for o in offers if o.key in cands and o.mode is SpecMode.AUTO]
-        k_auto = self.policy.choose(SpecMode.AUTO, auto, other_tokens=plain) if auto else 0
+        chosen: dict[SpecMode, int] = {}
+        for mode in (SpecMode.AUTO, SpecMode.ON):
+            group = [cands[o.key] for o in offers if o.key in cands and o.mode is mode]
+            if group:
+                chosen[mode] = self.policy.choose(mode, group, other_tokens=plain)
         ks: dict[int, int] = {}
         for o in offers:
             c = cands.get(o.key)
             if c is None:
                 continue
-            k = min(self.policy.k_limit if o.mode is SpecMode.ON else k_auto, c.cap, budget)
+            k = min(chosen[o.mode], c.cap, budget)
             if k > 0:
                 ks[o.key] = k
                 budget -= k

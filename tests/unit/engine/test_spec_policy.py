@@ -65,11 +65,13 @@ def test_free_lookup_drafts_pay_even_on_a_cpu_when_they_land() -> None:
     assert policy.rate(3, model_cands(1)) == 0.0  # model drafts without a draft model: never
 
 
-def test_forced_and_off_modes_ignore_costs() -> None:
+def test_forced_mode_always_drafts_and_off_never() -> None:
     policy = SpecPolicy(CPU, DRAFT_CPU, max_k=5, verify_rows=4)
-    assert policy.choose(SpecMode.ON, model_cands(2)) == 3  # a verify run must fit 4 rows
+    assert policy.choose(SpecMode.ON, model_cands(2)) == 1  # a loss here: the least drafting
     assert policy.choose(SpecMode.OFF, model_cands(2)) == 0
-    assert policy.choices == {3: 1, 0: 1}
+    fast = SpecPolicy(GPU, DRAFT_GPU, max_k=5, verify_rows=4)
+    assert fast.choose(SpecMode.ON, model_cands(1, alpha=0.95)) == 3  # a verify run must fit 4 rows
+    assert policy.choices == {1: 1, 0: 1}
 
 
 def test_row_limit_makes_many_sequence_verifies_cost_several_calls() -> None:
