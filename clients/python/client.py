@@ -122,9 +122,9 @@ class EspalierClient:
         """Plan and expand a whole question in one call."""
         return self.stream([question], mode=mode, generation=generation, timeout_s=timeout_s)
 
-    async def health(self, timeout_s: float = 5.0) -> str:
-        """SERVING, NOT_SERVING, ... of the Espalier service."""
-        reply = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout_s)
+    async def health(self, timeout_s: float = 5.0, *, service: str = SERVICE_NAME) -> str:
+        """SERVING, NOT_SERVING, ... of the Espalier service (or of `service`; "" = the whole server)."""
+        reply = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     async def wait_serving(self, timeout_s: float = 600.0, on_wait: Callable[[str], None] | None = None) -> None:
