@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools node test unit models run bench-engine lint protos clean
+.PHONY: install tools node test unit models run bench-engine lint protos api-snapshot clean
 PORT ?= 50051
 QUESTION ?= What are the most effective ways to deal with stress?
 
@@ -69,6 +69,11 @@ run: install
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos --grpc_python_out=protos \
 		protos/espalier/v1/espalier.proto
+
+# Record the proto as released in v1 (protos/README.md): only after a deliberate, additive change;
+# tests/unit/test_api_compat.py checks every later change against it.
+api-snapshot: install
+	$(PY) protos/api_compat.py snapshot
 
 lint: install
 	$(PY) -m pip install -q ruff mypy
