@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test unit models run bench-engine lint protos clean
+.PHONY: install tools node test unit models run bench-engine lint protos api-snapshot clean
 PORT ?= 50051
 QUESTION ?= What are the most effective ways to deal with stress?
 
@@ -27,7 +27,7 @@ install: $(STAMP)
 models: install
 	$(VENV)/bin/espalier models fetch small
 
-test: install tools
+test: install tools node
 	$(VENV)/bin/espalier models fetch small
 	$(PY) -m pytest -q -ra
 
@@ -35,6 +35,15 @@ test: install tools
 tools:
 	@if command -v npm >/dev/null && [ ! -x .tools/node_modules/.bin/buf ]; then \
 		npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf || echo "buf not installed"; fi
+
+# clients/node's dependencies from its lock file, when npm is present (again only when the lock file
+# changed); the Node client's test is skipped without node (Debian: apt-get install nodejs npm).
+NODE_LOCK := clients/node/package-lock.json
+node:
+	@if command -v npm >/dev/null && { [ ! -f clients/node/node_modules/.package-lock.json ] || \
+			[ $(NODE_LOCK) -nt clients/node/node_modules/.package-lock.json ]; }; then \
+		npm ci --silent --no-audit --no-fund --ignore-scripts --prefix clients/node || \
+			echo "clients/node dependencies not installed"; fi
 
 unit: install
 	$(PY) -m pytest -q tests/unit
@@ -60,6 +69,11 @@ run: install
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos --grpc_python_out=protos \
 		protos/espalier/v1/espalier.proto
+
+# Record the proto as released in v1 (protos/README.md): only after a deliberate, additive change;
+# tests/unit/test_api_compat.py checks every later change against it.
+api-snapshot: install
+	$(PY) protos/api_compat.py snapshot
 
 lint: install
 	$(PY) -m pip install -q ruff mypy

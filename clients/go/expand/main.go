@@ -1,0 +1,118 @@
+// Command expand asks Espalier a question: Plan, then Expand, printing each point under its title
+// as it finishes, then a summary line. A failed call prints its gRPC status code name and exits 1.
+//
+//	expand -target localhost:50051 "How can I improve my time management skills?"
+//
+// The stubs are generated from protos/espalier/v1/espalier.proto, not checked in: clients/go/build.sh.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	espalierv1 "espalier/gen/go/espalier/v1"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+var modes = map[string]espalierv1.Mode{
+	"auto": espalierv1.Mode_MODE_AUTO, "direct": espalierv1.Mode_MODE_DIRECT,
+	"sot": espalierv1.Mode_MODE_SOT, "sgd": espalierv1.Mode_MODE_SGD,
+}
+
+func main() {
+	target := flag.String("target", "localhost:50051", "host:port of the Espalier server")
+	mode := flag.String("mode", "auto", "auto, direct, sot or sgd")
+	pointTokens := flag.Uint("point-tokens", 0, "token budget of each point (0: the server's default)")
+	deadline := flag.Duration("deadline", 5*time.Minute, "deadline of the whole answer")
+	flag.Parse()
+	m, ok := modes[*mode]
+	if !ok || flag.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: expand [-target HOST:PORT] [-mode auto|direct|sot|sgd] [-point-tokens N] QUESTION")
+		os.Exit(2)
+	}
+	if err := run(*target, m, uint32(*pointTokens), *deadline, strings.Join(flag.Args(), " ")); err != nil {
+		// status.Code names the gRPC status (INVALID_ARGUMENT, UNAVAILABLE, ...) as the API documents it.
+		fmt.Fprintf(os.Stderr, "error: %s: %s\n", codeName(err), status.Convert(err).Message())
+		os.Exit(1)
+	}
+}
+
+func codeName(err error) string {
+	// codes.Code.String() is CamelCase ("InvalidArgument"); the API and the other clients say INVALID_ARGUMENT.
+	var b strings.Builder
+	for i, r := range status.Code(err).String() {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String())
+}
+
+func run(target string, mode espalierv1.Mode, pointTokens uint32, deadline time.Duration, question string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	// The shared token, when the server has one, from the environment (flags show in ps).
+	if token := os.Getenv("ESPALIER_TOKEN"); token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	conn, err := grpc.DialContext(ctx, target, grpc.WithInsecure())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := espalierv1.NewEspalierServiceClient(conn)
+
+	settings := &espalierv1.GenerationSettings{}
+	if pointTokens > 0 {
+		settings.PointMaxTokens = &pointTokens
+	}
+	plan, err := client.Plan(ctx, &espalierv1.PlanRequest{Question: question, Mode: mode, Settings: settings})
+	if err != nil {
+		return err
+	}
+	titles := map[uint32]string{}
+	for _, n := range plan.Graph.Nodes {
+		titles[n.Id] = n.Title
+	}
+	fmt.Printf("plan: %s, %d points (%s)\n", plan.Graph.Route, len(plan.Graph.Nodes), plan.Reason)
+
+	stream, err := client.Expand(ctx, &espalierv1.ExpandRequest{Question: question, Graph: plan.Graph, Settings: settings})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch e := resp.Event.Event.(type) {
+		case *espalierv1.AnswerEvent_NodeFinished:
+			fmt.Printf("\n[%d] %s\n%s\n", e.NodeFinished.NodeId, titles[e.NodeFinished.NodeId], e.NodeFinished.Text)
+		case *espalierv1.AnswerEvent_NodeFailed:
+			fmt.Printf("\n[%d] %s\n  (failed: %s: %s)\n", e.NodeFailed.NodeId, titles[e.NodeFailed.NodeId],
+				e.NodeFailed.Error, e.NodeFailed.Reason)
+		case *espalierv1.AnswerEvent_AnswerDone:
+			var tokens uint32
+			for _, u := range e.AnswerDone.Usage {
+				tokens += u.CompletionTokens
+			}
+			t := e.AnswerDone.Timings
+			fmt.Printf("done: %s, %d points, %d failed, %d tokens, first token %.2f s, total %.2f s\n",
+				e.AnswerDone.Route, len(plan.Graph.Nodes), len(e.AnswerDone.FailedNodeIds), tokens,
+				t.GetFirstTokenS(), t.GetTotalS())
+		}
+	}
+}

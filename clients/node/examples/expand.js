@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+'use strict';
+/**
+ * Ask Espalier a question: Plan, then Expand, printing each point's text as it is decoded, one
+ * point after another in answer order, and a final summary line.
+ *
+ *   node examples/expand.js --target localhost:50051 "How can I improve my time management skills?"
+ *
+ * Exit status: 0 on an answer, 2 for bad arguments, 1 for a failed call (its status code name is
+ * printed, e.g. "error: INVALID_ARGUMENT: ...").
+ */
+const { parseArgs } = require('node:util');
+const { connect, MODES } = require('../client');
+const { GroupedPrinter } = require('../grouped-printer');
+
+const USAGE = `usage: expand.js --target HOST:PORT [--mode ${Object.keys(MODES).join('|')}] [--token TOKEN]
+                 [--point-tokens N] [--max-points N] [--deadline-s S] QUESTION`;
+
+function parse(argv) {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      target: { type: 'string' },
+      mode: { type: 'string', default: 'auto' },
+      // The environment is the better place for a secret: flags show in `ps`.
+      token: { type: 'string', default: process.env.ESPALIER_TOKEN },
+      'point-tokens': { type: 'string' },
+      'max-points': { type: 'string' },
+      'deadline-s': { type: 'string', default: '300' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return { help: true };
+  if (!values.target || positionals.length === 0) throw new Error('--target and a question are required');
+  if (!(values.mode in MODES)) throw new Error(`--mode must be one of ${Object.keys(MODES).join(', ')}`);
+  return {
+    target: values.target,
+    mode: values.mode,
+    token: values.token || undefined,
+    question: positionals.join(' '),
+    deadlineMs: positiveNumber('--deadline-s', values['deadline-s']) * 1000,
+    settings: {
+      pointMaxTokens: optionalCount('--point-tokens', values['point-tokens']),
+      maxPoints: optionalCount('--max-points', values['max-points']),
+    },
+  };
+}
+
+function positiveNumber(flag, text) {
+  const value = Number(text);
+  if (!(value > 0)) throw new Error(`${flag} must be a positive number; got ${text}`);
+  return value;
+}
+
+function optionalCount(flag, text) {
+  if (text === undefined) return undefined;
+  const value = positiveNumber(flag, text);
+  if (!Number.isInteger(value)) throw new Error(`${flag} must be a whole number; got ${text}`);
+  return value;
+}
+
+async function main(argv) {
+  let args;
+  try {
+    args = parse(argv);
+  } catch (err) {
+    process.stderr.write(`${err.message}\n${USAGE}\n`);
+    return 2;
+  }
+  if (args.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const client = connect(args.target, { token: args.token, deadlineMs: args.deadlineMs });
+  try {
+    const plan = await client.plan(args.question, { mode: args.mode, settings: args.settings });
+    process.stdout.write(`plan: ${plan.graph.route}, ${plan.graph.nodes.length} points (${plan.reason})\n`);
+    const printer = new GroupedPrinter(process.stdout, plan.graph);
+    const events = client.expand({ question: args.question, graph: plan.graph, settings: args.settings });
+    for await (const event of events) printer.onEvent(event);
+    return 0;
+  } catch (err) {
+    process.stderr.write(`error: ${err.message}\n`);
+    return 1;
+  } finally {
+    client.close();
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});

@@ -1,0 +1,108 @@
+'use strict';
+/**
+ * Prints an answer's points as they are decoded, one point at a time, in answer order.
+ *
+ * Points decode in parallel, so their deltas interleave on the wire; printed as they come they
+ * would be unreadable. The printer follows one point live (its deltas are written at once) and
+ * holds the others' text until that point ends; then the next point's held text is written and
+ * it is followed live in turn. Plain text only (no cursor movement), so the output reads the same
+ * in a terminal, a pipe or a log. Knows nothing of gRPC: it takes AnswerEvents as proto-loader
+ * shapes them (see client.js) and writes to any object with write(string).
+ */
+
+class GroupedPrinter {
+  /** @param {{write(s: string): unknown}} out  @param {object} [graph] the Plan's graph, for order and titles */
+  constructor(out, graph) {
+    this._out = out;
+    this._points = new Map(); // node id -> { title, held, status: 'waiting'|'live'|'ended' }
+    this._order = [];
+    this._current = 0; // index in _order of the point followed live
+    if (graph) this._setGraph(graph);
+  }
+
+  _setGraph(graph) {
+    for (const node of graph.nodes) this._point(node.id, node.title);
+  }
+
+  _point(id, title = '') {
+    if (!this._points.has(id)) {
+      // A point missing from the plan is still shown, after the planned ones.
+      this._points.set(id, { id, title, held: '', opened: false, ended: false, failure: null });
+      this._order.push(id);
+    }
+    return this._points.get(id);
+  }
+
+  /** Feed one AnswerEvent. Returns the AnswerDone when this event ends the answer. */
+  onEvent(event) {
+    switch (event.event) {
+      case 'planReady':
+        this._setGraph(event.planReady.graph);
+        break;
+      case 'nodeDelta':
+        this._delta(event.nodeDelta.nodeId, event.nodeDelta.text);
+        break;
+      case 'nodeFinished':
+        this._end(event.nodeFinished.nodeId, null);
+        break;
+      case 'nodeFailed':
+        this._end(event.nodeFailed.nodeId, `${event.nodeFailed.error}: ${event.nodeFailed.reason}`);
+        break;
+      case 'answerDone':
+        // Every point has ended by now; one that never started is still listed.
+        for (const id of this._order) this._point(id).ended = true;
+        this._advance();
+        this._out.write(`${summaryLine(event.answerDone, this._order.length)}\n`);
+        return event.answerDone;
+      default:
+        break; // nodeStarted and promptProgress change nothing that is printed
+    }
+    return undefined;
+  }
+
+  _delta(id, text) {
+    this._point(id).held += text;
+    if (this._order[this._current] === id) this._show(this._point(id));
+  }
+
+  _end(id, failure) {
+    Object.assign(this._point(id), { ended: true, failure });
+    this._advance();
+  }
+
+  /** Write the live point's held text; while it has ended, close it and move on to the next. */
+  _advance() {
+    while (this._current < this._order.length) {
+      const point = this._point(this._order[this._current]);
+      this._show(point);
+      if (!point.ended) return;
+      this._out.write(point.failure ? `\n  (failed: ${point.failure})\n` : '\n');
+      this._current += 1;
+    }
+  }
+
+  _show(point) {
+    if (!point.held && !point.ended) return; // no header before the point has anything to show
+    if (!point.opened) {
+      this._out.write(`\n[${point.id}] ${point.title}\n`);
+      point.opened = true;
+    }
+    if (point.held) this._out.write(point.held);
+    point.held = '';
+  }
+}
+
+/** One line: route, points, failures, tokens, first token and total time. */
+function summaryLine(done, planned) {
+  const tokens = (done.usage ?? []).reduce((sum, u) => sum + (u.completionTokens ?? 0), 0);
+  const timings = done.timings ?? {};
+  const failed = (done.failedNodeIds ?? []).length;
+  return `done: ${done.route}, ${planned} points, ${failed} failed, ${tokens} tokens, ` +
+    `first token ${seconds(timings.firstTokenS)}, total ${seconds(timings.totalS)}`;
+}
+
+function seconds(value) {
+  return `${(value ?? 0).toFixed(2)} s`;
+}
+
+module.exports = { GroupedPrinter, summaryLine };
