@@ -27,8 +27,9 @@ install: $(STAMP)
 models: install
 	$(VENV)/bin/espalier models fetch small
 
+# Both default models: the speculation tests verify the large model with the small one as its draft.
 test: install tools node
-	$(VENV)/bin/espalier models fetch small
+	$(VENV)/bin/espalier models fetch all
 	$(PY) -m pytest -q -ra
 
 # buf (proto lint) from the npm registry, when npm is present; the lint test is skipped without it.
