@@ -298,3 +298,15 @@ async def test_engine_fault_class_is_reported() -> None:
     (failed,) = [e for e in events if isinstance(e, NodeFailed)]
     assert (failed.reason, failed.error, failed.partial_text) == ("boom", "EngineFault", "")
     assert "1. A: [point 1 failed: boom]" in events[-1].text  # type: ignore[union-attr]
+
+
+async def test_the_speculation_setting_reaches_every_point_request() -> None:
+    from planner.engine import Speculation
+
+    engine = FakeEngine()
+    plan = graph(Node(1, "Set goals"), Node(2, "Review", (1,)))
+    await collect(engine, plan, PlannerSettings().replace(speculation=Speculation.OFF))
+    assert [c.request.speculation for c in engine.calls] == [Speculation.OFF, Speculation.OFF]
+    engine = FakeEngine()
+    await collect(engine, graph(Node(1, "Only"), route=Route.DIRECT))
+    assert [c.request.speculation for c in engine.calls] == [Speculation.DEFAULT]

@@ -183,3 +183,16 @@ def test_events_convert_to_answer_events() -> None:
     assert done.timings.first_token_s == 0.0 and done.timings.total_s == pytest.approx(0.9)
     with pytest.raises(TypeError):
         convert.event_to_pb("not an event", BASE, BOTH)  # type: ignore[arg-type]
+
+
+def test_speculation_setting_maps_to_the_planner_and_refuses_unknown_values() -> None:
+    from planner.engine import Speculation
+
+    base = PlannerSettings()
+    assert base.speculation is Speculation.DEFAULT
+    out = convert.planner_settings(pb.GenerationSettings(speculation=pb.SPECULATION_OFF), base, convert.Limits())
+    assert out.speculation is Speculation.OFF
+    assert convert.planner_settings(pb.GenerationSettings(), base, convert.Limits()) is base
+    with pytest.raises(InvalidRequest) as err:
+        convert.planner_settings(pb.GenerationSettings(speculation=42), base, convert.Limits())  # type: ignore[arg-type]
+    assert err.value.field == "settings.speculation"
