@@ -18,8 +18,8 @@ $(PY):
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml | $(PY)
-	@echo "== installing Espalier with its test and bench extras (first time compiles llama.cpp: ~8 min) =="
-	$(PY) -m pip install -q -e '.[test,bench]'
+	@echo "== installing Espalier with its test, bench and remote-test extras (first time compiles llama.cpp: ~8 min) =="
+	$(PY) -m pip install -q -e '.[test,bench,remote-test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

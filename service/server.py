@@ -3,7 +3,8 @@
 Owns the server's assembly (`build` / `build_server`: the Espalier servicer, the standard health
 service, server reflection, the shared-token interceptor, TLS credentials, message size limits,
 the metrics catalogue wired to the engine and admission) and the process lifecycle (`serve`):
-listen first with health NOT_SERVING, load the models, register the planner's resident prefixes,
+listen first with health NOT_SERVING, load the models (`load_engines`: the roles with remote URLs
+go to service.remote, the rest to the embedded engine), register the planner's resident prefixes,
 flip to SERVING; on SIGTERM/SIGINT the fixed shutdown order (habit 8): health NOT_SERVING, refuse
 new work, `server.stop(grace)`, engine drain and close. Nothing here is global (habit 1): tests
 build servers on port 0 around whatever engine they like.
@@ -33,6 +34,8 @@ from planner.engine import Engine, EngineError
 from planner.settings import PlannerSettings
 from service import errors
 from service.metrics import ServiceMetrics, start_metrics_server
+from service.mixed_engine import MixedEngine
+from service.remote.remote_engine import RemoteEngine
 from service.servicer import EspalierServicer
 from service.settings import ServerSettings
 
@@ -195,6 +198,24 @@ async def load_llama_engine(settings: ServerSettings) -> Engine:
     return await LlamaEngine.load(settings.engine_config())
 
 
+async def load_engines(settings: ServerSettings, load_local: EngineLoader = load_llama_engine) -> Engine:
+    """Roles with remote URLs over HTTP, the others embedded (loaded by `load_local`); one engine either way."""
+    remote_roles = settings.remote_roles()
+    if not remote_roles:
+        return await load_local(settings)
+    remote = RemoteEngine(remote_roles)
+    for url, state in (await remote.probe()).items():
+        (log.info if state == "ok" else log.warning)("remote server %s: %s", url, state)
+    if not settings.engine_config().roles():
+        return remote
+    try:
+        local = await load_local(settings)
+    except BaseException:
+        await remote.aclose(0)
+        raise
+    return MixedEngine([remote, local])
+
+
 async def shutdown(parts: Server, engine: Engine | None, grace_s: float) -> None:
     """The fixed order: health NOT_SERVING, refuse new work, stop the server within grace, drain the engine."""
     started = time.monotonic()
@@ -213,7 +234,7 @@ async def serve(settings: ServerSettings, *, load_engine: EngineLoader | None = 
                 on_listening: Callable[[int, int | None], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set); returns the process exit code.
 
-    load_engine: how the models are loaded (default: LlamaEngine from the settings); tests inject
+    load_engine: how the models are loaded (default: `load_engines`, from the settings); tests inject
     one they can hold. on_listening(port, metrics_port) is called once the port is open.
     """
     settings = settings.validate()
@@ -241,7 +262,7 @@ async def serve(settings: ServerSettings, *, load_engine: EngineLoader | None = 
         if on_listening is not None:
             on_listening(parts.port, metrics_port)
 
-        loader = asyncio.create_task((load_engine or load_llama_engine)(settings), name="espalier-load")
+        loader = asyncio.create_task((load_engine or load_engines)(settings), name="espalier-load")
         stopped = asyncio.create_task(stop.wait(), name="espalier-stop")
         await asyncio.wait({loader, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()

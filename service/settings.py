@@ -5,12 +5,13 @@ defaults) and the one loader that fills it from, in rising precedence: defaults,
 `ESPALIER_*` environment variables, command-line flags. Every setting is described once, in dataclass
 field metadata (help, min/max, choices); the TOML keys, environment names, flags, `--help` text and
 error messages are all derived from that, so they cannot drift apart. Planner settings reuse the
-metadata of planner.settings.PlannerSettings.
+metadata of planner.settings.PlannerSettings, remote servers that of service.remote.config.
 
 Naming: a setting's key is its dotted path (`port`, `small.slots`, `planner.point_max_tokens`,
 `planner.sampling.temperature`); the TOML file nests tables the same way; the environment variable
 is ESPALIER_ + the path upper-cased with `_` (ESPALIER_SMALL_SLOTS); the flag is -- + the path with
-`-` (--small-slots, --planner-sampling-temperature).
+`-` (--small-slots, --planner-sampling-temperature). A list (remote.large.urls) is a TOML array, and
+comma-separated in the environment and on the command line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from planner.engine import InvalidRequest, Role, Sampling
 from planner.settings import PlannerSettings
 from service.engine.config import ConfigError, ContextConfig, EngineConfig
+from service.remote.config import RemoteConfig, RemoteConfigError, RemoteRoleConfig
 
 ENV_PREFIX = "ESPALIER_"
 CONFIG_ENV = "ESPALIER_CONFIG"
@@ -155,6 +157,8 @@ class ServerSettings:
         "the small model (routing, easy points, drafts, tests)"))
     planner: PlannerSettings = field(default_factory=PlannerSettings, metadata=_m(
         "planner defaults; a request's GenerationSettings override some per call"))
+    remote: RemoteConfig = field(default_factory=RemoteConfig, metadata=_m(
+        "OpenAI-compatible servers per role; a role with URLs is served by them, not by a local model"))
 
     def validate(self) -> ServerSettings:
         """Check everything; return a normalised copy (with small_only, every planner role is small)."""
@@ -181,15 +185,29 @@ class ServerSettings:
         except InvalidRequest as exc:
             raise SettingsError(str(exc)) from None
         try:
-            out.engine_config().validate()
-        except ConfigError as exc:
+            for role in Role:
+                remote = out.remote.large if role is Role.LARGE else out.remote.small
+                if remote.enabled:
+                    remote.validate(f"remote.{role.value}")
+            local = out.engine_config()
+            if local.roles() or not out.remote_roles():
+                local.validate()
+        except (ConfigError, RemoteConfigError) as exc:
             raise SettingsError(str(exc)) from None
         return out
 
+    def remote_roles(self) -> dict[Role, RemoteRoleConfig]:
+        """The roles served by remote servers (those with URLs; not large with small_only)."""
+        found = {Role.LARGE: self.remote.large, Role.SMALL: self.remote.small}
+        return {role: cfg for role, cfg in found.items()
+                if cfg.enabled and not (self.small_only and role is Role.LARGE)}
+
     def engine_config(self) -> EngineConfig:
-        """The engine roles to load: both, or the small one alone with small_only."""
-        return EngineConfig(large=None if self.small_only else self.large.context_config(),
-                            small=self.small.context_config(), models_dir=self.models_dir or None)
+        """The roles to load locally: both, or the small one alone with small_only, less the remote ones."""
+        remote = self.remote_roles()
+        large = None if self.small_only or Role.LARGE in remote else self.large.context_config()
+        small = None if Role.SMALL in remote else self.small.context_config()
+        return EngineConfig(large=large, small=small, models_dir=self.models_dir or None)
 
     @property
     def tls(self) -> bool:
@@ -257,6 +275,12 @@ class Option:
                     value = int(word)
                 elif kind is float:
                     value = float(word)
+                elif kind is tuple:
+                    value = tuple(part.strip() for part in word.split(",") if part.strip())
+            elif kind is tuple:
+                if not isinstance(raw, list):
+                    raise ValueError
+                value = tuple(raw)
             elif kind is float and isinstance(raw, int) and not isinstance(raw, bool):
                 value = float(raw)  # TOML `grace_s = 2` means 2.0
             if isinstance(kind, type) and issubclass(kind, enum.Enum) and isinstance(value, str):
@@ -271,6 +295,9 @@ class Option:
         bad = SettingsError(f"{self.key} must be {self.describe()} (got {shown}, from {source})")
         if self.kind is bool:
             if not isinstance(value, bool):
+                raise bad
+        elif self.kind is tuple:
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 raise bad
         elif self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -293,6 +320,8 @@ class Option:
     def describe(self) -> str:
         if self.kind is bool:
             return "true or false"
+        if self.kind is tuple:
+            return "a list of strings (comma-separated in the environment and flags)"
         choices = self.all_choices()
         if choices:
             return "one of " + ", ".join(choices)
@@ -326,6 +355,8 @@ def _walk(cls: type, prefix: tuple[str, ...], default: Any, out: list[Option]) -
 
 
 def _option(path: tuple[str, ...], kind: type, default: Any, meta: Mapping[str, Any]) -> Option:
+    if typing.get_origin(kind) is tuple:
+        kind = tuple  # tuple[str, ...]: the only list setting so far (remote URLs)
     return Option(path, kind, default, meta.get("help", ""), meta.get("min"), meta.get("max"),
                   tuple(meta.get("choices", ())), bool(meta.get("secret", False)))
 
@@ -361,10 +392,13 @@ def build_parser(prog: str = "espalier serve") -> argparse.ArgumentParser:
         section = opt.path[0] if len(opt.path) > 1 else "server"
         group = groups.get(section)
         if group is None:
-            title = {"server": "server", "large": "large model", "small": "small model"}.get(section, section)
+            title = {"server": "server", "large": "large model", "small": "small model",
+                     "remote": "remote servers"}.get(section, section)
             group = groups[section] = parser.add_argument_group(title)
         default = "<hidden>" if opt.secret and opt.default else (opt.default.value if isinstance(
             opt.default, enum.Enum) else opt.default)
+        if isinstance(default, tuple):
+            default = ",".join(default) or "none"
         details = [f"default {default!r}" if isinstance(default, str) else f"default {default}"]
         if opt.kind in (int, float) and opt.lo is not None:
             details.append(opt.describe())
@@ -374,7 +408,7 @@ def build_parser(prog: str = "espalier serve") -> argparse.ArgumentParser:
             group.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction, help=text)
         else:
             metavar = "{" + ",".join(opt.all_choices()) + "}" if opt.all_choices() else (
-                "N" if opt.kind in (int, float) else "TEXT")
+                "N" if opt.kind in (int, float) else "A,B" if opt.kind is tuple else "TEXT")
             group.add_argument(opt.flag, dest=opt.dest, metavar=metavar, help=text)
     return parser
 
@@ -474,8 +508,14 @@ def to_toml(settings: ServerSettings) -> str:
         if isinstance(value, bool):
             shown = "true" if value else "false"
         elif isinstance(value, str):
-            shown = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            shown = _toml_string(value)
+        elif isinstance(value, tuple):
+            shown = "[" + ", ".join(_toml_string(v) for v in value) + "]"
         else:
             shown = repr(value)
         lines.append(f"{opt.path[-1]} = {shown}  # {opt.help}")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
