@@ -18,11 +18,9 @@ from service.settings import CONFIG_ENV, ServerSettings, load_settings, options
 KNOWN_ENV = frozenset({opt.env for opt in options()} | {CONFIG_ENV})
 ENV_TO_KEY = {opt.env: opt.key for opt in options()}
 
-# The remote engine (OpenAI-compatible servers) is being built on another branch; its settings
-# are assumed to be `[remote.large] urls = [...]`, env ESPALIER_REMOTE_LARGE_URLS. Once it merges
-# they are real settings and this set should be emptied (and the compose file adjusted if the
-# names differ).
-PENDING_ENV = frozenset({"ESPALIER_REMOTE_LARGE_URLS"})
+# Environment names a manifest may use before the setting exists (none now: the remote engine's
+# ESPALIER_REMOTE_* settings are real).
+PENDING_ENV: frozenset[str] = frozenset()
 
 
 def settings_for(environ: Mapping[str, str], config_text: str | None, tmp: Path) -> ServerSettings:
