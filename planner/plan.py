@@ -43,6 +43,9 @@ class Mode(enum.StrEnum):
     DIRECT = "direct"
     SOT = "sot"
     SGD = "sgd"
+    # A streamed prompt: notes written while it arrives, then a plain answer with them in view.
+    # Outside a stream (nothing arrives in pieces) it is plain decoding.
+    LIVE = "live"
 
     @property
     def forced_route(self) -> Route | None:
@@ -52,6 +55,7 @@ class Mode(enum.StrEnum):
 _FORCED: dict[Mode, Route | None] = {
     Mode.AUTO: None,
     Mode.DIRECT: Route.DIRECT,
+    Mode.LIVE: Route.DIRECT,
     Mode.SOT: Route.PARALLEL,
     Mode.SGD: Route.GRAPH,
 }

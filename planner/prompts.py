@@ -222,6 +222,45 @@ def direct_prompt(engine: Engine, role: Role, question: str) -> Rendered:
     return render(engine, role, messages, "")
 
 
+def direct_prompt_head(engine: Engine, role: Role, partial: str) -> str:
+    """The direct prompt's text up to the end of `partial`, the part of a question typed so far.
+
+    Prefilled while the rest is typed; the full prompt, once the question is complete, starts with
+    it (the question is the last thing in the prompt), so the answer forks from its KV.
+    """
+    full = direct_prompt(engine, role, partial.lstrip() + _CUT).full
+    return full[:full.index(_CUT)]
+
+
+# --- live mode (a question noted on while it is typed) ------------------------------------------
+
+LIVE_SYSTEM = (
+    "The user's question reaches you a few sentences at a time while they type it. After each part, "
+    "reply with one short note (at most 25 words) of what you understand so far or what the answer "
+    "will need, or reply WAIT when there is nothing useful to note yet. When a part ends with [END], "
+    "the question is complete: answer it fully and directly."
+)
+LIVE_END = "\n[END]"
+
+
+def live_messages(turns: Sequence[tuple[str, str]], part: str, *, final: bool) -> list[Message]:
+    """The live conversation: each typed part with the note written after it, then the new part."""
+    messages = [Message("system", LIVE_SYSTEM)]
+    for typed, note in turns:
+        messages += [Message("user", typed), Message("assistant", note)]
+    messages.append(Message("user", part + (LIVE_END if final else "")))
+    return messages
+
+
+def live_head(engine: Engine, role: Role, turns: Sequence[tuple[str, str]]) -> str:
+    """The live conversation so far without a pending part: what stays the same as parts arrive."""
+    full = engine.chat_prompt(role, live_messages(turns, _CUT, final=False))
+    return full[:full.index(_CUT)]
+
+
+_CUT = "\u241eespalier-cut\u241e"  # a marker no question contains: where the typed text ends
+
+
 # --- shared machinery --------------------------------------------------------------------------
 
 

@@ -71,6 +71,14 @@ class PlannerSettings:
             "most points decoding at once per role (also bounded by the engine's free slots)", 1, 256
         ),
     )
+    live_answer_role: Role = field(
+        default=Role.LARGE,
+        metadata=_m("live mode: the role that writes the answer (small: the large model reads and notes, "
+                    "the small one answers)"),
+    )
+    live_note_tokens: int = field(
+        default=40, metadata=_m("live mode: token budget of each note written while the prompt arrives", 4, 512)
+    )
     speculation: Speculation = field(
         default=Speculation.DEFAULT,
         metadata=_m("speculative decoding of points and direct answers: default (the engine's), auto, on, off"),

@@ -46,6 +46,32 @@ def _spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from service.bench.stream_bench import StreamBenchOptions, run_stream_bench
+
+    opts = StreamBenchOptions(set_path=Path(args.set) if args.set else None, limit=args.limit, pace_cpm=args.pace,
+                              ways=tuple(w.strip() for w in args.ways.split(",") if w.strip()),
+                              answer_tokens=args.answer_tokens, note_tokens=args.note_tokens,
+                              live_answer_role=args.live_answer_role, large=args.large, small=args.small,
+                              threads=args.threads, gpu_layers=args.gpu_layers)
+    try:
+        result = asyncio.run(run_stream_bench(opts))
+    except ValueError as exc:
+        print(f"espalier bench stream: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for way in opts.ways:
+        row = result[way]  # type: ignore[index]
+        print(f"{way:>5}: {row['latency_after_end_s']:.2f} s after the end (median), first token "  # type: ignore[index]
+              f"{row['first_token_after_end_s']} s, accuracy {row['accuracy']:.3f}"  # type: ignore[index]
+              + (f", latency reduction {row['latency_reduction']:.3f}" if "latency_reduction" in row else ""))  # type: ignore[operator]
+    return 0
+
+
 def _answers(args: argparse.Namespace) -> int:
     from service.bench.answers import AnswersOptions, run_answers
     from service.bench.report import summary_lines
@@ -107,6 +133,24 @@ def run(argv: Sequence[str]) -> int:
     spec.add_argument("--verify-rows", type=int, default=7,
                       help="most tokens per verify call; 0 = no limit (GPU); default 7 keeps greedy output exact")
     spec.set_defaults(func=_spec)
+    st = sub.add_parser("stream", help="streamed prompts (sentence-wise prefill, live notes) vs prompts sent whole",
+                        description="Type multiple-choice prompts word by word at a set pace and compare the "
+                                    "latency after the last word, and the accuracy, with sending them whole.")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--set", default=None, help="JSONL of {id, prompt, answer} (default: the packaged set)")
+    st.add_argument("--limit", type=int, default=8, help="only the first N prompts (default 8)")
+    st.add_argument("--pace", type=float, default=240.0,
+                    help="typing pace in characters per minute (default 240, LiveMind's setting)")
+    st.add_argument("--ways", default="whole,plain,live", help="from whole,plain,live (whole is the baseline)")
+    st.add_argument("--answer-tokens", type=int, default=16, help="token budget of each answer (default 16)")
+    st.add_argument("--note-tokens", type=int, default=40, help="token budget of each live note (default 40)")
+    st.add_argument("--live-answer-role", choices=("large", "small"), default="large",
+                    help="who writes the live answer: large (default), or small (large notes, small answers)")
+    st.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
+    st.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
+    st.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    st.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
+    st.set_defaults(func=_stream)
     ans = sub.add_parser("answers", help="each answer mode over a question set: speed-up, judged quality, router",
                          description="Run a question set through each mode (interleaved per question), judge "
                                      "every mode against direct in both orders, score the router, and write "

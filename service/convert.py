@@ -23,12 +23,13 @@ from espalier.v1 import espalier_pb2 as pb
 
 from planner import events as ev
 from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded, Speculation
+from planner.live import Progress
 from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
 from planner.runner import role_for
 from planner.settings import PlannerSettings
 
 _MODES = {pb.MODE_UNSPECIFIED: Mode.AUTO, pb.MODE_AUTO: Mode.AUTO, pb.MODE_DIRECT: Mode.DIRECT,
-          pb.MODE_SOT: Mode.SOT, pb.MODE_SGD: Mode.SGD}
+          pb.MODE_SOT: Mode.SOT, pb.MODE_SGD: Mode.SGD, pb.MODE_LIVE: Mode.LIVE}
 _ROUTES_IN = {pb.ROUTE_DIRECT: Route.DIRECT, pb.ROUTE_PARALLEL: Route.PARALLEL, pb.ROUTE_GRAPH: Route.GRAPH}
 _ROUTES_OUT = {v: k for k, v in _ROUTES_IN.items()}
 _DIFFICULTY_IN = {pb.DIFFICULTY_UNSPECIFIED: Difficulty.HARD, pb.DIFFICULTY_EASY: Difficulty.EASY,
@@ -309,6 +310,8 @@ def event_to_pb(event: ev.Event, settings: PlannerSettings, loaded: frozenset[Ro
     raise TypeError(f"not a planner event: {type(event).__name__}")
 
 
-def progress_to_pb(chars: int) -> pb.AnswerEvent:
-    """What a Stream reports when its prompt is complete (incremental prefill comes later)."""
-    return pb.AnswerEvent(prompt_progress=pb.PromptProgress(chars_received=chars))
+def progress_to_pb(progress: Progress) -> pb.AnswerEvent:
+    """What a Stream reports while its prompt arrives, and once more after the end marker."""
+    return pb.AnswerEvent(prompt_progress=pb.PromptProgress(
+        chars_received=progress.chars_received, tokens_prefilled=progress.tokens_prefilled,
+        sentences=progress.sentences, note=progress.note))

@@ -32,6 +32,7 @@ from planner import events as ev
 from planner import pipeline
 from planner.engine import Engine, InvalidRequest
 from planner.events import Meter
+from planner.live import StreamedPrompt
 from planner.settings import PlannerSettings
 from service import convert, errors
 from service.admission import Admission
@@ -216,19 +217,27 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
                      context: grpc.aio.ServicerContext) -> None:
         async with self._call("Stream", context) as call:
             messages = aiter(request_iterator)
+            live: StreamedPrompt | None = None
             try:
                 engine = self._ready_engine()
                 async with self.streams.slot():
-                    opened, question = await self._read_prompt(messages)
-            except Exception:
+                    opened = await self._read_open(messages)
+                    # Prefill (and in live mode, note on) each sentence while the rest is typed.
+                    live = StreamedPrompt(engine, opened.mode, opened.settings, request_id=call.request_id)
+                    await live.__aenter__()
+                    question = await self._read_pieces(messages, live, context)
+            except BaseException:
+                if live is not None:
+                    await live.aclose()  # an abandoned or failed stream frees its prefix at once
                 await _drain(messages)
                 raise
-            async with self._work():
-                await context.write(pb.StreamResponse(event=convert.progress_to_pb(len(question))))
-                await self._answer_stream(engine, call, context, messages, opened, question)
+            try:
+                async with self._work():
+                    await self._answer_stream(engine, call, context, messages, opened, question, live)
+            finally:
+                await live.aclose()
 
-    async def _read_prompt(self, messages: AsyncIterator[pb.StreamRequest]) -> tuple[convert.StreamCall, str]:
-        """Open, pieces, end: the protocol before the answer starts."""
+    async def _read_open(self, messages: AsyncIterator[pb.StreamRequest]) -> convert.StreamCall:
         first = await anext(messages, None)
         if first is None:
             raise InvalidRequest("the stream ended before its open message", field="open")
@@ -237,23 +246,39 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             raise InvalidRequest("open: the first message must be open (got an empty StreamRequest)", field="open")
         if kind != "open":
             raise InvalidRequest(f"{kind}: the first message must be open (got {kind})", field=kind)
-        opened = convert.stream_open(first.open, self._planner, self._limits)
+        return convert.stream_open(first.open, self._planner, self._limits)
+
+    async def _read_pieces(self, messages: AsyncIterator[pb.StreamRequest], live: StreamedPrompt,
+                           context: grpc.aio.ServicerContext) -> str:
+        """Pieces until the end marker, handing each version of the prompt to `live` and writing its
+        progress (sentences prefilled, notes) while the client is still typing."""
         prompt = convert.PromptBuffer(self._limits)
-        async for msg in messages:
-            kind = msg.WhichOneof("message")
-            if kind == "piece":
-                prompt.apply(msg.piece)
-            elif kind == "end":
-                return opened, prompt.question()
-            elif kind == "open":
-                raise InvalidRequest("open: the stream is already open", field="open")
-            else:
-                raise InvalidRequest("message: a StreamRequest must set open, piece or end", field="message")
-        raise InvalidRequest("end: the stream closed before its end marker", field="end")
+        writer = asyncio.create_task(_forward_progress(live, context), name="espalier-progress")
+        try:
+            async for msg in messages:
+                kind = msg.WhichOneof("message")
+                if kind == "piece":
+                    prompt.apply(msg.piece)
+                    live.update(prompt.text)
+                elif kind == "end":
+                    question = prompt.question()
+                    await live.end()  # the prefill in flight covers most of the prompt: let it land
+                    live.progress.put_nowait(None)
+                    await writer
+                    await context.write(pb.StreamResponse(event=convert.progress_to_pb(live.summary())))
+                    return question
+                elif kind == "open":
+                    raise InvalidRequest("open: the stream is already open", field="open")
+                else:
+                    raise InvalidRequest("message: a StreamRequest must set open, piece or end", field="message")
+            raise InvalidRequest("end: the stream closed before its end marker", field="end")
+        finally:
+            if not writer.done():
+                await _cancel_and_wait([writer])
 
     async def _answer_stream(self, engine: Engine, call: _Call, context: grpc.aio.ServicerContext,
                              messages: AsyncIterator[pb.StreamRequest], opened: convert.StreamCall,
-                             question: str) -> None:
+                             question: str, live: StreamedPrompt) -> None:
         """Plan and expand while watching the request side: anything after the end is an error.
 
         The answer runs in a producer task and the watcher in another; both feed one queue that this
@@ -264,7 +289,8 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
 
         async def produce() -> None:
             try:
-                answer = pipeline.answer(engine, question, opened.mode, opened.settings, request_id=call.request_id)
+                answer = (live.answer(question) if live.live else
+                          pipeline.answer(engine, question, opened.mode, opened.settings, request_id=call.request_id))
                 async with aclosing(answer) as events:
                     async for event in events:
                         await out.put(event)
@@ -297,6 +323,12 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
                     event=convert.event_to_pb(item, opened.settings, engine.roles())))  # type: ignore[arg-type]
         finally:
             await _cancel_and_wait(tasks)
+
+
+async def _forward_progress(live: StreamedPrompt, context: grpc.aio.ServicerContext) -> None:
+    """Write what the streamed prompt reports until it says it is done (None)."""
+    while (item := await live.progress.get()) is not None:
+        await context.write(pb.StreamResponse(event=convert.progress_to_pb(item)))
 
 
 async def _drain(messages: AsyncIterator[pb.StreamRequest]) -> None:

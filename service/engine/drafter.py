@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.engine.native import Context, Model
+from service.engine.scheduler import common_prefix_len
 
 
 @dataclass(slots=True)
@@ -136,18 +137,7 @@ class Drafter:
 
     def _common(self, slot: int, history: Sequence[int]) -> int:
         """Length of the shared start of the draft KV and history, leaving one token to decode."""
-        held = self._kv.get(slot, [])
-        n = min(len(held), len(history) - 1)
-        if list(history[:n]) == held[:n]:
-            return n
-        lo, hi = 0, n  # binary search the first difference: slices compare in C
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if list(history[:mid]) == held[:mid]:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return min(common_prefix_len(self._kv.get(slot, []), history), len(history) - 1)
 
     def _trim(self, slot: int, history: Sequence[int]) -> int:
         common = self._common(slot, history)

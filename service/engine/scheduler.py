@@ -40,6 +40,7 @@ class Seq:
     max_new: int = 0  # 0 for a prefix holder
     is_prefix: bool = False
     parent: Seq | None = None
+    shared: int = -1  # leading tokens equal to the parent's (-1: all of the parent's tokens)
     state: SeqState = SeqState.WAITING
     slot: int = -1
     n_past: int = 0  # tokens in this sequence's KV: positions 0..n_past-1
@@ -83,6 +84,21 @@ class StepPlan:
     @property
     def n_tokens(self) -> int:
         return sum(len(e.tokens) for e in self.entries)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share (slices compare in C; binary search the end)."""
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):
+        return n
+    lo, hi = 0, n - 1  # a[:lo] == b[:lo] holds; a[:hi + 1] != b[:hi + 1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if list(a[:mid]) == list(b[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class Scheduler:
@@ -266,7 +282,8 @@ class Scheduler:
             return 0
         # Keep at least one prompt token to prefill: sampling needs the logits it produces.
         limit = len(seq.tokens) if seq.is_prefix else len(seq.tokens) - 1
-        return min(len(seq.parent.tokens), limit)
+        same = len(seq.parent.tokens) if seq.shared < 0 else seq.shared
+        return min(same, len(seq.parent.tokens), limit)
 
     def _admissible(self) -> bool:
         return any(self._can_admit(s) for s in self._waiting)

@@ -32,7 +32,16 @@ from planner.engine import (
     Sampling,
 )
 from service.engine.native import Context, Model, SamplerChain
-from service.engine.scheduler import Entry, QueueFull, Scheduler, Seq, SeqState, StepPlan, TooLong
+from service.engine.scheduler import (
+    Entry,
+    QueueFull,
+    Scheduler,
+    Seq,
+    SeqState,
+    StepPlan,
+    TooLong,
+    common_prefix_len,
+)
 from service.engine.spec_policy import SpecMode, pack_verifies
 from service.engine.speculator import Offer, Proposal, Speculator
 from service.engine.textstream import TextStream
@@ -40,6 +49,7 @@ from service.engine.textstream import TextStream
 log = logging.getLogger(__name__)
 
 _keys = itertools.count(1)
+_MIN_SHARE = 8  # fewest shared leading tokens worth a fork from an open prefix
 
 
 @dataclass(eq=False)
@@ -71,6 +81,7 @@ class PrefixHolder:
     seq: Seq
     ready: asyncio.Future[int] | None
     resident: bool = False
+    text: str = ""
 
 
 class ContextWorker:
@@ -86,7 +97,6 @@ class ContextWorker:
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._jobs: dict[int, Job] = {}
         self._prefixes: dict[int, PrefixHolder] = {}
-        self._residents: list[Seq] = []
         self._outbox: list[tuple[Delivery, Chunk | BaseException]] = []
         self._stopping = False
         self._drain_deadline = 0.0
@@ -118,7 +128,7 @@ class ContextWorker:
 
     def open_prefix(self, text: str, ready: asyncio.Future[int] | None, *, resident: bool = False,
                     loop: asyncio.AbstractEventLoop | None = None) -> PrefixHolder:
-        holder = PrefixHolder(Seq(key=next(_keys), tokens=(), is_prefix=True), ready, resident)
+        holder = PrefixHolder(Seq(key=next(_keys), tokens=(), is_prefix=True), ready, resident, text)
         self._post(lambda: self._admit_prefix(holder, text, loop))
         return holder
 
@@ -384,8 +394,11 @@ class ContextWorker:
         if parent is not None:
             if parent.seq.state is SeqState.DONE or parent.seq.released:
                 raise InvalidRequest("the shared prefix is already closed", field="prefix")
-            tail = self.model.tokenize(prompt, add_bos=False) if isinstance(prompt, str) else list(prompt)
-            return list(parent.seq.tokens) + tail
+            if isinstance(prompt, str):
+                # The whole text, tokenized as one: exactly the tokens a request without the prefix
+                # would get (a tail tokenized alone can split differently at the seam).
+                return self.model.tokenize(parent.text + prompt)
+            return list(parent.seq.tokens) + list(prompt)
         if isinstance(prompt, str):
             return self.model.tokenize(prompt)
         tokens = list(prompt)
@@ -405,7 +418,10 @@ class ContextWorker:
                 raise InvalidRequest("the prompt is empty", field="prompt")
             seq = job.seq
             seq.tokens = tokens
-            seq.parent = parent.seq if parent is not None else self._resident_for(tokens)
+            if parent is not None:
+                seq.parent, seq.shared = parent.seq, common_prefix_len(parent.seq.tokens, tokens)
+            else:
+                seq.parent, seq.shared = self._best_parent(tokens)
             self.sched.add(seq)
             job.history = list(tokens)
         except TooLong as exc:
@@ -428,7 +444,7 @@ class ContextWorker:
             if not tokens:
                 raise InvalidRequest("a shared prefix cannot be empty", field="prefix")
             holder.seq.tokens = tokens
-            holder.seq.parent = self._resident_for(tokens)
+            holder.seq.parent, holder.seq.shared = self._best_parent(tokens)
             self.sched.add(holder.seq)
         except (TooLong, EngineError) as exc:
             err = exc if isinstance(exc, EngineError) else InvalidRequest(str(exc), field="prefix")
@@ -437,18 +453,24 @@ class ContextWorker:
             self._reject(holder.ready, err)
             return
         self._prefixes[holder.seq.key] = holder
-        if holder.resident:
-            self._residents.append(holder.seq)
 
-    def _resident_for(self, tokens: Sequence[int]) -> Seq | None:
-        """The longest resident prefix whose tokens start `tokens` (compared as tokens, so exact)."""
+    def _best_parent(self, tokens: Sequence[int]) -> tuple[Seq | None, int]:
+        """The open, prefilled prefix sharing the most leading tokens with `tokens`, and how many.
+
+        Resident template prefixes, per-request shared prefixes and a streamed prompt's growing
+        prefix all qualify: equal tokens mean equal KV, so any of them saves that prefill. Below
+        _MIN_SHARE tokens a fork is not worth tying the two sequences together.
+        """
         best: Seq | None = None
-        for res in self._residents:
-            n = len(res.tokens)
-            fits = res.state is SeqState.READY and n < len(tokens) and tuple(tokens[:n]) == tuple(res.tokens)
-            if fits and (best is None or n > len(best.tokens)):
-                best = res
-        return best
+        best_n = 0
+        for holder in self._prefixes.values():
+            seq = holder.seq
+            if seq.state is not SeqState.READY or seq.released:
+                continue
+            n = common_prefix_len(seq.tokens, tokens)
+            if n > best_n:
+                best, best_n = seq, n
+        return (best, best_n) if best_n >= _MIN_SHARE else (None, -1)
 
     def _release_prefix(self, holder: PrefixHolder) -> None:
         if holder.seq.key in self._prefixes:

@@ -14,6 +14,7 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_DIRECT: _ClassVar[Mode]
     MODE_SOT: _ClassVar[Mode]
     MODE_SGD: _ClassVar[Mode]
+    MODE_LIVE: _ClassVar[Mode]
 
 class Route(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,6 +54,7 @@ MODE_AUTO: Mode
 MODE_DIRECT: Mode
 MODE_SOT: Mode
 MODE_SGD: Mode
+MODE_LIVE: Mode
 ROUTE_UNSPECIFIED: Route
 ROUTE_DIRECT: Route
 ROUTE_PARALLEL: Route

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engine.scheduler import QueueFull, Scheduler, Seq, SeqState, TooLong
+from service.engine.scheduler import QueueFull, Scheduler, Seq, SeqState, TooLong, common_prefix_len
 
 
 def make(slots=2, prefix_slots=2, n_ctx=1000, n_batch=16, prefill_chunk=4, max_waiting=2) -> Scheduler:
@@ -225,3 +225,26 @@ def test_a_released_parent_is_not_freed_in_the_step_that_forks_its_last_child():
     plan = s.schedule()
     assert [(f.src, f.dst) for f in plan.forks] == [(p.slot, c.slot)]
     assert p.slot not in plan.frees  # frees run before forks: the child would copy nothing
+
+
+def test_fork_from_a_parent_that_differs_after_a_point_copies_only_the_common_start():
+    # A revised streamed prompt: the new text shares 5 tokens with the prefix it forks from.
+    s = make()
+    p = Seq(1, tokens=[1, 2, 3, 4, 5, 6, 7, 8], is_prefix=True)
+    s.add(p)
+    s.after_decode(s.schedule())
+    child = Seq(2, tokens=[1, 2, 3, 4, 5, 90, 91], is_prefix=True, parent=p,
+                shared=common_prefix_len(p.tokens, [1, 2, 3, 4, 5, 90, 91]))
+    s.add(child)
+    plan = s.schedule()
+    assert [(f.n_tokens, list(f.tokens)) for f in plan.forks] == [(5, [1, 2, 3, 4, 5])]
+    assert [(list(e.tokens), e.pos) for e in plan.entries] == [([90, 91], 5)]
+    assert child.reserved == 2  # only the unshared tokens take new cells
+
+
+@pytest.mark.parametrize(("a", "b", "n"), [
+    ([], [1], 0), ([1, 2, 3], [1, 2, 3], 3), ([1, 2, 3], [1, 2], 2), ([1, 2, 3], [1, 9, 3], 1),
+    ([7], [8], 0), (list(range(1000)), list(range(999)) + [5], 999),
+])
+def test_common_prefix_len(a, b, n):
+    assert common_prefix_len(a, b) == n == common_prefix_len(b, a)

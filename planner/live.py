@@ -1,0 +1,215 @@
+"""Work on a question while it is still being typed (LiveMind), so the answer comes sooner after the end.
+
+Owns one streamed prompt: the text received so far, a background task that prefills every complete
+sentence as it arrives (the answer's own prompt up to that sentence, held open as an engine prefix
+so the answer forks from it and prefills only the tail), in live mode the short notes the model
+writes after each part, and the live answer. Each new prefix is opened only once the previous one is
+in the cache, so the engine forks it from the previous one: a sentence costs its own tokens only,
+and a revision costs only what changed after the first changed token. Everything is released on
+close, so an abandoned stream leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Self
+
+from planner import prompts
+from planner.decode import resolve_role
+from planner.engine import Engine, EngineError, GenerateRequest, Prefix
+from planner.events import AnswerDone, Event, Meter, NodeDelta, NodeFinished, NodeStarted, PlanReady
+from planner.plan import Mode, Plan, Route
+from planner.sentences import complete_prefix, split_sentences
+from planner.settings import PlannerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What happened while the user was typing (sent to the client as PromptProgress)."""
+
+    chars_received: int
+    tokens_prefilled: int  # prompt tokens in the cache, ready for the answer to fork from
+    sentences: int  # complete sentences processed
+    note: str = ""  # a note written after the latest part (live mode)
+
+
+class StreamedPrompt:
+    """Use as `async with StreamedPrompt(...) as sp`; feed `update(text)`, read `progress`, then answer.
+
+    `update` never blocks: the work runs in a background task that always takes the latest text,
+    so a fast typist's sentences are prefilled together in one step rather than queued.
+    """
+
+    def __init__(self, engine: Engine, mode: Mode, settings: PlannerSettings, *, request_id: str = "") -> None:
+        self.engine = engine
+        self.mode = mode
+        self.settings = settings
+        self.request_id = request_id
+        self.live = mode is Mode.LIVE
+        self.role = resolve_role(settings.direct_role, engine.roles())
+        self.progress: asyncio.Queue[Progress | None] = asyncio.Queue()  # None: no more
+        self._text = ""
+        self._wake = asyncio.Event()
+        self._ended = False
+        self._task: asyncio.Task[None] | None = None
+        self._prefix: Prefix | None = None
+        self._held = ""  # the text of the open prefix
+        self._tokens = 0
+        self._typed = ""  # the question text covered by the prefix (plain) or by the notes (live)
+        self._turns: list[tuple[str, str]] = []  # live: (typed part, note written after it)
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=f"espalier-live-{self.request_id}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def update(self, text: str) -> None:
+        """The prompt as received so far (appended to, or revised)."""
+        self._text = text
+        self._wake.set()
+
+    async def end(self) -> None:
+        """The prompt is complete: finish the prefill in flight (its tokens are most of the prompt)."""
+        self._ended = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def aclose(self) -> None:
+        self._ended = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._release()
+
+    # --- the answer -------------------------------------------------------------------------------
+
+    def answer(self, question: str) -> AsyncGenerator[Event, None]:
+        """Live mode's answer: a plain answer written with the notes in view. Call after end()."""
+        return self._live_answer(question)
+
+    async def _live_answer(self, question: str) -> AsyncGenerator[Event, None]:
+        meter = Meter()
+        role = resolve_role(self.settings.live_answer_role, self.engine.roles())
+        q = question.strip()
+        turns, tail = (self._turns, q[len(self._typed):].strip()) if q.startswith(self._typed) else ([], q)
+        text = self.engine.chat_prompt(role, prompts.live_messages(turns, tail, final=True))
+        plan = Plan.direct(f"live: answered with {len(turns)} notes written while the question arrived")
+        meter.mark_planned()
+        yield PlanReady(plan, meter.elapsed())
+        yield NodeStarted(1, role)
+        sampling = dataclasses.replace(self.settings.sampling, max_tokens=self.settings.direct_max_tokens, stop=())
+        request = GenerateRequest(text, role, sampling, None, f"{self.request_id}/answer" if self.request_id else "",
+                                  self.settings.speculation)
+        parts: list[str] = []
+        tokens = 0
+        started = meter.elapsed()
+        finish = None
+        async for chunk in self.engine.generate(request):
+            if chunk.text:
+                meter.mark_first_token()
+                parts.append(chunk.text)
+                yield NodeDelta(1, chunk.text, chunk.tokens)
+            tokens += chunk.tokens
+            if chunk.finish is not None:
+                finish = chunk.finish
+                meter.add(role, prompt_tokens=chunk.prompt_tokens, reused_tokens=chunk.reused_tokens,
+                          completion_tokens=tokens)
+        answer = "".join(parts)
+        assert finish is not None
+        yield NodeFinished(1, answer, tokens, finish, meter.elapsed() - started)
+        yield AnswerDone(answer, Route.DIRECT, meter.usage(), meter.timings())
+
+    # --- the background work -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                text = self._text
+                typed = text[:complete_prefix(text)].strip()
+                if typed and typed != self._typed:
+                    await (self._note_and_prefill(typed) if self.live else self._prefill(typed))
+                if self._ended and not self._wake.is_set():
+                    return
+        except EngineError as exc:  # best effort: the answer still works, it just prefills more
+            log.info("streamed prefill stopped: %s", exc)
+
+    async def _prefill(self, typed: str) -> None:
+        await self._hold(prompts.direct_prompt_head(self.engine, self.role, typed))
+        self._typed = typed
+        self._report("")
+
+    async def _note_and_prefill(self, typed: str) -> None:
+        if not typed.startswith(self._typed):  # a revision reached text already noted on: start over
+            self._turns, self._typed = [], ""
+        part = typed[len(self._typed):].strip()
+        if self._ended:  # no time for notes now: the answer carries the rest
+            return
+        note = await self._note(part)
+        if note is None:
+            return
+        self._turns.append((part, note))
+        self._typed = typed
+        await self._hold(prompts.live_head(self.engine, self.role, self._turns))
+        self._report("" if note.strip().upper().startswith("WAIT") else note)
+
+    async def _note(self, part: str) -> str | None:
+        """The model's note after a part, or None when the prompt ended meanwhile (the answer matters more)."""
+        text = self.engine.chat_prompt(self.role, prompts.live_messages(self._turns, part, final=False))
+        sampling = dataclasses.replace(self.settings.sampling, max_tokens=self.settings.live_note_tokens, stop=("\n\n",))
+        parts: list[str] = []
+        gen = self.engine.generate(GenerateRequest(text, self.role, sampling, None,
+                                                   f"{self.request_id}/note" if self.request_id else ""))
+        try:
+            async for chunk in gen:
+                parts.append(chunk.text)
+                if self._ended:
+                    return None
+        finally:
+            await gen.aclose()
+        return "".join(parts).strip() or "WAIT"
+
+    async def _hold(self, head: str) -> None:
+        """Open a prefix for `head` and wait until it is cached; the engine forks it from the previous one."""
+        if head == self._held:
+            return
+        prefix = self.engine.prefix(self.role, head)
+        await prefix.__aenter__()
+        try:
+            self._tokens = await prefix.ready()
+        except BaseException:
+            await prefix.aclose()
+            raise
+        old, self._prefix, self._held = self._prefix, prefix, head
+        if old is not None:
+            await old.aclose()
+
+    def summary(self, note: str = "") -> Progress:
+        """Where the prefill stands: characters received, tokens cached, sentences processed."""
+        return Progress(len(self._text), self._tokens, len(_sentences(self._typed)) if self._typed else 0, note)
+
+    def _report(self, note: str) -> None:
+        self.progress.put_nowait(self.summary(note))
+
+    async def _release(self) -> None:
+        if self._prefix is not None:
+            prefix, self._prefix, self._held = self._prefix, None, ""
+            await prefix.aclose()
+
+
+def _sentences(text: str) -> list[str]:
+    """The sentences of text that ends at a sentence boundary (the blank line closes the last)."""
+    return [s for s in split_sentences(text + "\n\n") if s.strip()]
