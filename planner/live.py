@@ -63,7 +63,7 @@ class StreamedPrompt:
         self._held = ""  # the text of the open prefix
         self._tokens = 0
         self._typed = ""  # the question text covered by the prefix (plain) or by the notes (live)
-        self._turns: list[tuple[str, str]] = []  # live: (typed part, note written after it)
+        self._turns: list[tuple[str, str]] = []  # live: (question typed so far, note written on it)
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name=f"espalier-live-{self.request_id}")
@@ -102,10 +102,9 @@ class StreamedPrompt:
     async def _live_answer(self, question: str) -> AsyncGenerator[Event, None]:
         meter = Meter()
         role = resolve_role(self.settings.live_answer_role, self.engine.roles())
-        q = question.strip()
-        turns, tail = (self._turns, q[len(self._typed):].strip()) if q.startswith(self._typed) else ([], q)
-        text = self.engine.chat_prompt(role, prompts.live_messages(turns, tail, final=True))
-        plan = Plan.direct(f"live: answered with {len(turns)} notes written while the question arrived")
+        notes = self.notes
+        text = prompts.live_answer_prompt(self.engine, role, question, notes)
+        plan = Plan.direct(f"live: answered with {len(notes)} notes written while the question arrived")
         meter.mark_planned()
         yield PlanReady(plan, meter.elapsed())
         yield NodeStarted(1, role)
@@ -147,29 +146,30 @@ class StreamedPrompt:
         except EngineError as exc:  # best effort: the answer still works, it just prefills more
             log.info("streamed prefill stopped: %s", exc)
 
-    async def _prefill(self, typed: str) -> None:
+    async def _prefill(self, typed: str, *, report: bool = True) -> None:
         await self._hold(prompts.direct_prompt_head(self.engine, self.role, typed))
         self._typed = typed
-        self._report("")
+        if report:
+            self._report("")
 
     async def _note_and_prefill(self, typed: str) -> None:
-        if not typed.startswith(self._typed):  # a revision reached text already noted on: start over
-            self._turns, self._typed = [], ""
-        part = typed[len(self._typed):].strip()
-        if self._ended:  # no time for notes now: the answer carries the rest
-            return
-        note = await self._note(part)
-        if note is None:
-            return
-        self._turns.append((part, note))
-        self._typed = typed
-        await self._hold(prompts.live_head(self.engine, self.role, self._turns))
-        self._report("" if note.strip().upper().startswith("WAIT") else note)
+        if not typed.startswith(self._typed):  # a revision reached noted text: those notes are stale
+            self._turns = []
+        await self._prefill(typed, report=False)
+        note = None if self._ended else await self._note(typed)  # at the end the answer matters more
+        if note is not None:
+            self._turns.append((typed, note))
+        self._report("" if note is None or _waits(note) else note)
 
-    async def _note(self, part: str) -> str | None:
-        """The model's note after a part, or None when the prompt ended meanwhile (the answer matters more)."""
-        text = self.engine.chat_prompt(self.role, prompts.live_messages(self._turns, part, final=False))
-        sampling = dataclasses.replace(self.settings.sampling, max_tokens=self.settings.live_note_tokens, stop=("\n\n",))
+    @property
+    def notes(self) -> list[str]:
+        """The notes worth showing the answer (WAIT replies left out), the latest few."""
+        return [n for _, n in self._turns if not _waits(n)][-_MAX_NOTES:]
+
+    async def _note(self, typed: str) -> str | None:
+        """The model's note on the question so far, or None when the prompt ended meanwhile."""
+        text = prompts.live_note_prompt(self.engine, self.role, typed)
+        sampling = dataclasses.replace(self.settings.sampling, max_tokens=self.settings.live_note_tokens, stop=("\n",))
         parts: list[str] = []
         gen = self.engine.generate(GenerateRequest(text, self.role, sampling, None,
                                                    f"{self.request_id}/note" if self.request_id else ""))
@@ -208,6 +208,13 @@ class StreamedPrompt:
         if self._prefix is not None:
             prefix, self._prefix, self._held = self._prefix, None, ""
             await prefix.aclose()
+
+
+_MAX_NOTES = 1  # each note reads the whole question so far, so the latest carries the rest; each costs prefill after the end
+
+
+def _waits(note: str) -> bool:
+    return note.strip().strip(".").upper() == "WAIT" or note.strip().upper().startswith("WAIT")
 
 
 def _sentences(text: str) -> list[str]:

@@ -234,28 +234,25 @@ def direct_prompt_head(engine: Engine, role: Role, partial: str) -> str:
 
 # --- live mode (a question noted on while it is typed) ------------------------------------------
 
-LIVE_SYSTEM = (
-    "The user's question reaches you a few sentences at a time while they type it. After each part, "
-    "reply with one short note (at most 25 words) of what you understand so far or what the answer "
-    "will need, or reply WAIT when there is nothing useful to note yet. When a part ends with [END], "
-    "the question is complete: answer it fully and directly."
+# The question stays contiguous in every live prompt (notes come after it), so a small model reads
+# it as it would read it whole, and every prompt forks from the sentence-wise prefilled question.
+LIVE_NOTE_ASK = (
+    "\n\n(I am still typing; more follows. Do not answer yet. In one short sentence, note what you "
+    "understand so far or what the answer will need, or reply WAIT.)"
 )
-LIVE_END = "\n[END]"
 
 
-def live_messages(turns: Sequence[tuple[str, str]], part: str, *, final: bool) -> list[Message]:
-    """The live conversation: each typed part with the note written after it, then the new part."""
-    messages = [Message("system", LIVE_SYSTEM)]
-    for typed, note in turns:
-        messages += [Message("user", typed), Message("assistant", note)]
-    messages.append(Message("user", part + (LIVE_END if final else "")))
-    return messages
+def live_note_prompt(engine: Engine, role: Role, typed: str) -> str:
+    """Ask for a note on the question typed so far (forks from the prefilled question)."""
+    return direct_prompt(engine, role, typed + LIVE_NOTE_ASK).full
 
 
-def live_head(engine: Engine, role: Role, turns: Sequence[tuple[str, str]]) -> str:
-    """The live conversation so far without a pending part: what stays the same as parts arrive."""
-    full = engine.chat_prompt(role, live_messages(turns, _CUT, final=False))
-    return full[:full.index(_CUT)]
+def live_answer_prompt(engine: Engine, role: Role, question: str, notes: Sequence[str]) -> str:
+    """The direct prompt with the notes written while the question arrived after it."""
+    if notes:
+        listed = "\n".join(f"- {n}" for n in notes)
+        question = f"{question.strip()}\n\n(Notes you wrote while I was typing:\n{listed})"
+    return direct_prompt(engine, role, question).full
 
 
 _CUT = "\u241eespalier-cut\u241e"  # a marker no question contains: where the typed text ends

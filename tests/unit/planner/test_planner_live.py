@@ -50,9 +50,9 @@ async def test_a_fast_typist_gets_one_prefill_for_several_sentences() -> None:
 
 async def test_live_mode_notes_each_part_and_answers_with_the_notes() -> None:
     engine = FakeEngine()
-    engine.script("open?\n[END]", "It is open eight hours.")
-    engine.script("It closes at five.", "WAIT")
-    engine.script("The shop opens at nine.", "Opening time is nine.")
+    engine.script("Notes you wrote", "It is open eight hours.")
+    engine.script("five.\n\n(I am still typing", "WAIT")
+    engine.script("nine.\n\n(I am still typing", "Opening time is nine.")
     settings = PlannerSettings().replace(direct_role=Role.LARGE, live_answer_role=Role.SMALL)
     async with StreamedPrompt(engine, Mode.LIVE, settings) as sp:
         sp.update(S1 + "It")
@@ -64,12 +64,12 @@ async def test_live_mode_notes_each_part_and_answers_with_the_notes() -> None:
         async with aclosing(sp.answer(S1 + S2 + S3)) as events:
             out = [e async for e in events]
     assert one.note == "Opening time is nine." and two.note == ""  # WAIT is kept in context, not shown
-    notes = [c for c in engine.calls if "open?\n[END]" not in c.full_prompt]
+    notes = [c for c in engine.calls if "I am still typing" in c.full_prompt]
     assert [c.request.role for c in notes] == [Role.LARGE, Role.LARGE]
-    assert "Opening time is nine." in notes[1].full_prompt  # the second part sees the first note
-    (final,) = [c for c in engine.calls if "open?\n[END]" in c.full_prompt]
-    assert final.request.role is Role.SMALL and "WAIT" in final.full_prompt
-    assert final.full_prompt.count(S3.strip()) == 1
+    assert (S1 + S2).strip() + "\n\n(I am still typing" in notes[1].full_prompt  # the question so far, whole
+    (final,) = [c for c in engine.calls if "I am still typing" not in c.full_prompt]
+    assert final.request.role is Role.SMALL and "WAIT" not in final.full_prompt  # WAIT replies are dropped
+    assert (S1 + S2 + S3) + "\n\n(Notes you wrote while I was typing:\n- Opening time is nine.)" in final.full_prompt
     assert isinstance(out[0], PlanReady) and isinstance(out[-1], AnswerDone)
     assert out[-1].route is Route.DIRECT and out[-1].text == "It is open eight hours."
     assert "".join(e.text for e in out if isinstance(e, NodeDelta)) == out[-1].text
@@ -86,6 +86,7 @@ async def test_a_revision_of_noted_text_starts_the_notes_over() -> None:
     assert again.sentences == 2
     last = engine.calls[-1].full_prompt
     assert "nine" not in last and "The shop opens at ten. It closes at five." in last
+    assert [t for t, _ in sp._turns] == ["The shop opens at ten. It closes at five."]  # the stale note is gone
 
 
 async def test_closing_without_an_end_cancels_the_work_and_releases_the_prefix() -> None:
