@@ -53,7 +53,11 @@ class StreamedPrompt:
         self.settings = settings
         self.request_id = request_id
         self.live = mode is Mode.LIVE
-        self.role = resolve_role(settings.direct_role, engine.roles())
+        # The prompt the answer will start with: a forced skeleton mode's skeleton prompt, else the
+        # direct prompt (auto routes after the end; most questions the rules cannot place go direct).
+        self._route = mode.forced_route if mode in (Mode.SOT, Mode.SGD) else Route.DIRECT
+        wanted = settings.skeleton_role if self._route is not Route.DIRECT else settings.direct_role
+        self.role = resolve_role(wanted, engine.roles())
         self.progress: asyncio.Queue[Progress | None] = asyncio.Queue()  # None: no more
         self._text = ""
         self._wake = asyncio.Event()
@@ -78,10 +82,16 @@ class StreamedPrompt:
         self._wake.set()
 
     async def end(self) -> None:
-        """The prompt is complete: finish the prefill in flight (its tokens are most of the prompt)."""
+        """The prompt is complete: finish the prefill in flight, whose tokens are most of the prompt.
+
+        Except in auto mode, where the route is not known yet: a skeleton answer would not use the
+        direct prompt, so what is in flight is dropped (what is already cached stays).
+        """
         self._ended = True
         self._wake.set()
         if self._task is not None:
+            if self.mode is Mode.AUTO:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
@@ -147,7 +157,11 @@ class StreamedPrompt:
             log.info("streamed prefill stopped: %s", exc)
 
     async def _prefill(self, typed: str, *, report: bool = True) -> None:
-        await self._hold(prompts.direct_prompt_head(self.engine, self.role, typed))
+        if self._route is Route.DIRECT:
+            head = prompts.direct_prompt_head(self.engine, self.role, typed)
+        else:
+            head = prompts.skeleton_prompt_head(self.engine, self.role, self._route, typed)
+        await self._hold(head)
         self._typed = typed
         if report:
             self._report("")

@@ -232,6 +232,12 @@ def direct_prompt_head(engine: Engine, role: Role, partial: str) -> str:
     return full[:full.index(_CUT)]
 
 
+def skeleton_prompt_head(engine: Engine, role: Role, route: Route, partial: str) -> str:
+    """The skeleton prompt up to the end of a partly typed question (see direct_prompt_head)."""
+    full = skeleton_prompt(engine, role, route, partial.lstrip() + _CUT)
+    return full[:full.index(_CUT)]
+
+
 # --- live mode (a question noted on while it is typed) ------------------------------------------
 
 # The question stays contiguous in every live prompt (notes come after it), so a small model reads

@@ -97,3 +97,18 @@ async def test_closing_without_an_end_cancels_the_work_and_releases_the_prefix()
         await asyncio.sleep(0.1)  # a note is being written
     assert all(c.closed for c in engine.calls)
     assert all(p.closed for p in engine.prefix_opens)
+
+
+async def test_a_forced_skeleton_mode_prefills_the_skeleton_prompt_instead() -> None:
+    from planner import prompts
+
+    engine = FakeEngine()
+    settings = PlannerSettings().replace(skeleton_role=Role.SMALL)
+    async with StreamedPrompt(engine, Mode.SGD, settings) as sp:
+        sp.update(S1 + S2 + "How")
+        await next_progress(sp)
+        await sp.end()
+    (opened,) = engine.prefix_opens
+    assert opened.role is Role.SMALL
+    skeleton = prompts.skeleton_prompt(engine, Role.SMALL, Route.GRAPH, S1 + S2 + S3)
+    assert skeleton.startswith(opened.text) and opened.text.endswith("It closes at five.")
