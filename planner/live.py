@@ -92,8 +92,16 @@ class StreamedPrompt:
         if self._task is not None:
             if self.mode is Mode.AUTO:
                 self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                # Bounded: a prefix may be queued behind other streams' prefixes for a cache slot.
+                await asyncio.wait_for(asyncio.shield(self._task), _END_WAIT_S)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            except asyncio.CancelledError:
+                if not self._task.cancelled():  # the caller is being cancelled, not our task
+                    raise
 
     async def aclose(self) -> None:
         self._ended = True
@@ -224,6 +232,7 @@ class StreamedPrompt:
             await prefix.aclose()
 
 
+_END_WAIT_S = 10.0  # longest the answer waits for a prefill in flight at the end marker
 _MAX_NOTES = 1  # each note reads the whole question so far, so the latest carries the rest; each costs prefill after the end
 
 

@@ -24,7 +24,7 @@ class ContextConfig:
     n_ctx: int = 8192  # KV cells shared by all sequences of this context (unified cache)
     n_batch: int = 512  # most tokens one llama_decode takes
     prefill_chunk: int = 64  # prompt tokens per step while other sequences decode
-    prefix_slots: int = 8  # sequence ids reserved for shared and resident prefixes
+    prefix_slots: int = 16  # sequence ids for shared, resident and streamed-prompt prefixes
     max_waiting: int = 64  # requests queued for a slot before new ones are refused
     threads: int = 0  # 0 = all cores
     threads_batch: int = 0  # 0 = same as threads
