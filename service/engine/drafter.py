@@ -56,6 +56,11 @@ class Drafter:
         self.ctx.seq_cp(src, dst, len(tokens))
         self._kv[dst] = list(tokens)
 
+    def clear(self) -> None:
+        """The target's cache was reset with nothing in it: reset the draft's too."""
+        self.ctx.clear()
+        self._kv.clear()
+
     def backlog(self, slot: int, history: Sequence[int]) -> int:
         """Tokens the draft must take before it can propose for this sequence."""
         return len(history) - self._common(slot, history)

@@ -145,6 +145,10 @@ class Scheduler:
     def kv_reserved(self) -> int:
         return self._reserved
 
+    def empty(self) -> bool:
+        """No sequence holds, wants or still occupies KV cells: the cache can be reset."""
+        return not self._active and not self._waiting and not self._dirty
+
     def has_work(self) -> bool:
         """Whether schedule() can produce a batch or has native operations to apply."""
         return (bool(self._dirty) and self._idle()) or any(

@@ -225,6 +225,13 @@ class ContextWorker:
             self.ctx.seq_rm(slot)
             if self.spec is not None:
                 self.spec.on_free(slot)
+        if plan.frees and self.sched.empty():
+            # Nothing left in the cache: reset it, so the next sequence is laid out from cell 0
+            # again. Attention over a sequence placed further along the cache sums in other
+            # chunks, so without this a prompt could decode differently depending on history.
+            self.ctx.clear()
+            if self.spec is not None and self.spec.drafter is not None:
+                self.spec.drafter.clear()
         for fork in plan.forks:
             self.ctx.seq_cp(fork.src, fork.dst, fork.n_tokens)
             if self.spec is not None:
