@@ -7,14 +7,16 @@ round is one batch of one token per drafting sequence, so one curve per context 
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 
 from service.engine.native import Context
 from service.engine.spec_policy import CostCurve
 
-# Small batches are what speculation uses most: measure them densely and twice (the minimum of two
-# resists a noisy neighbour); larger ones once, for the many-sequence steps.
+# Small batches are what speculation uses most: measure them densely, three times each (the median
+# resists a noisy neighbour both ways); larger ones once, for the many-sequence steps. The policy
+# corrects all of them with the costs it sees in service.
 _DENSE = (1, 2, 3, 4, 5, 6, 8, 9)
 _SPARSE = (12, 16, 24, 32, 48, 64)
 
@@ -54,10 +56,10 @@ def measure_curve(ctx: Context, slot: int, tokens: Sequence[int], *, max_tokens:
             if n > cap:
                 break
             times = []
-            for _ in range(2 if n in _DENSE else 1):
+            for _ in range(3 if n in _DENSE else 1):
                 times.append(run(n, depth, True))
                 ctx.seq_rm(slot, depth, -1)
-            points.append((n, min(times)))
+            points.append((n, statistics.median(times)))
     finally:
         ctx.seq_rm(slot)
     return CostCurve(tuple(points))

@@ -13,6 +13,7 @@ second thread would only contend for the same cores.
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,10 +36,12 @@ class DraftJob:
 class Drafter:
     """Greedy drafting in rounds over a draft context. Call only from the owning worker thread."""
 
-    def __init__(self, model: Model, ctx: Context, *, p_min: float = 0.3) -> None:
+    def __init__(self, model: Model, ctx: Context, *, p_min: float = 0.3,
+                 observe: Callable[[int, float], None] | None = None) -> None:
         self.model = model
         self.ctx = ctx
         self.p_min = p_min
+        self._observe = observe  # (tokens, seconds) of each drafting decode, for the cost model
         self._kv: dict[int, list[int]] = {}  # slot -> tokens in the draft KV, positions 0..n-1
         self.drafted = 0  # tokens proposed, for stats
         self.rounds = 0
@@ -96,7 +99,7 @@ class Drafter:
                 live[job.slot] = (job, idx)
         if batch.n == 0:
             return out
-        if self.ctx.decode() != 0:
+        if self._decode() != 0:
             self._forget([j.slot for j in jobs])
             return out
         self.rounds += 1
@@ -120,13 +123,21 @@ class Drafter:
                 job = next(j for j in jobs if j.slot == slot)
                 live[slot] = (job, batch.add(slot, (token,), len(self._kv[slot]), True))
                 self._kv[slot].append(token)
-            if self.ctx.decode() != 0:
+            if self._decode() != 0:
                 self._forget(list(proposals))
                 break
             self.rounds += 1
         return out
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _decode(self) -> int:
+        n = self.ctx.batch.n
+        t0 = time.perf_counter()
+        rc = self.ctx.decode()
+        if rc == 0 and self._observe is not None:
+            self._observe(n, time.perf_counter() - t0)
+        return rc
 
     def _confident(self, index: int) -> int | None:
         """The draft's greedy token at a batch index, or None when it is not sure enough."""

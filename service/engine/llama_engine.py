@@ -267,16 +267,17 @@ def _speculator(model: Model, ctx: Context, cfg: ContextConfig, draft: Model | N
     sample = model.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
     scratch = params.n_seq_max - 1  # no sequence uses any slot before the worker starts
     target_curve = measure_curve(ctx, scratch, sample)
-    drafter = None
-    draft_curve = None
-    if draft is not None:
-        dctx = Context(draft, params)
-        try:
-            draft_curve = measure_curve(dctx, scratch, sample, max_tokens=max(16, cfg.slots))
-        except BaseException:
+    dctx = Context(draft, params) if draft is not None else None
+    try:
+        draft_curve = measure_curve(dctx, scratch, sample, max_tokens=max(16, cfg.slots)) if dctx else None
+    except BaseException:
+        if dctx is not None:
             dctx.close()
-            raise
-        drafter = Drafter(draft, dctx, p_min=cfg.draft_p_min)
+        raise
     policy = SpecPolicy(target_curve, draft_curve, max_k=cfg.draft_max, verify_rows=cfg.verify_rows)
+    drafter = None
+    if draft is not None and dctx is not None:
+        drafter = Drafter(draft, dctx, p_min=cfg.draft_p_min,
+                          observe=lambda n, s: policy.observe(draft_tokens=n, draft_s=s))
     log.info("speculation costs: target %s, draft %s", target_curve.points, draft_curve.points if draft_curve else None)
     return Speculator(policy, DraftSource(cfg.draft_source), drafter, SpecMode(cfg.speculation))

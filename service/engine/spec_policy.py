@@ -58,6 +58,17 @@ class CostCurve:
         one = self(1)
         return {k: round(self(k) / one, 3) for k in ks}
 
+    def observed(self, n: int, seconds: float, weight: float = 0.2) -> CostCurve:
+        """This curve with a live measurement of an n-token batch folded into the point at n.
+
+        Start-up measurements on a noisy machine can be off by tens of percent; the costs seen in
+        service correct them. Only measured sizes move (others interpolate between them), and an
+        optimistic error corrects itself: the policy tries that size, and its real cost comes in.
+        """
+        if seconds <= 0 or not any(p == n for p, _ in self.points):
+            return self
+        return CostCurve(tuple((p, s + weight * (seconds - s) if p == n else s) for p, s in self.points))
+
 
 @dataclass(slots=True)
 class Acceptance:
@@ -138,6 +149,14 @@ class SpecPolicy:
     verify_rows: int = 0
     last_k: int = 0  # the latest choice, for stats
     choices: dict[int, int] = field(default_factory=dict)  # k -> how often chosen, for stats
+
+    def observe(self, target_tokens: int = 0, target_s: float = 0.0, draft_tokens: int = 0,
+                draft_s: float = 0.0) -> None:
+        """Fold the cost of a decode call seen in service into the curves."""
+        if target_tokens:
+            self.target = self.target.observed(target_tokens, target_s)
+        if draft_tokens and self.draft is not None:
+            self.draft = self.draft.observed(draft_tokens, draft_s)
 
     def choose(self, mode: SpecMode, candidates: Sequence[Candidate], *, other_tokens: int = 0,
                draft_catchup: int = 0) -> int:

@@ -281,6 +281,8 @@ class ContextWorker:
             return
         self.steps += 1
         self.prefilled += n_prompt
+        if self.spec is not None:
+            self.spec.policy.observe(target_tokens=plan.n_tokens, target_s=dt)
         if n_decoded:
             self._rate = 0.8 * self._rate + 0.2 * (n_decoded / dt) if self._rate else n_decoded / dt
         for seq in self.sched.after_decode(plan):

@@ -113,3 +113,22 @@ def test_prompt_lookup_copies_what_followed_the_latest_match() -> None:
     assert prompt_lookup(history, 0) == []
     assert prompt_lookup([5, 6, 7], 3) == []  # no earlier match
     assert prompt_lookup([4, 5, 6, 4, 5], 4) == [6, 4, 5]
+
+
+def test_costs_seen_in_service_correct_an_optimistic_calibration() -> None:
+    # Start-up measured a 2-token verify at barely more than one token: drafting looks like a win.
+    optimistic = CostCurve(((1, 0.050), (2, 0.052), (4, 0.19), (8, 0.38)))
+    policy = SpecPolicy(optimistic, CostCurve(((1, 0.005), (4, 0.012))), max_k=3)
+    cands = [Candidate(0.8, 3, True)]
+    assert policy.choose(SpecMode.AUTO, cands) == 1
+    for _ in range(20):  # in service, 2-token batches really cost 1.9 times one
+        policy.observe(target_tokens=2, target_s=0.095)
+    assert policy.target(2) == pytest.approx(0.095, rel=0.02)
+    assert policy.choose(SpecMode.AUTO, cands) == 0
+    assert policy.target.observed(3, 1.0) is policy.target  # only measured sizes move
+
+
+def test_draft_costs_seen_in_service_move_the_draft_curve() -> None:
+    policy = SpecPolicy(GPU, CostCurve(((1, 0.001), (4, 0.002))), max_k=4)
+    policy.observe(draft_tokens=1, draft_s=0.011)
+    assert policy.draft is not None and policy.draft(1) == pytest.approx(0.003)
