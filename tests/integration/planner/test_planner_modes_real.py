@@ -29,6 +29,7 @@ ALLOWED = {
     Mode.DIRECT: {Route.DIRECT},
     Mode.SOT: {Route.PARALLEL, Route.DIRECT},  # direct only if the skeleton could not be parsed
     Mode.SGD: {Route.GRAPH, Route.DIRECT},
+    Mode.LIVE: {Route.DIRECT},  # nothing streamed in: plain decoding
 }
 
 

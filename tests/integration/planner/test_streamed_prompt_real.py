@@ -47,14 +47,22 @@ async def stream(sp: StreamedPrompt, pieces: list[str]) -> list[Progress]:
     return seen
 
 
-async def wait_empty(engine) -> None:
+async def kv_now(engine) -> dict[str, list[int]]:
+    return await engine.kv_positions(Role.SMALL)
+
+
+async def wait_back_to(engine, before: dict[str, list[int]]) -> None:
+    """Every sequence id holds what it held before the test (resident prefixes of earlier tests stay)."""
+    def settled(now: dict[str, list[int]]) -> bool:  # each id as before, or emptied (late cleanup)
+        return all(a == b or a == -1 for ctx in now for a, b in zip(now[ctx], before[ctx], strict=True))
+
     async with asyncio.timeout(20):
-        while engine.stats().slots_busy or any(p != -1 for ps in (await engine.kv_positions(Role.SMALL)).values()
-                                               for p in ps):
+        while engine.stats().slots_busy or not settled(await kv_now(engine)):
             await asyncio.sleep(0.05)
 
 
 async def test_sentence_by_sentence_prefill_gives_the_whole_prompt_answer(small_engine) -> None:
+    before = await kv_now(small_engine)
     question = "".join(SENTENCES)
     whole = await final(pipeline.answer(small_engine, question, Mode.DIRECT, SETTINGS))
     async with StreamedPrompt(small_engine, Mode.DIRECT, SETTINGS) as sp:
@@ -67,10 +75,11 @@ async def test_sentence_by_sentence_prefill_gives_the_whole_prompt_answer(small_
     usage = streamed.usage.role(Role.SMALL)
     assert usage.reused_tokens >= progress[-1].tokens_prefilled - 2  # only the tail was prefilled
     assert whole.usage.role(Role.SMALL).reused_tokens < usage.reused_tokens
-    await wait_empty(small_engine)
+    await wait_back_to(small_engine, before)
 
 
 async def test_a_revision_rolls_the_prefix_back_to_the_first_changed_token(small_engine) -> None:
+    before = await kv_now(small_engine)
     revised = SENTENCES[:2] + ("On Sundays it leaves an hour later. ",) + SENTENCES[3:]
     question = "".join(revised)
     whole = await final(pipeline.answer(small_engine, question, Mode.DIRECT, SETTINGS))
@@ -86,10 +95,11 @@ async def test_a_revision_rolls_the_prefix_back_to_the_first_changed_token(small
     assert after.sentences == 4 and after.tokens_prefilled > 0
     assert streamed.text == whole.text
     assert streamed.usage.role(Role.SMALL).reused_tokens > whole.usage.role(Role.SMALL).reused_tokens
-    await wait_empty(small_engine)
+    await wait_back_to(small_engine, before)
 
 
 async def test_live_mode_writes_notes_and_answers(small_engine) -> None:
+    before = await kv_now(small_engine)
     question = "".join(SENTENCES)
     async with StreamedPrompt(small_engine, Mode.LIVE, SETTINGS) as sp:
         progress = await stream(sp, list(SENTENCES))
@@ -98,14 +108,15 @@ async def test_live_mode_writes_notes_and_answers(small_engine) -> None:
     assert [p.sentences for p in progress] == [1, 2, 3, 4]
     assert done.text.strip()
     assert done.usage.role(Role.SMALL).reused_tokens > 0  # the answer forked from the noted conversation
-    await wait_empty(small_engine)
+    await wait_back_to(small_engine, before)
 
 
 async def test_an_abandoned_stream_frees_everything(small_engine) -> None:
+    before = await kv_now(small_engine)
     sp = StreamedPrompt(small_engine, Mode.LIVE, SETTINGS)
     await sp.__aenter__()
     await stream(sp, list(SENTENCES[:2]))
     sp.update("".join(SENTENCES[:4]))  # work in flight when the client goes away
     await asyncio.sleep(0.05)
     await sp.aclose()
-    await wait_empty(small_engine)
+    await wait_back_to(small_engine, before)
