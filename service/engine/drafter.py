@@ -64,10 +64,6 @@ class Drafter:
         self.ctx.clear()
         self._kv.clear()
 
-    def backlog(self, slot: int, history: Sequence[int]) -> int:
-        """Tokens the draft must take before it can propose for this sequence."""
-        return len(history) - self._common(slot, history)
-
     def held(self, slot: int) -> int:
         return len(self._kv.get(slot, ()))
 

@@ -161,25 +161,24 @@ class SpecPolicy:
         if draft_tokens and self.draft is not None:
             self.draft = self.draft.observed(draft_tokens, draft_s)
 
-    def choose(self, mode: SpecMode, candidates: Sequence[Candidate], *, other_tokens: int = 0,
-               draft_catchup: int = 0) -> int:
+    def choose(self, mode: SpecMode, candidates: Sequence[Candidate], *, other_tokens: int = 0) -> int:
         """The number of drafts per sequence for this step (0 = plain decoding).
 
-        other_tokens: tokens of this batch that are not speculated (prefill chunks, plain decoders);
-        draft_catchup: tokens the draft context must take before its first round (new sequences).
+        other_tokens: tokens of this batch that are not speculated (prefill chunks, plain decoders).
+        A new sequence's one-off draft prefill is not charged here: it pays over the whole sequence.
         """
-        k = self._choose(mode, candidates, other_tokens, draft_catchup)
+        k = self._choose(mode, candidates, other_tokens)
         self.last_k = k
         self.choices[k] = self.choices.get(k, 0) + 1
         return k
 
-    def _choose(self, mode: SpecMode, candidates: Sequence[Candidate], other: int, catchup: int) -> int:
+    def _choose(self, mode: SpecMode, candidates: Sequence[Candidate], other: int) -> int:
         if mode is SpecMode.OFF or not candidates or self.k_limit <= 0:
             return 0
         lowest = 1 if mode is SpecMode.ON else 0
-        best_k, best_rate = lowest, self.rate(lowest, candidates, other, catchup)
+        best_k, best_rate = lowest, self.rate(lowest, candidates, other)
         for k in range(lowest + 1, self.k_limit + 1):
-            rate = self.rate(k, candidates, other, catchup)
+            rate = self.rate(k, candidates, other)
             # Drafting must promise a clear gain over plain decoding: the costs and acceptance are
             # noisy estimates, and a marginal "win" is a loss as often as not. Among drafting
             # choices a small margin is enough.
@@ -193,7 +192,7 @@ class SpecPolicy:
         """Most drafts one sequence can take: a verify run must fit one decode call."""
         return min(self.max_k, self.verify_rows - 1) if self.verify_rows > 0 else self.max_k
 
-    def rate(self, k: int, candidates: Sequence[Candidate], other: int = 0, catchup: int = 0) -> float:
+    def rate(self, k: int, candidates: Sequence[Candidate], other: int = 0) -> float:
         """Expected tokens per second of one step that drafts k per sequence."""
         tokens = float(other)
         plain = other
@@ -216,8 +215,8 @@ class SpecPolicy:
         if model_seqs and k > 0:
             if self.draft is None:
                 return 0.0  # model drafts without a draft model: never chosen
-            # One round takes every sequence's latest token (plus any catch-up), then k-1 rounds of one.
-            seconds += self.draft(model_seqs + catchup) + (k - 1) * self.draft(model_seqs)
+            # k rounds: the first takes each sequence's latest token, each later one its latest draft.
+            seconds += k * self.draft(model_seqs)
         return tokens / seconds
 
 
