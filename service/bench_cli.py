@@ -103,6 +103,12 @@ def _answers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hardware_args(p: argparse.ArgumentParser) -> None:
+    """How the models run on this box: the same two flags for every benchmark that loads models."""
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per model (default: all cores)")
+    p.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
+
+
 def run(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="espalier bench", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -127,8 +133,7 @@ def run(argv: Sequence[str]) -> int:
     spec.add_argument("--tokens", type=int, default=64, help="tokens generated per sequence (default 64)")
     spec.add_argument("--rounds", type=int, default=2, help="alternating rounds; figures are medians (default 2)")
     spec.add_argument("--sequences", type=int, nargs="+", default=[1, 4], help="concurrency levels (default 1 4)")
-    spec.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    spec.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
+    _hardware_args(spec)
     spec.add_argument("--draft-max", type=int, default=8, help="most drafts per sequence per step (default 8)")
     spec.add_argument("--verify-rows", type=int, default=7,
                       help="most tokens per verify call; 0 = no limit (GPU); default 7 keeps greedy output exact")
@@ -148,8 +153,7 @@ def run(argv: Sequence[str]) -> int:
                     help="who writes the live answer: large (default), or small (large notes, small answers)")
     st.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
     st.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
-    st.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    st.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
+    _hardware_args(st)
     st.set_defaults(func=_stream)
     ans = sub.add_parser("answers", help="each answer mode over a question set: speed-up, judged quality, router",
                          description="Run a question set through each mode (interleaved per question), judge "
@@ -175,12 +179,11 @@ def run(argv: Sequence[str]) -> int:
                      help="model that writes skeletons (default large)")
     ans.add_argument("--small-only", action="store_true",
                      help="load only the small model and run everything on it (quick smoke runs)")
-    ans.add_argument("--threads", type=int, default=0, help="CPU threads per model (default: all cores)")
+    _hardware_args(ans)
     ans.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
     ans.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
     ans.add_argument("--ctx", type=int, default=8192, help="KV cells per model context (default 8192)")
     ans.add_argument("--slots", type=int, default=8, help="sequences decoded together per model (default 8)")
-    ans.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
     ans.add_argument("--judge", choices=("embedded", "none"), default="embedded",
                      help="embedded: the large model (small with --small-only) judges; none: no judging")
     ans.add_argument("--judge-url", default=None,

@@ -174,7 +174,7 @@ class LlamaEngine:
         """Prefill a template's fixed part once; later prompts starting with it fork from it."""
         worker = self._worker(role)
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        worker.open_prefix(text, ready, resident=True)
+        worker.open_prefix(text, ready)  # never closed: resident for the engine's life
         return await ready
 
     def chat_prompt(self, role: Role, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:

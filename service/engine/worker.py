@@ -80,7 +80,6 @@ class PrefixHolder:
 
     seq: Seq
     ready: asyncio.Future[int] | None
-    resident: bool = False
     text: str = ""
 
 
@@ -126,9 +125,9 @@ class ContextWorker:
     def cancel(self, job: Job) -> None:
         self._post(lambda: self._end(job, None))
 
-    def open_prefix(self, text: str, ready: asyncio.Future[int] | None, *, resident: bool = False,
+    def open_prefix(self, text: str, ready: asyncio.Future[int] | None, *,
                     loop: asyncio.AbstractEventLoop | None = None) -> PrefixHolder:
-        holder = PrefixHolder(Seq(key=next(_keys), tokens=(), is_prefix=True), ready, resident, text)
+        holder = PrefixHolder(Seq(key=next(_keys), tokens=(), is_prefix=True), ready, text)
         self._post(lambda: self._admit_prefix(holder, text, loop))
         return holder
 
