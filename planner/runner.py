@@ -171,13 +171,10 @@ class _Expansion:
             rendered = prompts.direct_prompt(self.engine, role, self.question)
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
             return GenerateRequest(rendered.full, role, sampling, None, rid, s.speculation)
-        position = self.plan.position(node.id)
         rendered = prompts.point_prompt(
             self.engine, role, self.question, self.plan, node.id, parents, s.forward_max_chars
         )
-        sampling = dataclasses.replace(
-            s.sampling, max_tokens=s.point_max_tokens, stop=prompts.point_stop(position)
-        )
+        sampling = dataclasses.replace(s.sampling, max_tokens=s.point_max_tokens, stop=prompts.point_stop())
         prefix = self.prefixes.get(role)
         if prefix is not None and rendered.prefix and rendered.prefix == prefix.text:
             return GenerateRequest(rendered.tail, role, sampling, prefix, rid, s.speculation)

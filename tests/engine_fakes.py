@@ -55,6 +55,7 @@ class Script:
     finish: FinishReason | None = None  # force this finish reason on the last chunk
     delay: float | None = None  # per chunk; None = the engine's default
     hold: asyncio.Event | None = None  # wait for this before the first chunk
+    point: int | None = None  # match only the prompt of this point (its heading ends the prompt)
 
 
 @dataclass
@@ -126,8 +127,14 @@ class FakeEngine:
         self.scripts.append(s)
         return s
 
+    def script_point(self, position: int, reply: str | Callable[[str], str], **kw: object) -> Script:
+        """Script the point at this position: its pre-filled heading is the prompt's last line."""
+        return self.script("", reply, point=position, **kw)
+
     def _find(self, prompt: str, role: Role) -> Script | None:
         for s in self.scripts:
+            if s.point is not None and not _writes_point(prompt, s.point):
+                continue
             if s.match in prompt and (s.role is None or s.role == role):
                 return s
         return None
@@ -221,6 +228,13 @@ class FakeEngine:
     def calls_matching(self, text: str) -> list[Call]:
         return [c for c in self.calls if text in c.full_prompt]
 
+    def calls_for_point(self, position: int) -> list[Call]:
+        return [c for c in self.calls if _writes_point(c.full_prompt, position)]
+
     @property
     def open_sequences(self) -> int:
         return sum(self.in_flight.values())
+
+
+def _writes_point(prompt: str, position: int) -> bool:
+    return prompt.rsplit("\n", 1)[-1].startswith(f"{position}. ")

@@ -67,10 +67,11 @@ def test_point_prompts_share_the_question_and_outline_prefix(engine: FakeEngine)
         r = prompts.point_prompt(engine, Role.LARGE, q, PLAN, node_id, parents if node_id == 2 else ())
         assert r.prefix == shared and r.full.startswith(shared)
         assert r.tail and not r.tail[0].isspace()
-        assert f"point {node_id}" in r.tail
+        assert r.tail.endswith(prompts.heading(PLAN.position(node_id), PLAN.node(node_id).title))
+        assert prompts.POINT_INSTRUCTION in shared  # said once, in the shared part
     two = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2, parents)
-    assert "1. Set goals: Write down three goals. Keep them small." in two.tail  # forwarded, after the prefix
-    assert two.full.endswith("2. Plan the week:")
+    # forwarded as the start of the answer, after the prefix, then this point's heading
+    assert two.tail == "1. Set goals: Write down three goals. Keep them small.\n2. Plan the week:"
     three = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 3)
     assert three.full.endswith("3. Review: what worked?")  # no colon after a question mark
 

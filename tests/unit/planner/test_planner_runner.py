@@ -8,7 +8,7 @@ from contextlib import aclosing
 import pytest
 from engine_fakes import FakeEngine
 
-from planner import runner
+from planner import prompts, runner
 from planner.engine import EngineFault, FinishReason, Role
 from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
 from planner.plan import Difficulty, Node, Plan, PlanInvalid, Route
@@ -93,24 +93,25 @@ async def test_concurrency_bounded_by_free_slots_and_settings() -> None:
 
 async def test_forwarding_and_shared_prefix() -> None:
     engine = FakeEngine()
-    engine.script("writing only point 1", "Write down three goals.")
-    engine.script("writing only point 2", "Block time for each goal.")
+    engine.script_point(1, "Write down three goals.")
+    engine.script_point(2, "Block time for each goal.")
     plan = graph(Node(1, "Set goals"), Node(2, "Plan the week", (1,)), Node(3, "Review", (1, 2)))
     events = await collect(engine, plan)
     starts = {e.node_id: e for e in events if isinstance(e, NodeStarted)}
     assert starts[1].parents == () and starts[2].parents == (1,) and starts[3].parents == (1, 2)
     (p,) = engine.prefix_opens  # one prefix for the one role in use, forked by every point
-    assert p.role is Role.LARGE and Q in p.text and p.text.endswith("3. Review\n")
+    assert p.role is Role.LARGE and Q in p.text and "3. Review\n" in p.text
+    assert p.text.endswith("\n")  # up to the assistant's turn: a clean token boundary
     assert engine.prefix_closes == [p]
     for call in engine.calls:
         assert call.request.prefix is p and call.full_prompt.startswith(p.text)
         assert Q not in call.request.prompt  # the tail holds only what differs
-    (three,) = engine.calls_matching("writing only point 3")
+    (three,) = engine.calls_for_point(3)
     assert "1. Set goals: Write down three goals." in three.request.prompt
     assert "2. Plan the week: Block time for each goal." in three.request.prompt
-    (one,) = engine.calls_matching("writing only point 1")
-    assert "builds on" not in one.request.prompt
-    assert one.request.sampling.stop[:2] == ("\n\n", "\n2.")
+    (one,) = engine.calls_for_point(1)
+    assert one.request.prompt == "1. Set goals:"  # only the heading is prefilled per point
+    assert one.request.sampling.stop == ("\n",)  # a point is one line
     assert one.request.sampling.max_tokens == PlannerSettings().point_max_tokens
 
 
@@ -121,7 +122,7 @@ async def test_difficulty_picks_the_role_and_single_role_fallback() -> None:
     roles = {e.node_id: e.role for e in events if isinstance(e, NodeStarted)}
     assert roles == {1: Role.SMALL, 2: Role.LARGE, 3: Role.SMALL}
     assert [p.role for p in engine.prefix_opens] == [Role.SMALL]  # the large role runs one point: no prefix
-    assert engine.calls_matching("writing only point 2")[0].request.prefix is None
+    assert engine.calls_for_point(2)[0].request.prefix is None
     engine = FakeEngine(roles=[Role.SMALL])
     events = await collect(engine, plan)
     assert {e.role for e in events if isinstance(e, NodeStarted)} == {Role.SMALL}
@@ -145,7 +146,7 @@ async def test_a_role_chosen_by_the_caller_wins_over_difficulty() -> None:
 
 async def test_one_node_failing_keeps_the_others() -> None:
     engine = FakeEngine(delay=0.001)
-    engine.script("writing only point 2", "Half of the text and then", fail_after=3)
+    engine.script_point(2, "Half of the text and then", fail_after=3)
     plan = graph(Node(1, "Alpha"), Node(2, "Beta"), Node(3, "Gamma", (2,)))
     events = await collect(engine, plan)
     check_event_grammar(events, plan)
@@ -166,7 +167,7 @@ async def test_one_node_failing_keeps_the_others() -> None:
 
 async def test_engine_reported_error_finish_is_a_failure() -> None:
     engine = FakeEngine()
-    engine.script("writing only point 1", "Partial", finish=FinishReason.ERROR)
+    engine.script_point(1, "Partial", finish=FinishReason.ERROR)
     plan = graph(Node(1, "Alpha"), Node(2, "Beta"))
     events = await collect(engine, plan)
     (failed,) = [e for e in events if isinstance(e, NodeFailed)]
@@ -175,7 +176,7 @@ async def test_engine_reported_error_finish_is_a_failure() -> None:
 
 async def test_length_finish_is_a_normal_finish() -> None:
     engine = FakeEngine()
-    engine.script("writing only point ", "one two three four five six")
+    engine.script(prompts.POINT_INSTRUCTION, "one two three four five six")
     events = await collect(engine, graph(Node(1, "A"), Node(2, "B")), PlannerSettings(point_max_tokens=2))
     finished = [e for e in events if isinstance(e, NodeFinished)]
     assert [(e.text, e.finish, e.tokens) for e in finished] == [("one two", FinishReason.LENGTH, 2)] * 2
@@ -184,8 +185,8 @@ async def test_length_finish_is_a_normal_finish() -> None:
 async def test_whole_request_cancellation_frees_everything() -> None:
     engine = FakeEngine(delay=0.001)
     hold = asyncio.Event()  # never set: nodes 1 and 2 hang mid-way
-    engine.script("writing only point 1", "stuck", hold=hold)
-    engine.script("writing only point 2", "stuck too", hold=hold)
+    engine.script_point(1, "stuck", hold=hold)
+    engine.script_point(2, "stuck too", hold=hold)
     plan = graph(Node(1, "A"), Node(2, "B"), Node(3, "C"), Node(4, "D", (1, 3)))
     seen: list[Event] = []
 
@@ -210,7 +211,7 @@ async def test_whole_request_cancellation_frees_everything() -> None:
             assert task.cancelled()
             assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
             assert len(engine.prefix_closes) == len(engine.prefix_opens) == 1
-            assert not engine.calls_matching("writing only point 4")  # never started
+            assert not engine.calls_for_point(4)  # never started
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             assert others == []
 
@@ -293,7 +294,7 @@ async def test_driver_error_is_raised_from_the_iterator() -> None:
 
 async def test_engine_fault_class_is_reported() -> None:
     engine = FakeEngine()
-    engine.script("writing only point 1", "x", fail_after=0, error=EngineFault("boom"))
+    engine.script_point(1, "x", fail_after=0, error=EngineFault("boom"))
     events = await collect(engine, graph(Node(1, "A"), Node(2, "B")))
     (failed,) = [e for e in events if isinstance(e, NodeFailed)]
     assert (failed.reason, failed.error, failed.partial_text) == ("boom", "EngineFault", "")

@@ -104,7 +104,7 @@ async def test_an_engine_fault_fails_that_request_with_internal_and_the_server_k
 
 async def test_a_failing_point_is_reported_in_the_stream_not_as_a_call_error() -> None:
     engine = engine_with_skeletons()
-    engine.script("writing only point 2", "half a", fail_after=1)
+    engine.script_point(2, "half a", fail_after=1)
     graph = pb.Graph(nodes=[pb.Node(id=1, title="Thrill of fear"), pb.Node(id=2, title="Brain chemistry")])
     async with running(settings(), engine) as srv, asyncio.timeout(10):
         events = await collect(srv.stub.Expand(pb.ExpandRequest(question=QUESTION, graph=graph)))
