@@ -161,7 +161,9 @@ def run(argv: Sequence[str]) -> int:
                                      "JSON, a markdown report and a plot.")
     ans.add_argument("--set", required=True, help="questions: CSV with a `request` column, or JSONL")
     ans.add_argument("--modes", default="direct,sot,sgd,auto",
-                     help="comma-separated, from direct,sot,sgd,auto; direct is the baseline (default: all four)")
+                     help="comma-separated, from direct,sot,sgd,auto; direct is the baseline (default: all four). "
+                          "sot:small, sgd:small, auto:small (or :large) run that mode with the skeleton written "
+                          "by that role, to compare skeleton writers in one run (embedded only)")
     ans.add_argument("--limit", type=int, default=None, help="only the first N questions")
     where = ans.add_mutually_exclusive_group()
     where.add_argument("--embedded", action="store_true", help="load the models in-process (the default)")

@@ -38,6 +38,14 @@ from service.bench.questions import Question, load_labels, load_questions, match
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
 BASELINE = "direct"
+SKELETON_MODES = ("sot", "sgd", "auto")  # modes that may write a skeleton: these take a `:ROLE` variant
+
+
+def split_mode(mode: str) -> tuple[str, Role | None]:
+    """`sgd:small` -> ("sgd", Role.SMALL): the mode with its skeleton written by that role, so one run
+    can compare skeleton writers on the same questions; a plain mode -> (mode, None)."""
+    name, _, role = mode.partition(":")
+    return name, (Role(role) if role else None)
 PERCENTILE_METHOD = "linear interpolation between closest ranks (numpy default)"
 
 
@@ -191,14 +199,19 @@ class EmbeddedRunner:
                 if aclose is not None:
                     await aclose()
 
+    def settings_for(self, mode: str) -> PlannerSettings:
+        role = split_mode(mode)[1]
+        return self.settings if role is None else self.settings.replace(skeleton_role=role)
+
     async def answer(self, question: str, mode: str) -> RunResult:
         t0 = self.clock()
         first: float | None = None
         done: AnswerDone | None = None
         nodes = 0
         reason = ""
+        settings = self.settings_for(mode)
         try:
-            async with aclosing(pipeline.answer(self.engine, question, mode, self.settings)) as events:
+            async with aclosing(pipeline.answer(self.engine, question, split_mode(mode)[0], settings)) as events:
                 async for event in events:
                     if isinstance(event, NodeDelta | NodeFinished) and first is None and event.text:
                         first = self.clock() - t0
@@ -285,8 +298,12 @@ def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
         m = m.strip().lower()
         if not m:
             continue
-        if m not in MODES:
+        name, _, role = m.partition(":")
+        if name not in MODES:
             raise ValueError(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
+        if role and (name not in SKELETON_MODES or role not in tuple(Role)):
+            raise ValueError(f"unknown mode {m!r}: a skeleton variant is MODE:ROLE with MODE one of "
+                             f"{', '.join(SKELETON_MODES)} and ROLE one of {', '.join(Role)}")
         if m not in out:
             out.append(m)
     if BASELINE not in out:
@@ -544,14 +561,16 @@ async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels:
     _log(f"loading models ({roles}; {opts.threads or os.cpu_count()} threads)")
     engine = await LlamaEngine.load(engine_config)
     try:
-        for role, text in pipeline.resident_prefixes(engine, settings):
+        runner = EmbeddedRunner(engine, settings)
+        # every mode's prompt prefixes, a skeleton variant's included, so none pays for a cold prefix
+        residents = {p for m in config.modes for p in pipeline.resident_prefixes(engine, runner.settings_for(m))}
+        for role, text in sorted(residents):
             try:
                 await engine.add_resident_prefix(role, text)
             except EngineError as exc:  # costs speed only, and alike for every mode
                 _log(f"resident prefix for {role.value} not kept: {exc}")
         config.models = {r.value: f"{c.model} ({engine.model(r).description})"
                          for r, c in engine_config.roles().items()}
-        runner = EmbeddedRunner(engine, settings)
         await runner.warm_up()
         if judge is None and opts.judge == "embedded":
             role = Role.LARGE if Role.LARGE in engine.roles() else Role.SMALL
@@ -597,6 +616,9 @@ async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
     labels = load_labels(opts.labels) if opts.labels else None
     config = BenchConfig(modes, _recorded_settings(opts))
     _log(f"{len(questions)} question(s) x {len(modes)} mode(s): {', '.join(modes)}")
+    if opts.target and any(split_mode(m)[1] for m in modes):
+        raise ValueError("skeleton variants (MODE:ROLE) need the embedded runner: a server's skeleton "
+                         "role is its own configuration")
     if opts.target:
         result = await _run_target(opts, questions, labels, config, judge)
     else:

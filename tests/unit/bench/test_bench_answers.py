@@ -17,6 +17,7 @@ from service.bench.answers import (
     AnswersOptions,
     BenchConfig,
     EmbeddedRunner,
+    check_modes,
     rotated,
     run_bench,
     write_outputs,
@@ -187,3 +188,26 @@ def test_command_refuses_bad_input_before_loading_models(tmp_path: Path, capsys:
     assert bench_cli.run(["answers", "--set", str(qs), "--point-tokens", "0"]) == 2
     assert "point_max_tokens" in capsys.readouterr().err
     assert bench_cli.run(["answers", "--set", str(qs), "--limit", "0"]) == 2
+
+
+async def test_a_skeleton_variant_runs_the_mode_with_that_skeleton_writer() -> None:
+    assert check_modes(["direct", "sgd:small", "sgd", "SOT:large"]) == ("direct", "sgd:small", "sgd", "sot:large")
+    for bad in ("direct:small", "sgd:medium", "live:small"):
+        with pytest.raises(ValueError, match="skeleton variant"):
+            check_modes(["direct", bad])
+    engine = FakeEngine()
+    engine.script("You are an organizer", SKELETON)
+    runner = EmbeddedRunner(engine, PlannerSettings(point_max_tokens=8))  # skeleton_role large by default
+    for mode, role in (("sgd", Role.LARGE), ("sgd:small", Role.SMALL)):
+        engine.calls.clear()
+        result = await runner.answer("What are the most effective ways to deal with stress?", mode)
+        assert result.ok and result.route == "graph"
+        (skeleton,) = [c for c in engine.calls if "You are an organizer" in c.full_prompt]
+        assert skeleton.request.role is role
+
+
+def test_skeleton_variants_need_the_embedded_runner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    qs = tmp_path / "q.csv"
+    qs.write_text("request\nHi there, how are you?\n")
+    assert bench_cli.run(["answers", "--set", str(qs), "--modes", "direct,sgd:small", "--target", "h:1"]) == 2
+    assert "embedded runner" in capsys.readouterr().err
