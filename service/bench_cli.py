@@ -80,13 +80,16 @@ def _answers(args: argparse.Namespace) -> int:
         print("espalier bench answers: --embedded and --target exclude each other", file=sys.stderr)
         return 2
     opts = AnswersOptions(
-        set_path=args.set, modes=tuple(m for m in args.modes.split(",") if m.strip()), limit=args.limit,
+        set_path=args.set or "", modes=tuple(m for m in args.modes.split(",") if m.strip()), limit=args.limit,
         target=args.target, token=args.token, labels=args.labels, json_path=args.json, report_path=args.report,
         plot_path=args.plot, point_tokens=args.point_tokens, answer_tokens=args.answer_tokens,
         skeleton_tokens=args.skeleton_tokens, skeleton_role=args.skeleton_role, small_only=args.small_only,
         threads=args.threads, large=args.large, small=args.small, n_ctx=args.ctx, slots=args.slots,
         gpu_layers=args.gpu_layers, judge=args.judge, judge_url=args.judge_url, judge_model=args.judge_model,
-        judge_key_env=args.judge_key_env, judge_max_chars=args.judge_max_chars)
+        judge_key_env=args.judge_key_env, judge_max_chars=args.judge_max_chars, rejudge_path=args.rejudge)
+    if not args.set and not args.rejudge:
+        print("espalier bench answers: --set is required (or --rejudge a saved result)", file=sys.stderr)
+        return 2
     try:
         result = asyncio.run(run_answers(opts))
     except ValueError as exc:  # bad flags or an unreadable question set: say what, no traceback
@@ -159,7 +162,8 @@ def run(argv: Sequence[str]) -> int:
                          description="Run a question set through each mode (interleaved per question), judge "
                                      "every mode against direct in both orders, score the router, and write "
                                      "JSON, a markdown report and a plot.")
-    ans.add_argument("--set", required=True, help="questions: CSV with a `request` column, or JSONL")
+    ans.add_argument("--set", default=None, help="questions: CSV with a `request` column, or JSONL (required "
+                     "unless --rejudge)")
     ans.add_argument("--modes", default="direct,sot,sgd,auto",
                      help="comma-separated, from direct,sot,sgd,auto; direct is the baseline (default: all four). "
                           "sot:small, sgd:small, auto:small (or :large) run that mode with the skeleton written "
@@ -195,6 +199,9 @@ def run(argv: Sequence[str]) -> int:
                      help="environment variable holding the API key for --judge-url (sent as a bearer token)")
     ans.add_argument("--judge-max-chars", type=int, default=4000,
                      help="each answer is cut to this many characters in the judge prompt (default 4000)")
+    ans.add_argument("--rejudge", metavar="SAVED.json", default=None,
+                     help="judge the answers of a saved --json result again (another judge, or answers run with "
+                          "--judge none) instead of answering; speeds are kept as measured")
     ans.set_defaults(func=_answers)
     args = parser.parse_args(argv)
     return int(args.func(args))

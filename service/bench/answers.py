@@ -14,6 +14,7 @@ median and geometric mean over the questions both answered; net win rate = (wins
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import platform
@@ -393,6 +394,54 @@ def machine_info() -> dict[str, Any]:
             "processor": platform.processor() or "", "python": platform.python_version()}
 
 
+async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge: judging.Judge,
+                     stream: TextIO | None = None) -> None:
+    """Judge every mode's answer against direct's, per question, into `row["judge"][mode]`."""
+    judged_modes = [m for m in modes if m != BASELINE]
+    if not judged_modes:
+        return
+    jbar = Progress(2 * len(rows) * len(judged_modes), "judge", stream)
+    jbar.show(judge.name)
+    for row in rows:
+        row["judge"] = {}
+        base = row["modes"][BASELINE]
+        for mode in judged_modes:
+            mine = row["modes"][mode]
+            note = f"q{row['index'] + 1} {mode}"
+            if base["error"] is not None:
+                row["judge"][mode] = {"outcome": None, "note": "direct failed: nothing to compare with"}
+            elif mine["error"] is not None:
+                row["judge"][mode] = {"outcome": "lose", "note": "this mode failed"}
+            elif normalize(mine["answer"]) == normalize(base["answer"]):
+                row["judge"][mode] = {"outcome": "tie", "note": "identical answers"}
+            else:
+                row["judge"][mode] = await _judge_pair(judge, row["question"], mine["answer"],
+                                                       base["answer"], jbar, note)
+                continue
+            jbar.step(note)
+            jbar.step(note)
+    jbar.close()
+
+
+async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO | None = None) -> dict[str, Any]:
+    """Judge the answers of a saved result again (another judge, or a judge run later); the new result.
+
+    Speeds, routes and the router score are kept as measured; only verdicts and quality change.
+    """
+    try:
+        modes = check_modes(result["settings"]["modes"])
+        rows = result["questions"]
+        for row in rows:
+            _ = row["modes"][BASELINE]["answer"]  # the shape check: KeyError if absent
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a result of `espalier bench answers --json` (missing {exc})") from None
+    await judge_rows(rows, modes, judge, stream)
+    result["modes"] = {m: mode_summary(m, rows) for m in modes}
+    result["settings"]["judge"] = judge.name
+    result["settings"]["judged"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return result
+
+
 async def run_bench(questions: Sequence[Question], runner: Runner, config: BenchConfig, *,
                     judge: judging.Judge | None = None, labels: Sequence[Question] | None = None,
                     stream: TextIO | None = None) -> dict[str, Any]:
@@ -419,29 +468,8 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
     bar.close()
     answer_s = time.monotonic() - started
 
-    judged_modes = [m for m in modes if m != BASELINE]
-    if judge is not None and judged_modes:
-        jbar = Progress(2 * len(rows) * len(judged_modes), "judge", stream)
-        jbar.show(judge.name)
-        for row in rows:
-            row["judge"] = {}
-            base = row["modes"][BASELINE]
-            for mode in judged_modes:
-                mine = row["modes"][mode]
-                note = f"q{row['index'] + 1} {mode}"
-                if base["error"] is not None:
-                    row["judge"][mode] = {"outcome": None, "note": "direct failed: nothing to compare with"}
-                elif mine["error"] is not None:
-                    row["judge"][mode] = {"outcome": "lose", "note": "this mode failed"}
-                elif normalize(mine["answer"]) == normalize(base["answer"]):
-                    row["judge"][mode] = {"outcome": "tie", "note": "identical answers"}
-                else:
-                    row["judge"][mode] = await _judge_pair(judge, row["question"], mine["answer"],
-                                                           base["answer"], jbar, note)
-                    continue
-                jbar.step(note)
-                jbar.step(note)
-        jbar.close()
+    if judge is not None:
+        await judge_rows(rows, modes, judge, stream)
 
     router_result: dict[str, Any] | None = None
     if labels is not None:
@@ -507,6 +535,7 @@ class AnswersOptions:
     judge_model: str | None = None
     judge_key_env: str | None = None
     judge_max_chars: int = judging.DEFAULT_MAX_ANSWER_CHARS
+    rejudge_path: str | None = None  # judge this saved --json result again instead of answering
 
 
 def _log(msg: str) -> None:
@@ -604,6 +633,10 @@ async def _run_target(opts: AnswersOptions, questions: list[Question], labels: l
 
 async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
     """Load the set (and labels), run the bench, write JSON, report and plot where asked; the result."""
+    if opts.rejudge_path:
+        result = await _rejudge_saved(opts)
+        write_outputs(result, opts)
+        return result
     # every check that needs no model comes first: a typo must not cost a model load
     modes = check_modes(opts.modes)
     if opts.judge not in ("embedded", "none"):
@@ -627,9 +660,34 @@ async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
     return result
 
 
-def write_outputs(result: dict[str, Any], opts: AnswersOptions) -> None:
-    import json
+async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
+    try:
+        result = json.loads(Path(opts.rejudge_path or "").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {opts.rejudge_path}: {exc}") from None
+    if not isinstance(result, dict) or "questions" not in result or "settings" not in result:
+        raise ValueError(f"{opts.rejudge_path} is not a result of `espalier bench answers --json`")
+    judge = _endpoint_judge(opts)
+    if judge is not None:
+        return await rejudge(result, judge)
+    if opts.judge != "embedded":
+        raise ValueError("--rejudge needs a judge: --judge embedded or --judge-url")
+    from service.engine.config import ContextConfig, EngineConfig
+    from service.engine.llama_engine import LlamaEngine
 
+    role, model = (Role.SMALL, opts.small) if opts.small_only else (Role.LARGE, opts.large)
+    ctx = ContextConfig(model=model, slots=2, n_ctx=opts.n_ctx, threads=opts.threads, n_gpu_layers=opts.gpu_layers)
+    _log(f"loading the judge ({role.value}={model})")
+    engine = await LlamaEngine.load(EngineConfig(**{role.value: ctx}))
+    try:
+        judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({model})",
+                                    max_chars=opts.judge_max_chars)
+        return await rejudge(result, judge)
+    finally:
+        await engine.aclose()
+
+
+def write_outputs(result: dict[str, Any], opts: AnswersOptions) -> None:
     from service.bench import report
 
     if opts.plot_path:

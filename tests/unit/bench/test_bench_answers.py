@@ -18,6 +18,7 @@ from service.bench.answers import (
     BenchConfig,
     EmbeddedRunner,
     check_modes,
+    rejudge,
     rotated,
     run_bench,
     write_outputs,
@@ -211,3 +212,29 @@ def test_skeleton_variants_need_the_embedded_runner(tmp_path: Path, capsys: pyte
     qs.write_text("request\nHi there, how are you?\n")
     assert bench_cli.run(["answers", "--set", str(qs), "--modes", "direct,sgd:small", "--target", "h:1"]) == 2
     assert "embedded runner" in capsys.readouterr().err
+
+
+async def test_rejudge_judges_saved_answers_and_keeps_the_speeds(tmp_path: Path) -> None:
+    runner = StubRunner(stub_seconds())
+    questions = [Question(Q1), Question(Q2), Question(Q3)]
+    saved = await run_bench(questions, runner, BenchConfig(MODES))  # answered with no judge
+    assert saved["modes"]["sot"]["quality"] is None
+    saved = json.loads(json.dumps(saved))  # as read back from --json
+    speeds = {m: saved["modes"][m]["speedup_median"] for m in MODES}
+    judge = StubJudge(sot_wins)
+    result = await rejudge(saved, judge)
+    assert len(judge.calls) == 2 * 3 * 3 and result["settings"]["judge"] == "stub judge"
+    assert result["modes"]["sot"]["quality"]["wins"] == 3 and result["modes"]["sgd"]["quality"]["ties"] == 3
+    assert {m: result["modes"][m]["speedup_median"] for m in MODES} == speeds
+    with pytest.raises(ValueError, match="not a result"):
+        await rejudge({"settings": {}, "questions": []}, judge)
+
+
+def test_rejudge_command_refuses_what_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_cli.run(["answers"]) == 2
+    assert "--set is required" in capsys.readouterr().err
+    assert bench_cli.run(["answers", "--rejudge", str(tmp_path / "none.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("[1, 2]")
+    assert bench_cli.run(["answers", "--rejudge", str(tmp_path / "x.json")]) == 2
+    assert "not a result" in capsys.readouterr().err
