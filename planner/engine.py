@@ -129,6 +129,9 @@ class Prefix(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
 
+MAX_TOP_LOGPROBS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """One sequence to decode.
@@ -136,6 +139,10 @@ class GenerateRequest:
     prompt: text (special tokens such as chat markers are parsed) or token ids.
     prefix: an open Prefix; the sequence's full prompt is prefix.text + prompt, and the prefix's
     KV is copied instead of prefilled again.
+    top_logprobs: 0 = off; n > 0 (at most MAX_TOP_LOGPROBS) asks for each sampled token's
+    log-probability and the n most likely tokens at its position (Chunk.logprobs). Engines that
+    cannot read logits (remote servers) ignore it and send no logprobs. Such a sequence is never
+    speculated: each token is sampled from its own step's logits.
     """
 
     prompt: str | Sequence[int]
@@ -144,6 +151,30 @@ class GenerateRequest:
     prefix: Prefix | None = None
     request_id: str = ""
     speculation: Speculation = Speculation.DEFAULT
+    top_logprobs: int = 0
+
+    def validate(self) -> None:
+        """Raise InvalidRequest naming the first bad field (the sampling settings, then top_logprobs)."""
+        self.sampling.validate()
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS} "
+                                 f"(got {self.top_logprobs!r})", field="top_logprobs")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """One sampled token as the model saw it.
+
+    Log-probabilities (natural log) are of the raw model distribution, a log-softmax of the logits
+    before any sampling setting (temperature, top-k, top-p, min-p, repeat penalty) reshapes it; so
+    they do not depend on the request's sampling, and the sampled token need not be the top one.
+    token: the token's text piece (bytes decoded with errors="replace"; control tokens are "").
+    top: the most likely tokens at this position as (piece, logprob), most likely first.
+    """
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +186,9 @@ class Chunk:
     finish: FinishReason | None = None
     prompt_tokens: int = 0  # set on the last chunk: prompt length including any prefix
     reused_tokens: int = 0  # set on the last chunk: prompt tokens copied from a prefix, not prefilled
+    # With GenerateRequest.top_logprobs > 0 (and an engine that reads logits): one entry per token
+    # this chunk covers, in order; an end-of-generation token is covered by no chunk and has none.
+    logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,8 @@ def _answers(args: argparse.Namespace) -> int:
         skeleton_tokens=args.skeleton_tokens, skeleton_role=args.skeleton_role, small_only=args.small_only,
         threads=args.threads, large=args.large, small=args.small, n_ctx=args.ctx, slots=args.slots,
         gpu_layers=args.gpu_layers, judge=args.judge, judge_url=args.judge_url, judge_model=args.judge_model,
-        judge_key_env=args.judge_key_env, judge_max_chars=args.judge_max_chars, rejudge_path=args.rejudge)
+        judge_key_env=args.judge_key_env, judge_max_chars=args.judge_max_chars,
+        judge_tie_margin=args.judge_tie_margin, judge_logprobs=args.judge_logprobs, rejudge_path=args.rejudge)
     if not args.set and not args.rejudge:
         print("espalier bench answers: --set is required (or --rejudge a saved result)", file=sys.stderr)
         return 2
@@ -191,7 +192,8 @@ def run(argv: Sequence[str]) -> int:
     ans.add_argument("--ctx", type=int, default=8192, help="KV cells per model context (default 8192)")
     ans.add_argument("--slots", type=int, default=8, help="sequences decoded together per model (default 8)")
     ans.add_argument("--judge", choices=("embedded", "none"), default="embedded",
-                     help="embedded: the large model (small with --small-only) judges; none: no judging")
+                     help="embedded: the large model (small with --small-only) judges, by logprob margin; "
+                          "none: no judging")
     ans.add_argument("--judge-url", default=None,
                      help="OpenAI-compatible server that judges instead (root, /v1 or /v1/chat/completions)")
     ans.add_argument("--judge-model", default=None, help="model name to send to --judge-url")
@@ -202,6 +204,14 @@ def run(argv: Sequence[str]) -> int:
     ans.add_argument("--rejudge", metavar="SAVED.json", default=None,
                      help="judge the answers of a saved --json result again (another judge, or answers run with "
                           "--judge none) instead of answering; speeds are kept as measured")
+    ans.add_argument("--judge-tie-margin", type=float, default=0.5, metavar="NATS",
+                     help="pairs judged by logprob margin: the mode's preference p = (m1 - m2) / 2, where m = "
+                          "logP(A) - logP(B) of the judge's first token with the mode's answer first (m1) and "
+                          "second (m2), so a bias towards one position cancels; |p| up to this many nats is a "
+                          "tie (default 0.5)")
+    ans.add_argument("--judge-logprobs", action="store_true",
+                     help="ask --judge-url for top-20 token logprobs as well and judge by logprob margin "
+                          "(the endpoint must support logprobs; the embedded judge always does this)")
     ans.set_defaults(func=_answers)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -6,9 +6,15 @@ an in-process LlamaEngine; target: a running server through EspalierClient), the
 pairwise judging of each mode against direct in both orders, router accuracy against labels, the
 statistics and the result JSON. Rendering lives in service.bench.report.
 
+Judging (service.bench.judge says how and why): a pair is scored by logprob margins when the
+judge gives them, since the small embedded judge is so position-biased that its text verdicts
+make every pair a tie; otherwise by text verdicts. Each pair records its method, and for margins
+both margins and the preference p; settings.judge_method states the method of the run.
+
 Statistics: median; p90 by linear interpolation between the closest ranks (numpy's default
 method); speed-up of a mode on a question = direct's seconds / the mode's seconds, summarised by
-median and geometric mean over the questions both answered; net win rate = (wins - losses) / judged.
+median and geometric mean over the questions both answered; net win rate = (wins - losses) / judged;
+mean preference = mean p (nats) over the pairs scored by margins.
 """
 
 from __future__ import annotations
@@ -291,6 +297,7 @@ class BenchConfig:
     settings: dict[str, Any] = field(default_factory=dict)  # recorded as they are in the result
     models: dict[str, str] = field(default_factory=dict)
     judge_name: str = "none"
+    judge_tie_margin: float = judging.DEFAULT_TIE_MARGIN  # nats, for pairs scored by margins
 
 
 def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
@@ -313,10 +320,31 @@ def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
 
 
 async def _judge_pair(judge: judging.Judge, question: str, mode_answer: str, direct_answer: str,
-                      progress: Progress | None, note: str) -> dict[str, Any]:
+                      progress: Progress | None, note: str,
+                      tie_margin: float = judging.DEFAULT_TIE_MARGIN) -> dict[str, Any]:
+    """Margins in both orders where the judge gives them, else text verdicts in both orders."""
+    errors: list[str] = []
+    if isinstance(judge, judging.MarginJudge):
+        margins: list[float] = []
+        for mode_is_a in (True, False):
+            a, b = (mode_answer, direct_answer) if mode_is_a else (direct_answer, mode_answer)
+            try:
+                m = await judge.margin(question, a, b)
+            except (judging.JudgeError, EngineError) as exc:
+                m = None
+                errors.append(f"{type(exc).__name__}: {exc}")
+            if m is None:
+                break  # this pair gets text verdicts, both orders
+            margins.append(m)
+        if len(margins) == 2:
+            p = judging.preference(margins[0], margins[1])
+            if progress is not None:
+                progress.step(note)
+                progress.step(note)
+            return {"outcome": judging.margin_outcome(p, tie_margin), "method": "logprob",
+                    "margins": [_r(m, 4) for m in margins], "preference": _r(p, 4)}
     replies: list[str | None] = []
     outcomes: list[judging.Outcome | None] = []
-    errors: list[str] = []
     for mode_is_a in (True, False):
         a, b = (mode_answer, direct_answer) if mode_is_a else (direct_answer, mode_answer)
         try:
@@ -328,20 +356,26 @@ async def _judge_pair(judge: judging.Judge, question: str, mode_answer: str, dir
         outcomes.append(judging.outcome(judging.parse_verdict(raw) if raw is not None else None, mode_is_a))
         if progress is not None:
             progress.step(note)
-    out: dict[str, Any] = {"outcome": judging.combine(outcomes[0], outcomes[1]),
+    out: dict[str, Any] = {"outcome": judging.combine(outcomes[0], outcomes[1]), "method": "text",
                            "replies": replies, "orders": outcomes}
     if errors:
         out["errors"] = errors
     return out
 
 
-def quality_summary(outcomes: Sequence[str | None]) -> dict[str, Any]:
+def quality_summary(outcomes: Sequence[str | None], preferences: Sequence[float] = ()) -> dict[str, Any]:
+    """Win/tie/lose counts and rates; mean_preference (nats) only when some pair was scored by margins."""
     judged = [o for o in outcomes if o is not None]
     n = len(judged)
     w, t, l_ = judged.count("win"), judged.count("tie"), judged.count("lose")
-    return {"n": n, "wins": w, "ties": t, "losses": l_, "no_verdict": len(outcomes) - n,
-            "win_rate": _r(w / n) if n else None, "tie_rate": _r(t / n) if n else None,
-            "lose_rate": _r(l_ / n) if n else None, "net_win_rate": _r((w - l_) / n) if n else None}
+    out: dict[str, Any] = {
+        "n": n, "wins": w, "ties": t, "losses": l_, "no_verdict": len(outcomes) - n,
+        "win_rate": _r(w / n) if n else None, "tie_rate": _r(t / n) if n else None,
+        "lose_rate": _r(l_ / n) if n else None, "net_win_rate": _r((w - l_) / n) if n else None}
+    if preferences:
+        out["mean_preference"] = _r(statistics.fmean(preferences), 4)
+        out["preference_n"] = len(preferences)
+    return out
 
 
 def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -368,9 +402,25 @@ def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "routes": dict(sorted(Counter(r["route"] for r in ok).items())),
     }
     if mode != BASELINE:
-        outcomes = [r["judge"][mode]["outcome"] for r in rows if mode in r.get("judge", {})]
-        out["quality"] = quality_summary(outcomes) if outcomes else None
+        pairs = [r["judge"][mode] for r in rows if mode in r.get("judge", {})]
+        prefs = [j["preference"] for j in pairs if j.get("preference") is not None]
+        out["quality"] = quality_summary([j["outcome"] for j in pairs], prefs) if pairs else None
     return out
+
+
+def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], tie_margin: float) -> str:
+    """How the run's pairs were judged, in words; by the judge's kind when no pair needed asking."""
+    if judge is None:
+        return "none"
+    methods = Counter(j.get("method") for r in rows for j in r.get("judge", {}).values())
+    by_margin = judging.margin_method(tie_margin)
+    if methods["logprob"] and methods["text"]:
+        return f"{by_margin}; {judging.TEXT_METHOD} for {methods['text']} pair(s) without label logprobs"
+    if methods["logprob"]:
+        return by_margin
+    if methods["text"] or not isinstance(judge, judging.MarginJudge) or not getattr(judge, "logprobs", True):
+        return judging.TEXT_METHOD
+    return by_margin
 
 
 def router_score(pairs: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
@@ -395,7 +445,7 @@ def machine_info() -> dict[str, Any]:
 
 
 async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge: judging.Judge,
-                     stream: TextIO | None = None) -> None:
+                     stream: TextIO | None = None, tie_margin: float = judging.DEFAULT_TIE_MARGIN) -> None:
     """Judge every mode's answer against direct's, per question, into `row["judge"][mode]`."""
     judged_modes = [m for m in modes if m != BASELINE]
     if not judged_modes:
@@ -416,14 +466,15 @@ async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge
                 row["judge"][mode] = {"outcome": "tie", "note": "identical answers"}
             else:
                 row["judge"][mode] = await _judge_pair(judge, row["question"], mine["answer"],
-                                                       base["answer"], jbar, note)
+                                                       base["answer"], jbar, note, tie_margin)
                 continue
             jbar.step(note)
             jbar.step(note)
     jbar.close()
 
 
-async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO | None = None) -> dict[str, Any]:
+async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO | None = None,
+                  tie_margin: float = judging.DEFAULT_TIE_MARGIN) -> dict[str, Any]:
     """Judge the answers of a saved result again (another judge, or a judge run later); the new result.
 
     Speeds, routes and the router score are kept as measured; only verdicts and quality change.
@@ -435,9 +486,11 @@ async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO |
             _ = row["modes"][BASELINE]["answer"]  # the shape check: KeyError if absent
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a result of `espalier bench answers --json` (missing {exc})") from None
-    await judge_rows(rows, modes, judge, stream)
+    await judge_rows(rows, modes, judge, stream, tie_margin)
     result["modes"] = {m: mode_summary(m, rows) for m in modes}
     result["settings"]["judge"] = judge.name
+    result["settings"]["judge_method"] = judge_method(judge, rows, tie_margin)
+    result["settings"]["judge_tie_margin"] = tie_margin
     result["settings"]["judged"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return result
 
@@ -469,7 +522,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
     answer_s = time.monotonic() - started
 
     if judge is not None:
-        await judge_rows(rows, modes, judge, stream)
+        await judge_rows(rows, modes, judge, stream, config.judge_tie_margin)
 
     router_result: dict[str, Any] | None = None
     if labels is not None:
@@ -496,6 +549,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
         "machine": machine_info(),
         "models": config.models,
         "settings": {**config.settings, "modes": list(modes), "judge": config.judge_name,
+                     "judge_method": judge_method(judge, rows, config.judge_tie_margin),
                      "percentile_method": PERCENTILE_METHOD,
                      "speedup": "direct seconds / mode seconds, per question"},
         "answer_seconds": round(answer_s, 2),
@@ -535,6 +589,8 @@ class AnswersOptions:
     judge_model: str | None = None
     judge_key_env: str | None = None
     judge_max_chars: int = judging.DEFAULT_MAX_ANSWER_CHARS
+    judge_tie_margin: float = judging.DEFAULT_TIE_MARGIN
+    judge_logprobs: bool = False  # the endpoint judge also scores by margins (the embedded one always does)
     rejudge_path: str | None = None  # judge this saved --json result again instead of answering
 
 
@@ -557,7 +613,10 @@ def _endpoint_judge(opts: AnswersOptions) -> judging.Judge | None:
         if not opts.judge_model:
             raise ValueError("--judge-url needs --judge-model")
         key = os.environ.get(opts.judge_key_env) if opts.judge_key_env else None
-        return judging.OpenAIJudge(opts.judge_url, opts.judge_model, key, max_chars=opts.judge_max_chars)
+        return judging.OpenAIJudge(opts.judge_url, opts.judge_model, key, max_chars=opts.judge_max_chars,
+                                   logprobs=opts.judge_logprobs)
+    if opts.judge_logprobs:
+        raise ValueError("--judge-logprobs applies to --judge-url (the embedded judge always uses logprobs)")
     return None
 
 
@@ -565,7 +624,7 @@ def _recorded_settings(opts: AnswersOptions) -> dict[str, Any]:
     s = {"set": opts.set_path, "limit": opts.limit, "labels": opts.labels,
          "runner": f"target {opts.target}" if opts.target else "embedded",
          "point_tokens": opts.point_tokens, "answer_tokens": opts.answer_tokens,
-         "skeleton_tokens": opts.skeleton_tokens, "temperature": 0.0,
+         "skeleton_tokens": opts.skeleton_tokens, "temperature": 0.0, "judge_tie_margin": opts.judge_tie_margin,
          "order": "rotated per question (question i starts at mode i mod n)"}
     if not opts.target:
         s.update({"skeleton_role": opts.skeleton_role, "small_only": opts.small_only,
@@ -643,11 +702,13 @@ async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
         raise ValueError("--judge must be embedded or none (use --judge-url for an endpoint)")
     if opts.limit is not None and opts.limit < 1:
         raise ValueError("--limit must be at least 1")
+    if not (math.isfinite(opts.judge_tie_margin) and opts.judge_tie_margin >= 0):
+        raise ValueError(f"--judge-tie-margin must be a number of nats, 0 or more (got {opts.judge_tie_margin})")
     settings = planner_settings(opts)
     judge = _endpoint_judge(opts)
     questions = load_questions(opts.set_path, opts.limit)
     labels = load_labels(opts.labels) if opts.labels else None
-    config = BenchConfig(modes, _recorded_settings(opts))
+    config = BenchConfig(modes, _recorded_settings(opts), judge_tie_margin=opts.judge_tie_margin)
     _log(f"{len(questions)} question(s) x {len(modes)} mode(s): {', '.join(modes)}")
     if opts.target and any(split_mode(m)[1] for m in modes):
         raise ValueError("skeleton variants (MODE:ROLE) need the embedded runner: a server's skeleton "
@@ -669,7 +730,7 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
         raise ValueError(f"{opts.rejudge_path} is not a result of `espalier bench answers --json`")
     judge = _endpoint_judge(opts)
     if judge is not None:
-        return await rejudge(result, judge)
+        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin)
     if opts.judge != "embedded":
         raise ValueError("--rejudge needs a judge: --judge embedded or --judge-url")
     from service.engine.config import ContextConfig, EngineConfig
@@ -682,7 +743,7 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
     try:
         judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({model})",
                                     max_chars=opts.judge_max_chars)
-        return await rejudge(result, judge)
+        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin)
     finally:
         await engine.aclose()
 

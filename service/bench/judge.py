@@ -1,28 +1,47 @@
 """The pairwise judge of `espalier bench answers` (FastChat-style, in both orders).
 
-Owns the judge prompt (our own wording), reading a verdict from the judge's short reply, turning
-the two verdicts of one pair (mode's answer first, then direct's first) into one outcome, and the
-two judges: the embedded engine (a loaded model role) and any OpenAI-compatible
-/v1/chat/completions endpoint (stdlib urllib, run off the event loop).
+Owns the judge prompt (our own wording), the two ways of reading the judge (a logprob margin, or
+a text verdict), turning the two readings of one pair (mode's answer first, then direct's first)
+into one outcome, and the two judges: the embedded engine (a loaded model role) and any
+OpenAI-compatible /v1/chat/completions endpoint (stdlib urllib, run off the event loop).
 
-Combining the two orders (the rule of the FastChat-based evaluation in the SoT paper): the same
-verdict twice stands; a win (or loss) and a tie is a win (or loss); a win and a loss contradict
-each other and count as a tie. A reply that cannot be read counts as a tie beside a readable one;
-two unreadable replies give no outcome (the pair is left out of the rates and counted apart).
+Why margins: the embedded judge is a small model, and small models are position-biased. The 1.5B
+large model answers "A" to every pair, so text verdicts in both orders are always one win and one
+loss, every pair is a tie, and the net win rate says nothing. Its distribution over the first
+reply token still moves with the answers, though. So, where the judge gives log-probabilities:
+
+- margin m = logP("A") - logP("B") at the first reply token, where logP(label) is the log-sum-exp
+  over the top entries whose piece, stripped and case-folded, is the label ("A", " A", "a"...);
+  a label missing from the top entries gets an upper bound of its log-probability, the smaller of
+  the last listed entry's and the log of the mass the listed entries leave (absent_bound), so a
+  margin is never larger than the distribution supports; with neither label listed the order
+  gives no margin.
+- m1 with the mode's answer as A, m2 with direct's answer as A; the mode's preference is
+  p = (m1 - m2) / 2 nats. A constant pull towards one position adds the same amount to m1 and m2
+  and cancels; what remains is how much the judge moved towards the mode's answer.
+- win if p > tie_margin, lose if p < -tie_margin, else tie (DEFAULT_TIE_MARGIN = 0.5 nats).
+
+Without log-probabilities (an endpoint judge by default, an engine that reads no logits, or a
+first token that is no label), text verdicts: combining the two orders (the rule of the
+FastChat-based evaluation in the SoT paper), the same verdict twice stands; a win (or loss) and a
+tie is a win (or loss); a win and a loss contradict each other and count as a tie. A reply that
+cannot be read counts as a tie beside a readable one; two unreadable replies give no outcome (the
+pair is left out of the rates and counted apart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from planner.engine import Engine, GenerateRequest, Message, Role, Sampling
+from planner.engine import MAX_TOP_LOGPROBS, Chunk, Engine, GenerateRequest, Message, Role, Sampling
 
 Verdict = Literal["A", "B", "tie"]
 Outcome = Literal["win", "tie", "lose"]
@@ -35,6 +54,10 @@ JUDGE_SYSTEM = (
     "better, or tie if they are about equally good."
 )
 JUDGE_MAX_TOKENS = 4
+JUDGE_TOP_LOGPROBS = MAX_TOP_LOGPROBS  # 20, also the most OpenAI-compatible servers return
+DEFAULT_TIE_MARGIN = 0.5  # nats of preference below which a pair is a tie
+MASS_RESOLUTION = 1e-6  # leftover probability below this is rounding (see absent_bound)
+TEXT_METHOD = "text verdicts, both orders"
 DEFAULT_MAX_ANSWER_CHARS = 4000  # each answer is cut to this many characters in the judge prompt
 
 
@@ -95,11 +118,68 @@ def combine(first: Outcome | None, second: Outcome | None) -> Outcome | None:
     return "tie"  # a win and a loss: position bias, not a preference
 
 
+# --- logprob margins -------------------------------------------------------------------------------
+
+
+def margin_method(tie_margin: float) -> str:
+    """How pairs judged by margins are decided, as the report and the settings state it."""
+    return f"logprob margin, both orders, tie band ±{tie_margin:g} nats"
+
+
+def label_logprob(top: Sequence[tuple[str, float]], label: str) -> float | None:
+    """Log-sum-exp of the entries whose piece, stripped and case-folded, is `label`; None if none is."""
+    want = label.strip().casefold()
+    found = [lp for piece, lp in top if piece.strip().casefold() == want]
+    if not found:
+        return None
+    peak = max(found)
+    return peak + math.log(sum(math.exp(lp - peak) for lp in found))
+
+
+def absent_bound(top: Sequence[tuple[str, float]]) -> float:
+    """An upper bound of the log-probability of a token missing from `top` (a full top-n list).
+
+    It is no likelier than the least likely listed entry, and no likelier than all the mass the
+    listed entries leave over. The bound, not a guess below it: a margin against a missing label
+    is never made larger than the judge's distribution supports. Leftover mass under
+    MASS_RESOLUTION counts as that much: below it the sum is the listed values' rounding (servers
+    send float32 logprobs), which must not decide a margin.
+    """
+    lowest = min(lp for _, lp in top)
+    rest = 1.0 - sum(math.exp(lp) for _, lp in top)
+    return min(lowest, math.log(max(rest, MASS_RESOLUTION)))
+
+
+def label_margin(top: Sequence[tuple[str, float]]) -> float | None:
+    """logP("A") - logP("B") from the first reply token's top entries; None with neither label listed."""
+    a, b = label_logprob(top, "A"), label_logprob(top, "B")
+    if a is None and b is None:
+        return None
+    floor = absent_bound(top)
+    return (floor if a is None else a) - (floor if b is None else b)
+
+
+def preference(m1: float, m2: float) -> float:
+    """The mode's preference from the margins with the mode's answer first (m1) and second (m2)."""
+    return (m1 - m2) / 2
+
+
+def margin_outcome(p: float, tie_margin: float = DEFAULT_TIE_MARGIN) -> Outcome:
+    """win above the tie band, lose below it, tie inside it (the band's edges are ties)."""
+    if p > tie_margin:
+        return "win"
+    if p < -tie_margin:
+        return "lose"
+    return "tie"
+
+
 class JudgeError(RuntimeError):
     """The judge could not be asked (network, HTTP status, malformed reply)."""
 
 
 class Judge(Protocol):
+    """Every judge gives text verdicts; a MarginJudge may give logprob margins as well."""
+
     @property
     def name(self) -> str: ...
 
@@ -108,32 +188,62 @@ class Judge(Protocol):
         ...
 
 
+@runtime_checkable
+class MarginJudge(Judge, Protocol):
+    async def margin(self, question: str, answer_a: str, answer_b: str) -> float | None:
+        """logP("A") - logP("B") of the first reply token for one order (see label_margin); None when
+        this judge gives no log-probabilities, or neither label is among the likeliest tokens."""
+        ...
+
+
 @dataclass
 class EngineJudge:
-    """A loaded model role of the embedded engine, greedy, a few tokens."""
+    """A loaded model role of the embedded engine, greedy: a few tokens of text, or one token's logprobs.
+
+    logprobs: ask for margins. An engine that reads no logits (a remote server, a test fake) sends
+    tokens without logprobs; the first such reply turns this off, and later pairs go straight to
+    text verdicts instead of asking twice.
+    """
 
     engine: Engine
     role: Role
     name: str = "embedded"
     max_chars: int = DEFAULT_MAX_ANSWER_CHARS
+    logprobs: bool = True
 
     async def reply(self, question: str, answer_a: str, answer_b: str) -> str:
+        chunks = await self._ask(question, answer_a, answer_b, JUDGE_MAX_TOKENS, 0)
+        return "".join(chunk.text for chunk in chunks)
+
+    async def margin(self, question: str, answer_a: str, answer_b: str) -> float | None:
+        if not self.logprobs:
+            return None
+        chunks = await self._ask(question, answer_a, answer_b, 1, JUDGE_TOP_LOGPROBS)
+        entries = [e for chunk in chunks for e in chunk.logprobs]
+        if not entries:
+            if any(chunk.tokens for chunk in chunks):  # a token came, its logprobs did not
+                self.logprobs = False
+            return None
+        return label_margin(entries[0].top)
+
+    async def _ask(self, question: str, answer_a: str, answer_b: str, max_tokens: int,
+                   top_logprobs: int) -> list[Chunk]:
         messages = judge_messages(question, answer_a, answer_b, self.max_chars)
         prompt = self.engine.chat_prompt(self.role, messages)
-        request = GenerateRequest(prompt=prompt, role=self.role,
-                                  sampling=Sampling(temperature=0.0, max_tokens=JUDGE_MAX_TOKENS))
-        parts: list[str] = []
+        request = GenerateRequest(prompt=prompt, role=self.role, top_logprobs=top_logprobs,
+                                  sampling=Sampling(temperature=0.0, max_tokens=max_tokens))
+        chunks: list[Chunk] = []
         stream = self.engine.generate(request)
         try:
             async for chunk in stream:
-                parts.append(chunk.text)
+                chunks.append(chunk)
                 if chunk.finish is not None:
                     break
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-        return "".join(parts)
+        return chunks
 
 
 def chat_completions_url(url: str) -> str:
@@ -148,7 +258,11 @@ def chat_completions_url(url: str) -> str:
 
 @dataclass
 class OpenAIJudge:
-    """Any OpenAI-compatible chat completions endpoint (temperature 0, a short reply)."""
+    """Any OpenAI-compatible chat completions endpoint (temperature 0, a short reply).
+
+    logprobs: also ask for margins, a one-token completion with `logprobs` and `top_logprobs` (the
+    endpoint must support them; one that sends none gets text verdicts from then on).
+    """
 
     url: str
     model: str
@@ -156,13 +270,14 @@ class OpenAIJudge:
     timeout_s: float = 120.0
     max_chars: int = DEFAULT_MAX_ANSWER_CHARS
     retries: int = 2
+    logprobs: bool = False
 
     @property
     def name(self) -> str:
         return f"{self.model} at {self.url}"
 
-    def _post(self, messages: Sequence[Message]) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 8,
+    def _post(self, messages: Sequence[Message], extra: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 8, **extra,
                            "messages": [{"role": m.role, "content": m.content} for m in messages]}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -179,18 +294,42 @@ class OpenAIJudge:
         except json.JSONDecodeError:
             raise JudgeError("judge endpoint did not answer JSON") from None
         try:
-            content = payload["choices"][0]["message"]["content"]
+            choice = payload["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise JudgeError(f"unexpected judge reply: {str(payload)[:200]}") from None
-        return content if isinstance(content, str) else ""
+        return {"content": content if isinstance(content, str) else "", "logprobs": choice.get("logprobs")}
 
-    async def reply(self, question: str, answer_a: str, answer_b: str) -> str:
+    async def _ask(self, question: str, answer_a: str, answer_b: str, **extra: Any) -> dict[str, Any]:
         messages = judge_messages(question, answer_a, answer_b, self.max_chars)
         for attempt in range(self.retries + 1):
             try:
-                return await asyncio.to_thread(self._post, messages)
+                return await asyncio.to_thread(self._post, messages, extra)
             except JudgeError:
                 if attempt == self.retries:
                     raise
                 await asyncio.sleep(1.0 + attempt)
         raise AssertionError("unreachable")
+
+    async def reply(self, question: str, answer_a: str, answer_b: str) -> str:
+        return str((await self._ask(question, answer_a, answer_b))["content"])
+
+    async def margin(self, question: str, answer_a: str, answer_b: str) -> float | None:
+        if not self.logprobs:
+            return None
+        got = await self._ask(question, answer_a, answer_b, max_tokens=1, logprobs=True,
+                              top_logprobs=JUDGE_TOP_LOGPROBS)
+        top = first_top_logprobs(got["logprobs"])
+        if top is None:
+            self.logprobs = False
+            return None
+        return label_margin(top)
+
+
+def first_top_logprobs(logprobs: Any) -> list[tuple[str, float]] | None:
+    """The first token's top entries from an OpenAI `choices[0].logprobs`; None when there are none."""
+    try:
+        entries = logprobs["content"][0]["top_logprobs"]
+        return [(str(e["token"]), float(e["logprob"])) for e in entries]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from service.bench.judge import TEXT_METHOD
+
 MODE_COLOURS = {"direct": "#555555", "sot": "#1f77b4", "sgd": "#2ca02c", "auto": "#d62728"}
 
 
@@ -43,6 +45,27 @@ def _wtl(q: dict[str, Any] | None) -> str:
     if not q or not q.get("n"):
         return "n/a"
     return f"{q['wins']} / {q['ties']} / {q['losses']}"
+
+
+def _signed(x: Any) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
+def _method_note(method: str) -> str:
+    """What the judging method means, for the report (service.bench.judge says why margins)."""
+    notes = []
+    if "logprob margin" in method:
+        notes.append("Each pair is judged twice, the mode's answer shown first and then second. In each order the "
+                     "margin m = log P(A) - log P(B) of the judge's first reply token; with the mode's answer first "
+                     "it is m1, with direct's first m2, and the mode's preference p = (m1 - m2) / 2 nats, so a pull "
+                     "towards one position (which small judges have) cancels. p above the tie band is a win, below "
+                     "its negative a loss, else a tie. Mean preference = mean p over the pairs scored this way.")
+    if TEXT_METHOD in method:
+        notes.append(("Pairs without label logprobs: " if notes else "Each pair is judged twice, the mode's answer "
+                      "shown first and then second; ") + "the same verdict twice stands, a win (loss) and a tie is "
+                     "a win (loss), a win and a loss is a tie.")
+    notes.append("Net win rate = (wins - losses) / judged.")
+    return " ".join(notes)
 
 
 def render_markdown(result: dict[str, Any], plot_path: str | None = None, report_path: str | None = None,
@@ -80,17 +103,19 @@ def render_markdown(result: dict[str, Any], plot_path: str | None = None, report
     judged = {k: v.get("quality") for k, v in modes.items() if k != "direct"}
     out += ["## Quality against direct (pairwise judge, both orders)", ""]
     if any(judged.values()):
-        out += ["| mode | judged | win / tie / lose | win rate | tie rate | lose rate | net win rate |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        prefs = any(q and "mean_preference" in q for q in judged.values())
+        extra = (" mean preference (nats) |", " ---: |") if prefs else ("", "")
+        out += ["| mode | judged | win / tie / lose | win rate | tie rate | lose rate | net win rate |" + extra[0],
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + extra[1]]
         for name, q in judged.items():
             if q:
+                pref = f" {_signed(q.get('mean_preference'))} |" if prefs else ""
                 out.append(f"| {name} | {q['n']} | {_wtl(q)} | {_f(q['win_rate'])} | {_f(q['tie_rate'])} "
-                           f"| {_f(q['lose_rate'])} | {_pct(q['net_win_rate'])} |")
+                           f"| {_f(q['lose_rate'])} | {_pct(q['net_win_rate'])} |" + pref)
             else:
-                out.append(f"| {name} | 0 | n/a | n/a | n/a | n/a | n/a |")
-        out += ["", (f"Judge: {s.get('judge', 'none')}. Each pair is judged twice, the mode's answer shown first "
-                "and then second; the same verdict twice stands, a win (loss) and a tie is a win (loss), a win "
-                "and a loss is a tie. Net win rate = (wins - losses) / judged."), ""]
+                out.append(f"| {name} | 0 | n/a | n/a | n/a | n/a | n/a |" + (" n/a |" if prefs else ""))
+        out += ["", f"Judge: {s.get('judge', 'none')}. Method: {s.get('judge_method', TEXT_METHOD)}. "
+                + _method_note(str(s.get("judge_method", TEXT_METHOD))), ""]
     else:
         out += [f"Not judged (judge: {s.get('judge', 'none')}).", ""]
 
@@ -149,6 +174,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         quality = ""
         if q and q.get("n"):
             quality = f", net win {_pct(q['net_win_rate'])} (W/T/L {_wtl(q)})"
+            if q.get("mean_preference") is not None:
+                quality += f", mean preference {_signed(q['mean_preference'])} nats"
         lines.append(f"{name:>6}: median {_f(d['median_s'])} s (p90 {_f(d['p90_s'])} s), "
                      f"TTFT {_f(d['ttft_median_s'])} s, "
                      f"{_f(d['tokens_median'], 0)} tokens, {_f(d['tokens_per_s_median'], 1)} tok/s, "

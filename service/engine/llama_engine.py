@@ -138,7 +138,7 @@ class LlamaEngine:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         worker = self._worker(request.role)
-        request.sampling.validate()
+        request.validate()
         if request.speculation not in tuple(Speculation):
             raise InvalidRequest(f"speculation must be auto, on or off (got {request.speculation!r})",
                                  field="speculation")
@@ -150,7 +150,8 @@ class LlamaEngine:
                 raise InvalidRequest("the prefix was opened on another engine or role", field="prefix")
             parent = request.prefix._open()
         delivery = Delivery(asyncio.get_running_loop())
-        job = worker.submit(request.prompt, request.sampling, parent, delivery, request.speculation)
+        job = worker.submit(request.prompt, request.sampling, parent, delivery, request.speculation,
+                            request.top_logprobs)
         try:
             while True:
                 item = await delivery.queue.get()

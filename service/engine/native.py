@@ -2,8 +2,9 @@
 
 Owns every ctypes detail: loading a model, creating a context with a unified KV cache and
 n_seq_max sequences, filling a multi-sequence llama_batch, KV memory operations (remove, copy),
-tokenization, token pieces, sampler chains and the GGUF chat template. The high-level `Llama` class
-is not used: its batch helper decodes sequence 0 only.
+tokenization, token pieces, reading a row of logits as log-probabilities (numpy), sampler chains
+and the GGUF chat template. The high-level `Llama` class is not used: its batch helper decodes
+sequence 0 only.
 
 Every function here may block for a long time and must only be called from the thread that owns
 the context (the worker), never from the event loop.
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import llama_cpp
+import numpy as np  # a dependency of llama-cpp-python itself
 
 from planner.engine import Sampling
 
@@ -89,6 +91,10 @@ class Model:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
             return big.raw[:n]
         return self._piece_buf.raw[:n]
+
+    def piece_text(self, token: int) -> str:
+        """The token's text; a piece that splits a UTF-8 character shows U+FFFD for the part it holds."""
+        return self.piece(token).decode(errors="replace")
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
@@ -171,6 +177,17 @@ class Context:
 
     def logits(self, index: int) -> ctypes.Array[ctypes.c_float]:
         return llama_cpp.llama_get_logits_ith(self.ptr, index)
+
+    def log_probs(self, index: int) -> np.ndarray:
+        """Log-softmax of the raw logits at batch `index` (n_vocab float64s, a copy).
+
+        The model's own distribution, before any sampler: temperature, top-k and penalties live in
+        the sampler chain, which reads the logits without changing them.
+        """
+        row = np.ctypeslib.as_array(self.logits(index), shape=(self.model.n_vocab,)).astype(np.float64)
+        row -= row.max()
+        row -= np.log(np.exp(row).sum())
+        return row
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(llama_cpp.llama_memory_seq_rm(self.mem, seq, p0, p1))

@@ -2,9 +2,10 @@
 
 Owns: the step loop (apply frees and forks, build one batch of every active sequence's next tokens,
 llama_decode once, sample per sequence, route text back), per-sequence jobs (sampler chain, text
-stream, delivery queue), prefix holders, and the counters behind stats(). Requests arrive as
-closures on a thread-safe queue and results go back to asyncio with one call_soon_threadsafe per
-step, so the event loop never calls llama.cpp and wakes at most once per step.
+stream, delivery queue, token log-probabilities when asked), prefix holders, and the counters
+behind stats(). Requests arrive as closures on a thread-safe queue and results go back to asyncio
+with one call_soon_threadsafe per step, so the event loop never calls llama.cpp and wakes at most
+once per step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from planner.engine import (
     Chunk,
     EngineClosed,
@@ -30,6 +33,7 @@ from planner.engine import (
     Role,
     RoleStats,
     Sampling,
+    TokenLogprobs,
 )
 from service.engine.native import Context, Model, SamplerChain
 from service.engine.scheduler import (
@@ -72,6 +76,7 @@ class Job:
     sampler: SamplerChain | None = None
     spec_mode: SpecMode = SpecMode.OFF
     history: list[int] = field(default_factory=list)  # prompt + generated; last = the pending token
+    top_logprobs: int = 0  # > 0: each emitted token carries its TokenLogprobs
 
 
 @dataclass(eq=False)
@@ -112,13 +117,17 @@ class ContextWorker:
     # --- API for the event loop -------------------------------------------------------------
 
     def submit(self, prompt: str | Sequence[int], sampling: Sampling, parent: PrefixHolder | None,
-               delivery: Delivery, speculation: str = "default") -> Job:
-        """speculation: auto, on, off, or default (this context's); plain without a speculator."""
+               delivery: Delivery, speculation: str = "default", top_logprobs: int = 0) -> Job:
+        """speculation: auto, on, off, or default (this context's); plain without a speculator.
+
+        top_logprobs > 0 forces plain decoding: logprobs are read in _sample, from the row the token
+        is sampled from; a verify step (_verify) samples several rows at once and reads none.
+        """
         seq = Seq(key=next(_keys), tokens=(), max_new=sampling.max_tokens)
         mode = SpecMode.OFF
-        if self.spec is not None:
+        if self.spec is not None and top_logprobs <= 0:
             mode = self.spec.default_mode if speculation == "default" else SpecMode(speculation)
-        job = Job(seq, sampling, delivery, TextStream(sampling.stop), spec_mode=mode)
+        job = Job(seq, sampling, delivery, TextStream(sampling.stop), spec_mode=mode, top_logprobs=top_logprobs)
         self._post(lambda: self._admit(job, prompt, parent))
         return job
 
@@ -306,12 +315,22 @@ class ContextWorker:
 
     def _sample(self, job: Job, index: int) -> None:
         assert job.sampler is not None
+        row = self.ctx.log_probs(index) if job.top_logprobs > 0 else None  # read before the sampler runs
         token = job.sampler.sample(self.ctx, index)
-        if self._take(job, token):
+        logprobs = self._token_logprobs(row, token, job.top_logprobs) if row is not None else None
+        if self._take(job, token, logprobs):
             self.sched.accept(job.seq, token)
             job.history.append(token)
 
-    def _take(self, job: Job, token: int) -> bool:
+    def _token_logprobs(self, row: np.ndarray, token: int, n: int) -> TokenLogprobs:
+        """The sampled token's log-probability and the n likeliest tokens (ties by token id), from a
+        log-softmax row."""
+        best = np.argpartition(row, -n)[-n:]
+        best = best[np.lexsort((best, -row[best]))]
+        piece = self.model.piece_text
+        return TokenLogprobs(piece(token), float(row[token]), tuple((piece(int(t)), float(row[t])) for t in best))
+
+    def _take(self, job: Job, token: int, logprobs: TokenLogprobs | None = None) -> bool:
         """Emit a sampled token; False when it ended the sequence (end of generation, stop, length)."""
         seq = job.seq
         self.generated += 1
@@ -319,15 +338,13 @@ class ContextWorker:
             self._end(job, FinishReason.STOP)
             return False
         text = job.text.push(self.model.piece(token))
+        self._emit(job, text, 1, logprobs)
         if job.text.stopped:
-            self._emit(job, text, 1)
             self._end(job, FinishReason.STOP)
             return False
         if seq.generated + 1 >= seq.max_new:
-            self._emit(job, text, 1)
             self._end(job, FinishReason.LENGTH)
             return False
-        self._emit(job, text, 1)
         return True
 
     # --- speculation (worker thread) ------------------------------------------------------------
@@ -521,8 +538,8 @@ class ContextWorker:
             self._reject(holder.ready, err)
         self._prefixes.clear()
 
-    def _emit(self, job: Job, text: str, tokens: int) -> None:
-        self._deliver(job.delivery, Chunk(text, tokens))
+    def _emit(self, job: Job, text: str, tokens: int, logprobs: TokenLogprobs | None = None) -> None:
+        self._deliver(job.delivery, Chunk(text, tokens, logprobs=(logprobs,) if logprobs is not None else ()))
 
     # --- delivery to asyncio ----------------------------------------------------------------
 

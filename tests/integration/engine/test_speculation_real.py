@@ -99,6 +99,25 @@ async def test_prompt_lookup_gives_plain_greedy_output(lookup_engine: LlamaEngin
     await wait_empty(lookup_engine, Role.SMALL)
 
 
+async def test_logprob_requests_are_never_speculated(lookup_engine: LlamaEngine) -> None:
+    text = prompt(lookup_engine, Role.SMALL, ECHO[0])
+    before = lookup_engine.stats().role(Role.SMALL)
+    assert before is not None
+    request = GenerateRequest(text, Role.SMALL, Sampling(max_tokens=40), speculation="on", top_logprobs=2)
+    tokens = entries = 0
+    parts = []
+    async with asyncio.timeout(300):
+        async for chunk in lookup_engine.generate(request):
+            tokens += chunk.tokens
+            entries += len(chunk.logprobs)
+            parts.append(chunk.text)
+    after = lookup_engine.stats().role(Role.SMALL)
+    assert after is not None and after.spec_drafted == before.spec_drafted  # plain decoding, forced
+    assert tokens > 0 and entries == tokens
+    assert "".join(parts) == (await answers(lookup_engine, Role.SMALL, ECHO[:1], "on", max_tokens=40))[0]
+    await wait_empty(lookup_engine, Role.SMALL)
+
+
 async def test_cancelling_while_verifying_frees_both_contexts(pair_engine: LlamaEngine) -> None:
     async def run(text: str, stop_after: int | None) -> int:
         req = GenerateRequest(prompt(pair_engine, Role.LARGE, text), Role.LARGE, Sampling(max_tokens=48),

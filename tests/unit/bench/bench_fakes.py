@@ -42,3 +42,17 @@ class StubJudge:
     async def reply(self, question: str, answer_a: str, answer_b: str) -> str:
         self.calls.append((question, answer_a, answer_b))
         return self.decide(answer_a, answer_b)
+
+
+class StubMarginJudge(StubJudge):
+    """Margins from a function of (answer_a, answer_b), None for no margin; text replies as StubJudge."""
+
+    def __init__(self, margin: Callable[[str, str], float | None],
+                 decide: Callable[[str, str], str] = lambda a, b: "A") -> None:
+        super().__init__(decide)
+        self.margin_of = margin
+        self.margin_calls: list[tuple[str, str, str]] = []
+
+    async def margin(self, question: str, answer_a: str, answer_b: str) -> float | None:
+        self.margin_calls.append((question, answer_a, answer_b))
+        return self.margin_of(answer_a, answer_b)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench_fakes import StubJudge, StubRunner
+from bench_fakes import StubJudge, StubMarginJudge, StubRunner
 from engine_fakes import FakeEngine
 
 from planner.engine import Role
@@ -112,6 +112,68 @@ async def test_failures_count_and_lose() -> None:
     assert result["router"] is None
 
 
+QUALITY = {"sot": 1.0, "sgd": 0.2, "auto": -1.0, "direct": 0.0}  # how much the judge likes each mode's answers
+
+
+def biased_margin(a: str, b: str) -> float:
+    """A judge pulled 3 nats towards A whatever it reads, plus the difference in quality."""
+    return 3.0 + QUALITY[a.split()[0]] - QUALITY[b.split()[0]]
+
+
+async def test_margins_decide_despite_position_bias() -> None:
+    runner = StubRunner(stub_seconds())
+    judge = StubMarginJudge(biased_margin)  # its text verdicts are "A" always: every pair a tie
+    config = BenchConfig(MODES, judge_name=judge.name)
+    result = await run_bench([Question(Q1), Question(Q2)], runner, config, judge=judge)
+
+    pair = result["questions"][0]["judge"]["sot"]
+    assert pair == {"outcome": "win", "method": "logprob", "margins": [4.0, 2.0], "preference": 1.0}
+    assert result["questions"][1]["judge"]["sgd"]["outcome"] == "tie"  # p = 0.2, inside the 0.5 band
+    assert result["questions"][1]["judge"]["auto"]["preference"] == -1.0
+    assert not judge.calls and len(judge.margin_calls) == 2 * 2 * 3  # no text verdicts asked for
+    first, second = judge.margin_calls[0], judge.margin_calls[1]
+    assert first[1] == second[2] and first[2] == second[1]  # the same pair, swapped
+
+    modes = result["modes"]
+    assert modes["sot"]["quality"] == {"n": 2, "wins": 2, "ties": 0, "losses": 0, "no_verdict": 0, "win_rate": 1.0,
+                                       "tie_rate": 0.0, "lose_rate": 0.0, "net_win_rate": 1.0,
+                                       "mean_preference": 1.0, "preference_n": 2}
+    assert modes["sgd"]["quality"]["ties"] == 2 and modes["sgd"]["quality"]["mean_preference"] == 0.2
+    assert modes["auto"]["quality"]["net_win_rate"] == -1.0 and modes["auto"]["quality"]["mean_preference"] == -1.0
+    assert result["settings"]["judge_method"] == "logprob margin, both orders, tie band ±0.5 nats"
+
+    # a wider band makes sot's 1 nat a tie, and the settings say so
+    wide = await run_bench([Question(Q1)], StubRunner(stub_seconds()), BenchConfig(MODES, judge_tie_margin=1.5),
+                           judge=StubMarginJudge(biased_margin))
+    assert wide["questions"][0]["judge"]["sot"]["outcome"] == "tie"
+    assert wide["settings"]["judge_method"] == "logprob margin, both orders, tie band ±1.5 nats"
+
+
+async def test_pairs_without_margins_fall_back_to_text_verdicts() -> None:
+    def no_margin_for_sgd(a: str, b: str) -> float | None:
+        return None if "sgd" in (a.split()[0], b.split()[0]) else biased_margin(a, b)
+
+    judge = StubMarginJudge(no_margin_for_sgd, sot_wins)
+    result = await run_bench([Question(Q1)], StubRunner(stub_seconds()), BenchConfig(("direct", "sot", "sgd")),
+                             judge=judge)
+    sgd = result["questions"][0]["judge"]["sgd"]
+    assert sgd["method"] == "text" and sgd["outcome"] == "tie" and sgd["replies"] == ["A", "A"]
+    assert "preference" not in sgd and "mean_preference" not in result["modes"]["sgd"]["quality"]
+    assert result["questions"][0]["judge"]["sot"]["method"] == "logprob"
+    assert len(judge.calls) == 2  # text for the sgd pair only
+    assert result["settings"]["judge_method"] == ("logprob margin, both orders, tie band ±0.5 nats; "
+                                                  "text verdicts, both orders for 1 pair(s) without label logprobs")
+
+
+async def test_text_judges_are_stated_as_such() -> None:
+    result = await run_bench([Question(Q1)], StubRunner(stub_seconds()), BenchConfig(("direct", "sot")),
+                             judge=StubJudge(sot_wins))
+    assert result["settings"]["judge_method"] == "text verdicts, both orders"
+    assert result["questions"][0]["judge"]["sot"]["method"] == "text"
+    none = await run_bench([Question(Q1)], StubRunner(stub_seconds()), BenchConfig(("direct", "sot")))
+    assert none["settings"]["judge_method"] == "none"
+
+
 SKELETON = " Breathe slowly\n2. Take a walk\n3. Listen to music\n"
 GRAPH_SKELETON = " Breathe slowly (needs: none; easy)\n2. Take a walk (needs: 1; hard)\n"
 
@@ -155,7 +217,10 @@ async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) ->
     assert modes["auto"]["quality"] == {"n": 2, "wins": 1, "ties": 1, "losses": 0, "no_verdict": 0,
                                         "win_rate": 0.5, "tie_rate": 0.5, "lose_rate": 0.0, "net_win_rate": 0.5}
     judge_calls = [c for c in engine.calls if "[Answer A]" in c.full_prompt]
-    assert len(judge_calls) == 2 * (2 + 2 + 1) and all(c.request.role is Role.LARGE for c in judge_calls)
+    # the fake sends no logprobs: one one-token probe for them, then text verdicts for every pair
+    assert len(judge_calls) == 1 + 2 * (2 + 2 + 1) and all(c.request.role is Role.LARGE for c in judge_calls)
+    assert judge_calls[0].request.top_logprobs == 20 and judge_calls[0].request.sampling.max_tokens == 1
+    assert not judge.logprobs and result["settings"]["judge_method"] == "text verdicts, both orders"
     assert result["router"]["accuracy"] == 1.0 and result["router"]["by_source"] == {"rules": {"n": 2, "accuracy": 1.0}}
 
     out = tmp_path / "out"
@@ -189,6 +254,10 @@ def test_command_refuses_bad_input_before_loading_models(tmp_path: Path, capsys:
     assert bench_cli.run(["answers", "--set", str(qs), "--point-tokens", "0"]) == 2
     assert "point_max_tokens" in capsys.readouterr().err
     assert bench_cli.run(["answers", "--set", str(qs), "--limit", "0"]) == 2
+    assert bench_cli.run(["answers", "--set", str(qs), "--judge-tie-margin", "-0.1"]) == 2
+    assert "--judge-tie-margin" in capsys.readouterr().err
+    assert bench_cli.run(["answers", "--set", str(qs), "--judge-logprobs"]) == 2
+    assert "--judge-url" in capsys.readouterr().err
 
 
 async def test_a_skeleton_variant_runs_the_mode_with_that_skeleton_writer() -> None:

@@ -1,26 +1,35 @@
-"""Verdict parsing and combination, the judge prompt, and the OpenAI-compatible judge over HTTP."""
+"""Verdict parsing and combination, logprob margins and the pair rule, the judge prompt, the engine
+judge, and the OpenAI-compatible judge over HTTP."""
 
 from __future__ import annotations
 
 import json
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
 from engine_fakes import FakeEngine
 
-from planner.engine import Role
+from planner.engine import Chunk, FinishReason, GenerateRequest, Role, TokenLogprobs
 from service.bench.judge import (
     EngineJudge,
     JudgeError,
+    MarginJudge,
     OpenAIJudge,
+    absent_bound,
     chat_completions_url,
     combine,
     judge_messages,
+    label_logprob,
+    label_margin,
+    margin_method,
+    margin_outcome,
     outcome,
     parse_verdict,
+    preference,
 )
 
 
@@ -53,6 +62,91 @@ def test_outcome_depends_on_the_side_of_the_mode() -> None:
 ])
 def test_combine_both_orders(first: Any, second: Any, combined: Any) -> None:
     assert combine(first, second) == combined
+
+
+def lse(*xs: float) -> float:
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+def test_preference_cancels_a_constant_position_bias() -> None:
+    assert preference(3.0, 2.0) == 0.5
+    for bias in (-5.0, 0.0, 2.0, 9.0):  # the judge's pull towards A: the same in both orders
+        assert preference(bias + 0.8, bias - 0.8) == pytest.approx(0.8)
+    # a judge that says A ever more strongly in both orders still shows a preference by how much
+    assert preference(6.0, 4.0) == 1.0 and preference(4.0, 6.0) == -1.0
+
+
+@pytest.mark.parametrize(("p", "band", "result"), [
+    (0.51, 0.5, "win"), (0.5, 0.5, "tie"), (0.0, 0.5, "tie"), (-0.5, 0.5, "tie"), (-0.51, 0.5, "lose"),
+    (0.5, 0.4, "win"), (0.01, 0.0, "win"), (0.0, 0.0, "tie"), (-3.0, 1.0, "lose"),
+])
+def test_margin_outcome_band(p: float, band: float, result: str) -> None:
+    assert margin_outcome(p, band) == result
+
+
+def test_label_logprob_sums_the_variant_pieces() -> None:
+    top = [("A", -1.0), (" B", -1.5), (" A", -2.0), ("a", -3.0), ("Answer", -3.5), ("b\n", -4.0), ("AB", -5.0)]
+    assert label_logprob(top, "A") == pytest.approx(lse(-1.0, -2.0, -3.0))
+    assert label_logprob(top, "B") == pytest.approx(lse(-1.5, -4.0))
+    assert label_logprob(top, "tie") is None
+    assert label_margin(top) == pytest.approx(lse(-1.0, -2.0, -3.0) - lse(-1.5, -4.0))
+
+
+def test_an_absent_label_gets_an_upper_bound() -> None:
+    peaked = [("A", math.log(0.97)), ("The", math.log(0.02)), ("**", math.log(0.001))]  # 0.009 left
+    assert absent_bound(peaked) == pytest.approx(math.log(0.001))  # the last entry is the tighter bound
+    assert label_margin(peaked) == pytest.approx(math.log(0.97) - math.log(0.001))
+    wide = [("B", math.log(0.5)), ("x", math.log(0.3)), ("y", math.log(0.195))]  # 0.005 left
+    assert absent_bound(wide) == pytest.approx(math.log(0.005))  # the leftover mass is the tighter bound
+    assert label_margin(wide) == pytest.approx(math.log(0.005) - math.log(0.5))
+    # no mass left, or less than rounding can resolve: the resolution, or a lower last entry, bounds it
+    assert absent_bound([("A", math.log(0.6)), ("B", math.log(0.4))]) == pytest.approx(math.log(1e-6))
+    assert absent_bound([("A", -1e-12), ("B", -30.0)]) == -30.0
+    assert label_margin([("The", -0.1), ("**", -2.5)]) is None  # neither label: no margin from this order
+    assert label_margin([]) is None
+
+
+class LogprobEngine(FakeEngine):
+    """The fake engine, sending the first token's top entries as the embedded engine would."""
+
+    def __init__(self, top: tuple[tuple[str, float], ...]) -> None:
+        super().__init__()
+        self.top = top
+        self.seen: list[GenerateRequest] = []
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        return self._with_logprobs(request)
+
+    async def _with_logprobs(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        self.seen.append(request)
+        entry = TokenLogprobs(self.top[0][0], self.top[0][1], self.top[:request.top_logprobs])
+        yield Chunk(entry.token, 1, FinishReason.LENGTH, logprobs=(entry,) if request.top_logprobs else ())
+
+
+async def test_engine_judge_margin_asks_for_one_token_with_logprobs() -> None:
+    engine = LogprobEngine(((" A", -0.2), ("A", -2.0), (" B", -3.0), ("tie", -4.0)))
+    judge = EngineJudge(engine, Role.SMALL)
+    assert isinstance(judge, MarginJudge)
+    m = await judge.margin("Q?", "one", "two")
+    assert m == pytest.approx(lse(-0.2, -2.0) + 3.0)
+    request = engine.seen[-1]
+    assert request.top_logprobs == 20 and request.sampling.max_tokens == 1 and request.sampling.temperature == 0
+    assert request.role is Role.SMALL and "[Answer A]\none" in request.prompt and judge.logprobs
+
+
+async def test_engine_judge_without_logprobs_falls_back_to_text_for_good() -> None:
+    engine = FakeEngine()
+    engine.script("[Answer A]", "B")
+    judge = EngineJudge(engine, Role.LARGE)
+    assert await judge.margin("Q?", "one", "two") is None
+    assert not judge.logprobs and len(engine.calls) == 1
+    assert await judge.margin("Q?", "one", "two") is None and len(engine.calls) == 1  # not asked again
+    assert parse_verdict(await judge.reply("Q?", "one", "two")) == "B"
+
+
+def test_margin_method_states_the_band() -> None:
+    assert margin_method(0.5) == "logprob margin, both orders, tie band ±0.5 nats"
+    assert margin_method(1.25) == "logprob margin, both orders, tie band ±1.25 nats"
 
 
 def test_judge_prompt_shows_both_answers_and_cuts_long_ones() -> None:
@@ -140,3 +234,28 @@ async def test_openai_judge_unreachable() -> None:
     judge = OpenAIJudge("http://127.0.0.1:9", "m", retries=0, timeout_s=2)
     with pytest.raises(JudgeError, match="unreachable"):
         await judge.reply("Q?", "a", "b")
+
+
+OPENAI_LOGPROBS: dict[str, Any] = {"choices": [{"message": {"role": "assistant", "content": "A"}, "logprobs": {
+    "content": [{"token": "A", "logprob": -0.1, "top_logprobs": [
+        {"token": "A", "logprob": -0.1}, {"token": " B", "logprob": -2.5}, {"token": "b", "logprob": -4.0}]}]}}]}
+
+
+async def test_openai_judge_margin_with_logprobs(endpoint: str) -> None:
+    _Handler.reply = OPENAI_LOGPROBS
+    try:
+        judge = OpenAIJudge(endpoint, "m", logprobs=True)
+        assert await judge.margin("Q?", "first", "second") == pytest.approx(-0.1 - lse(-2.5, -4.0))
+        body = _Handler.seen[-1]["body"]
+        assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
+        assert await OpenAIJudge(endpoint, "m").margin("Q?", "a", "b") is None  # off unless asked
+        assert len(_Handler.seen) == 1
+    finally:
+        _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": " B"}}]}
+
+
+async def test_openai_judge_without_logprobs_support_turns_them_off(endpoint: str) -> None:
+    judge = OpenAIJudge(endpoint, "m", logprobs=True)
+    assert await judge.margin("Q?", "a", "b") is None and not judge.logprobs
+    assert await judge.margin("Q?", "a", "b") is None and len(_Handler.seen) == 1
+    assert parse_verdict(await judge.reply("Q?", "a", "b")) == "B" and "logprobs" not in _Handler.seen[-1]["body"]

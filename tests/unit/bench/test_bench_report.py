@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench_fakes import StubJudge, StubRunner
+from bench_fakes import StubJudge, StubMarginJudge, StubRunner
 
 from service.bench import report
 from service.bench.answers import BenchConfig, run_bench
@@ -45,6 +45,24 @@ async def test_markdown_contains_the_numbers() -> None:
     assert "Judge: stub judge" in md and "large (qwen2 1.5B Q4_K_M)" in md
     assert "- point_tokens: 16" in md and "cpu_count" in md
     assert "_Plot skipped: no --plot asked for._" in md
+
+
+async def test_the_report_states_the_judging_method() -> None:
+    md = report.render_markdown(await stub_result())
+    assert "Method: text verdicts, both orders." in md and "a win and a loss is a tie" in md
+    assert "mean preference" not in md and "- judge_method: text verdicts, both orders" in md
+
+    seconds = {(Q1, "direct"): 10.0, (Q1, "sot"): 5.0, (Q2, "direct"): 8.0, (Q2, "sot"): 2.0}
+    quality = {"sot": 0.75, "direct": 0.0}
+    judge = StubMarginJudge(lambda a, b: 2.0 + quality[a.split()[0]] - quality[b.split()[0]])
+    result = await run_bench([Question(Q1), Question(Q2)], StubRunner(seconds), BenchConfig(("direct", "sot")),
+                             judge=judge)
+    md = report.render_markdown(result)
+    assert "Method: logprob margin, both orders, tie band ±0.5 nats." in md and "p = (m1 - m2) / 2" in md
+    assert "| mean preference (nats) |" in md
+    assert next(line for line in md.splitlines() if line.startswith("| sot | 2 | 2 / 0 / 0")).endswith("| +0.75 |")
+    assert "a win and a loss is a tie" not in md  # no pair fell back to text verdicts
+    assert "net win +100% (W/T/L 2 / 0 / 0), mean preference +0.75 nats" in report.summary_lines(result)[1]
 
 
 async def test_summary_lines() -> None:
