@@ -87,7 +87,8 @@ def _answers(args: argparse.Namespace) -> int:
         threads=args.threads, large=args.large, small=args.small, n_ctx=args.ctx, slots=args.slots,
         gpu_layers=args.gpu_layers, judge=args.judge, judge_url=args.judge_url, judge_model=args.judge_model,
         judge_key_env=args.judge_key_env, judge_max_chars=args.judge_max_chars,
-        judge_tie_margin=args.judge_tie_margin, judge_logprobs=args.judge_logprobs, rejudge_path=args.rejudge)
+        judge_tie_margin=args.judge_tie_margin, judge_logprobs=args.judge_logprobs, judge_mode=args.judge_mode,
+        rejudge_path=args.rejudge)
     if not args.set and not args.rejudge:
         print("espalier bench answers: --set is required (or --rejudge a saved result)", file=sys.stderr)
         return 2
@@ -209,6 +210,11 @@ def run(argv: Sequence[str]) -> int:
                           "logP(A) - logP(B) of the judge's first token with the mode's answer first (m1) and "
                           "second (m2), so a bias towards one position cancels; |p| up to this many nats is a "
                           "tie (default 0.5)")
+    ans.add_argument("--judge-mode", choices=("pairwise", "single"), default="pairwise",
+                     help="pairwise: each mode's answer against direct's, in both orders (FastChat pairwise); "
+                          "single: each answer graded 1-9 alone and the grades compared (FastChat single; for "
+                          "judges too weak to compare two long answers, such as the 1.5B default), the tie band "
+                          "then in grade points")
     ans.add_argument("--judge-logprobs", action="store_true",
                      help="ask --judge-url for top-20 token logprobs as well and judge by logprob margin "
                           "(the endpoint must support logprobs; the embedded judge always does this)")

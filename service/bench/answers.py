@@ -297,7 +297,8 @@ class BenchConfig:
     settings: dict[str, Any] = field(default_factory=dict)  # recorded as they are in the result
     models: dict[str, str] = field(default_factory=dict)
     judge_name: str = "none"
-    judge_tie_margin: float = judging.DEFAULT_TIE_MARGIN  # nats, for pairs scored by margins
+    judge_tie_margin: float = judging.DEFAULT_TIE_MARGIN  # nats (margins) or grade points (single)
+    judge_mode: str = "pairwise"  # or "single": each answer graded alone
 
 
 def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
@@ -413,6 +414,8 @@ def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], ti
     if judge is None:
         return "none"
     methods = Counter(j.get("method") for r in rows for j in r.get("judge", {}).values())
+    if methods["grade"]:
+        return judging.grade_method(tie_margin)
     by_margin = judging.margin_method(tie_margin)
     if methods["logprob"] and methods["text"]:
         return f"{by_margin}; {judging.TEXT_METHOD} for {methods['text']} pair(s) without label logprobs"
@@ -444,17 +447,55 @@ def machine_info() -> dict[str, Any]:
             "processor": platform.processor() or "", "python": platform.python_version()}
 
 
+async def _grade(judge: judging.GradeJudge, question: str, answer: str,
+                 errors: list[str]) -> float | None:
+    try:
+        return await judge.grade(question, answer)
+    except (judging.JudgeError, EngineError) as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+        return None
+
+
+async def _judge_by_grades(judge: judging.GradeJudge, question: str, mode_answer: str,
+                           direct_grade: float | None, direct_errors: list[str], tie_margin: float) -> dict[str, Any]:
+    errors = list(direct_errors)
+    mine = await _grade(judge, question, mode_answer, errors)
+    out: dict[str, Any] = {"method": "grade", "grades": [_r(mine, 4), _r(direct_grade, 4)]}
+    if mine is None or direct_grade is None:
+        out["outcome"] = None
+    else:
+        d = mine - direct_grade
+        out.update(outcome=judging.margin_outcome(d, tie_margin), preference=_r(d, 4))
+    if errors:
+        out["errors"] = errors
+    return out
+
+
 async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge: judging.Judge,
-                     stream: TextIO | None = None, tie_margin: float = judging.DEFAULT_TIE_MARGIN) -> None:
-    """Judge every mode's answer against direct's, per question, into `row["judge"][mode]`."""
+                     stream: TextIO | None = None, tie_margin: float = judging.DEFAULT_TIE_MARGIN,
+                     method: str = "pairwise") -> None:
+    """Judge every mode's answer against direct's, per question, into `row["judge"][mode]`.
+
+    pairwise: each pair in both orders; single: each answer graded alone, direct's once a question.
+    """
     judged_modes = [m for m in modes if m != BASELINE]
     if not judged_modes:
         return
-    jbar = Progress(2 * len(rows) * len(judged_modes), "judge", stream)
+    grading = method == "single"
+    if grading and not isinstance(judge, judging.GradeJudge):
+        raise ValueError(f"judge {judge.name} cannot grade single answers")
+    per_question = len(judged_modes) + 1 if grading else 2 * len(judged_modes)
+    jbar = Progress(per_question * len(rows), "judge", stream)
     jbar.show(judge.name)
     for row in rows:
         row["judge"] = {}
         base = row["modes"][BASELINE]
+        direct_grade: float | None = None
+        direct_errors: list[str] = []
+        if grading and base["error"] is None:
+            direct_grade = await _grade(judge, row["question"], base["answer"], direct_errors)  # type: ignore[arg-type]
+        if grading:
+            jbar.step(f"q{row['index'] + 1} direct")
         for mode in judged_modes:
             mine = row["modes"][mode]
             note = f"q{row['index'] + 1} {mode}"
@@ -464,17 +505,20 @@ async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge
                 row["judge"][mode] = {"outcome": "lose", "note": "this mode failed"}
             elif normalize(mine["answer"]) == normalize(base["answer"]):
                 row["judge"][mode] = {"outcome": "tie", "note": "identical answers"}
+            elif grading:
+                row["judge"][mode] = await _judge_by_grades(judge, row["question"], mine["answer"],  # type: ignore[arg-type]
+                                                            direct_grade, direct_errors, tie_margin)
             else:
                 row["judge"][mode] = await _judge_pair(judge, row["question"], mine["answer"],
                                                        base["answer"], jbar, note, tie_margin)
                 continue
-            jbar.step(note)
-            jbar.step(note)
+            for _ in range(1 if grading else 2):
+                jbar.step(note)
     jbar.close()
 
 
 async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO | None = None,
-                  tie_margin: float = judging.DEFAULT_TIE_MARGIN) -> dict[str, Any]:
+                  tie_margin: float = judging.DEFAULT_TIE_MARGIN, mode: str = "pairwise") -> dict[str, Any]:
     """Judge the answers of a saved result again (another judge, or a judge run later); the new result.
 
     Speeds, routes and the router score are kept as measured; only verdicts and quality change.
@@ -486,8 +530,9 @@ async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO |
             _ = row["modes"][BASELINE]["answer"]  # the shape check: KeyError if absent
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a result of `espalier bench answers --json` (missing {exc})") from None
-    await judge_rows(rows, modes, judge, stream, tie_margin)
+    await judge_rows(rows, modes, judge, stream, tie_margin, mode)
     result["modes"] = {m: mode_summary(m, rows) for m in modes}
+    result["settings"]["judge_mode"] = mode
     result["settings"]["judge"] = judge.name
     result["settings"]["judge_method"] = judge_method(judge, rows, tie_margin)
     result["settings"]["judge_tie_margin"] = tie_margin
@@ -522,7 +567,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
     answer_s = time.monotonic() - started
 
     if judge is not None:
-        await judge_rows(rows, modes, judge, stream, config.judge_tie_margin)
+        await judge_rows(rows, modes, judge, stream, config.judge_tie_margin, config.judge_mode)
 
     router_result: dict[str, Any] | None = None
     if labels is not None:
@@ -550,6 +595,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
         "models": config.models,
         "settings": {**config.settings, "modes": list(modes), "judge": config.judge_name,
                      "judge_method": judge_method(judge, rows, config.judge_tie_margin),
+                     "judge_mode": config.judge_mode,
                      "percentile_method": PERCENTILE_METHOD,
                      "speedup": "direct seconds / mode seconds, per question"},
         "answer_seconds": round(answer_s, 2),
@@ -591,6 +637,7 @@ class AnswersOptions:
     judge_max_chars: int = judging.DEFAULT_MAX_ANSWER_CHARS
     judge_tie_margin: float = judging.DEFAULT_TIE_MARGIN
     judge_logprobs: bool = False  # the endpoint judge also scores by margins (the embedded one always does)
+    judge_mode: str = "pairwise"  # pairwise (both orders) or single (each answer graded alone)
     rejudge_path: str | None = None  # judge this saved --json result again instead of answering
 
 
@@ -625,6 +672,7 @@ def _recorded_settings(opts: AnswersOptions) -> dict[str, Any]:
          "runner": f"target {opts.target}" if opts.target else "embedded",
          "point_tokens": opts.point_tokens, "answer_tokens": opts.answer_tokens,
          "skeleton_tokens": opts.skeleton_tokens, "temperature": 0.0, "judge_tie_margin": opts.judge_tie_margin,
+         "judge_mode": opts.judge_mode,
          "order": "rotated per question (question i starts at mode i mod n)"}
     if not opts.target:
         s.update({"skeleton_role": opts.skeleton_role, "small_only": opts.small_only,
@@ -708,7 +756,8 @@ async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
     judge = _endpoint_judge(opts)
     questions = load_questions(opts.set_path, opts.limit)
     labels = load_labels(opts.labels) if opts.labels else None
-    config = BenchConfig(modes, _recorded_settings(opts), judge_tie_margin=opts.judge_tie_margin)
+    config = BenchConfig(modes, _recorded_settings(opts), judge_tie_margin=opts.judge_tie_margin,
+                         judge_mode=opts.judge_mode)
     _log(f"{len(questions)} question(s) x {len(modes)} mode(s): {', '.join(modes)}")
     if opts.target and any(split_mode(m)[1] for m in modes):
         raise ValueError("skeleton variants (MODE:ROLE) need the embedded runner: a server's skeleton "
@@ -730,7 +779,7 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
         raise ValueError(f"{opts.rejudge_path} is not a result of `espalier bench answers --json`")
     judge = _endpoint_judge(opts)
     if judge is not None:
-        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin)
+        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin, mode=opts.judge_mode)
     if opts.judge != "embedded":
         raise ValueError("--rejudge needs a judge: --judge embedded or --judge-url")
     from service.engine.config import ContextConfig, EngineConfig
@@ -743,7 +792,7 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
     try:
         judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({model})",
                                     max_chars=opts.judge_max_chars)
-        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin)
+        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin, mode=opts.judge_mode)
     finally:
         await engine.aclose()
 

@@ -1,4 +1,4 @@
-"""The pairwise judge of `espalier bench answers` (FastChat-style, in both orders).
+"""The judge of `espalier bench answers`: pairwise in both orders, or single-answer grades (FastChat-style).
 
 Owns the judge prompt (our own wording), the two ways of reading the judge (a logprob margin, or
 a text verdict), turning the two readings of one pair (mode's answer first, then direct's first)
@@ -27,6 +27,13 @@ FastChat-based evaluation in the SoT paper), the same verdict twice stands; a wi
 tie is a win (or loss); a win and a loss contradict each other and count as a tie. A reply that
 cannot be read counts as a tie beside a readable one; two unreadable replies give no outcome (the
 pair is left out of the rates and counted apart).
+
+Single-answer grades (method "single", FastChat's other mode): a judge too weak to compare two long
+answers at once, as the 1.5B default is (its margins barely move even against an off-topic answer),
+can still grade one answer. Each answer gets a 1-9 grade, the expected digit of the first reply token
+where logprobs exist (the greedy digit of a small judge is nearly constant), else the replied digit;
+direct's answer is graded once per question. The mode's preference is its grade minus direct's, and
+the same tie band (in grade points) turns it into win, tie or lose.
 """
 
 from __future__ import annotations
@@ -60,18 +67,35 @@ MASS_RESOLUTION = 1e-6  # leftover probability below this is rounding (see absen
 TEXT_METHOD = "text verdicts, both orders"
 DEFAULT_MAX_ANSWER_CHARS = 4000  # each answer is cut to this many characters in the judge prompt
 
+# Single-answer grading (FastChat's "single" mode, with a 1-9 scale so every grade is one token):
+# the fallback for judges too weak to compare two long answers (see the module docstring).
+GRADE_SYSTEM = (
+    "You are a careful, impartial reviewer. You will see a question and one answer to it. Rate how well "
+    "the answer serves the person who asked: helpful, correct, relevant and clear, with a sensible amount "
+    "of detail. Reply with one digit from 1 (useless or wrong) to 9 (excellent)."
+)
+GRADE_DIGITS = "123456789"
+MIN_GRADE_MASS = 0.5  # the first token's digits must carry this much probability to read a grade
+
+
+def _cut(text: str, max_chars: int) -> str:
+    text = text.strip() or "(no answer)"
+    return text if len(text) <= max_chars else text[:max_chars] + " [...]"
+
 
 def judge_messages(question: str, answer_a: str, answer_b: str,
                    max_chars: int = DEFAULT_MAX_ANSWER_CHARS) -> list[Message]:
-    def cut(text: str) -> str:
-        text = text.strip() or "(no answer)"
-        return text if len(text) <= max_chars else text[:max_chars] + " [...]"
-
     user = (f"Question:\n{question.strip()}\n\n"
-            f"[Answer A]\n{cut(answer_a)}\n[End of Answer A]\n\n"
-            f"[Answer B]\n{cut(answer_b)}\n[End of Answer B]\n\n"
+            f"[Answer A]\n{_cut(answer_a, max_chars)}\n[End of Answer A]\n\n"
+            f"[Answer B]\n{_cut(answer_b, max_chars)}\n[End of Answer B]\n\n"
             "Which answer is better? Reply with one word: A, B or tie.")
     return [Message("system", JUDGE_SYSTEM), Message("user", user)]
+
+
+def grade_messages(question: str, answer: str, max_chars: int = DEFAULT_MAX_ANSWER_CHARS) -> list[Message]:
+    user = (f"Question:\n{question.strip()}\n\n[Answer]\n{_cut(answer, max_chars)}\n[End of Answer]\n\n"
+            "Rate the answer from 1 to 9. Reply with the digit only.")
+    return [Message("system", GRADE_SYSTEM), Message("user", user)]
 
 
 _FILLER = frozenset(["the", "my", "final", "verdict", "answer", "answers", "is", "winner", "better", "best",
@@ -173,6 +197,34 @@ def margin_outcome(p: float, tie_margin: float = DEFAULT_TIE_MARGIN) -> Outcome:
     return "tie"
 
 
+# --- single-answer grades ---------------------------------------------------------------------------
+
+
+def grade_method(band: float) -> str:
+    """How graded pairs are decided, as the report and the settings state it."""
+    return f"single-answer grades 1-9 (expected digit), tie band ±{band:g} points"
+
+
+def expected_grade(top: Sequence[tuple[str, float]]) -> float | None:
+    """The probability-weighted digit of the first reply token (a finer grade than the greedy digit,
+    which a small judge gives nearly always the same); None when digits carry under MIN_GRADE_MASS."""
+    mass = dict.fromkeys(range(1, 10), 0.0)
+    for piece, lp in top:
+        digit = piece.strip()
+        if len(digit) == 1 and digit in GRADE_DIGITS:
+            mass[int(digit)] += math.exp(lp)
+    total = sum(mass.values())
+    if total < MIN_GRADE_MASS:
+        return None
+    return sum(d * p for d, p in mass.items()) / total
+
+
+def parse_grade(text: str) -> float | None:
+    """The first digit 1-9 of a reply ("7", "Rating: 8/9"); None if there is none."""
+    m = re.search(r"[1-9]", text)
+    return float(m.group()) if m else None
+
+
 class JudgeError(RuntimeError):
     """The judge could not be asked (network, HTTP status, malformed reply)."""
 
@@ -193,6 +245,17 @@ class MarginJudge(Judge, Protocol):
     async def margin(self, question: str, answer_a: str, answer_b: str) -> float | None:
         """logP("A") - logP("B") of the first reply token for one order (see label_margin); None when
         this judge gives no log-probabilities, or neither label is among the likeliest tokens."""
+        ...
+
+
+@runtime_checkable
+class GradeJudge(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    async def grade(self, question: str, answer: str) -> float | None:
+        """A 1-9 grade of one answer (expected digit with logprobs, else the replied digit); None if
+        the reply holds no grade."""
         ...
 
 
@@ -226,9 +289,20 @@ class EngineJudge:
             return None
         return label_margin(entries[0].top)
 
+    async def grade(self, question: str, answer: str) -> float | None:
+        messages = grade_messages(question, answer, self.max_chars)
+        chunks = await self._run(messages, 1, JUDGE_TOP_LOGPROBS if self.logprobs else 0)
+        entries = [e for chunk in chunks for e in chunk.logprobs]
+        if entries:
+            return expected_grade(entries[0].top)
+        return parse_grade("".join(chunk.text for chunk in chunks))
+
     async def _ask(self, question: str, answer_a: str, answer_b: str, max_tokens: int,
                    top_logprobs: int) -> list[Chunk]:
-        messages = judge_messages(question, answer_a, answer_b, self.max_chars)
+        return await self._run(judge_messages(question, answer_a, answer_b, self.max_chars), max_tokens,
+                               top_logprobs)
+
+    async def _run(self, messages: Sequence[Message], max_tokens: int, top_logprobs: int) -> list[Chunk]:
         prompt = self.engine.chat_prompt(self.role, messages)
         request = GenerateRequest(prompt=prompt, role=self.role, top_logprobs=top_logprobs,
                                   sampling=Sampling(temperature=0.0, max_tokens=max_tokens))
@@ -301,7 +375,20 @@ class OpenAIJudge:
         return {"content": content if isinstance(content, str) else "", "logprobs": choice.get("logprobs")}
 
     async def _ask(self, question: str, answer_a: str, answer_b: str, **extra: Any) -> dict[str, Any]:
-        messages = judge_messages(question, answer_a, answer_b, self.max_chars)
+        return await self._send(judge_messages(question, answer_a, answer_b, self.max_chars), **extra)
+
+    async def grade(self, question: str, answer: str) -> float | None:
+        messages = grade_messages(question, answer, self.max_chars)
+        if self.logprobs:
+            got = await self._send(messages, max_tokens=1, logprobs=True, top_logprobs=JUDGE_TOP_LOGPROBS)
+            top = first_top_logprobs(got["logprobs"])
+            if top is not None:
+                return expected_grade(top)
+            self.logprobs = False
+            return parse_grade(str(got["content"]))
+        return parse_grade(str((await self._send(messages))["content"]))
+
+    async def _send(self, messages: Sequence[Message], **extra: Any) -> dict[str, Any]:
         for attempt in range(self.retries + 1):
             try:
                 return await asyncio.to_thread(self._post, messages, extra)

@@ -54,6 +54,11 @@ def _signed(x: Any) -> str:
 def _method_note(method: str) -> str:
     """What the judging method means, for the report (service.bench.judge says why margins)."""
     notes = []
+    if "single-answer grades" in method:
+        notes.append("Each answer is graded alone from 1 to 9 (direct's once per question): the grade is the "
+                     "probability-weighted digit of the judge's first reply token where it gives logprobs, else "
+                     "the digit it replies. The mode's preference p = its grade - direct's grade; p above the tie "
+                     "band is a win, below its negative a loss, else a tie. Mean preference = mean p in grade points.")
     if "logprob margin" in method:
         notes.append("Each pair is judged twice, the mode's answer shown first and then second. In each order the "
                      "margin m = log P(A) - log P(B) of the judge's first reply token; with the mode's answer first "
@@ -101,10 +106,13 @@ def render_markdown(result: dict[str, Any], plot_path: str | None = None, report
     out.append("")
 
     judged = {k: v.get("quality") for k, v in modes.items() if k != "direct"}
-    out += ["## Quality against direct (pairwise judge, both orders)", ""]
+    graded = result.get("settings", {}).get("judge_mode") == "single"
+    title = "single-answer grades" if graded else "pairwise judge, both orders"
+    out += [f"## Quality against direct ({title})", ""]
     if any(judged.values()):
         prefs = any(q and "mean_preference" in q for q in judged.values())
-        extra = (" mean preference (nats) |", " ---: |") if prefs else ("", "")
+        unit = "grade points" if graded else "nats"
+        extra = (f" mean preference ({unit}) |", " ---: |") if prefs else ("", "")
         out += ["| mode | judged | win / tie / lose | win rate | tie rate | lose rate | net win rate |" + extra[0],
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + extra[1]]
         for name, q in judged.items():
@@ -175,7 +183,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         if q and q.get("n"):
             quality = f", net win {_pct(q['net_win_rate'])} (W/T/L {_wtl(q)})"
             if q.get("mean_preference") is not None:
-                quality += f", mean preference {_signed(q['mean_preference'])} nats"
+                unit = "grade points" if result.get("settings", {}).get("judge_mode") == "single" else "nats"
+                quality += f", mean preference {_signed(q['mean_preference'])} {unit}"
         lines.append(f"{name:>6}: median {_f(d['median_s'])} s (p90 {_f(d['p90_s'])} s), "
                      f"TTFT {_f(d['ttft_median_s'])} s, "
                      f"{_f(d['tokens_median'], 0)} tokens, {_f(d['tokens_per_s_median'], 1)} tok/s, "

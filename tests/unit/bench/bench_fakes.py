@@ -56,3 +56,16 @@ class StubMarginJudge(StubJudge):
     async def margin(self, question: str, answer_a: str, answer_b: str) -> float | None:
         self.margin_calls.append((question, answer_a, answer_b))
         return self.margin_of(answer_a, answer_b)
+
+
+class StubGrader(StubJudge):
+    """Grades from a function of the answer (None for no grade); records every grading."""
+
+    def __init__(self, grade: Callable[[str], float | None]) -> None:
+        super().__init__(lambda a, b: "A")
+        self.grade_of = grade
+        self.graded: list[str] = []
+
+    async def grade(self, question: str, answer: str) -> float | None:
+        self.graded.append(answer)
+        return self.grade_of(answer)

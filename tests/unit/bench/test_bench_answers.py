@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench_fakes import StubJudge, StubMarginJudge, StubRunner
+from bench_fakes import StubGrader, StubJudge, StubMarginJudge, StubRunner
 from engine_fakes import FakeEngine
 
 from planner.engine import Role
@@ -307,3 +307,26 @@ def test_rejudge_command_refuses_what_it_cannot_read(tmp_path: Path, capsys: pyt
     (tmp_path / "x.json").write_text("[1, 2]")
     assert bench_cli.run(["answers", "--rejudge", str(tmp_path / "x.json")]) == 2
     assert "not a result" in capsys.readouterr().err
+
+
+async def test_single_grades_grade_direct_once_per_question_and_compare() -> None:
+    runner = StubRunner(stub_seconds())
+    questions = [Question(Q1), Question(Q2)]
+    grades = {"direct": 6.0, "sot": 7.0, "sgd": 5.9, "auto": 4.0}
+    judge = StubGrader(lambda answer: grades[answer.split()[0]])
+    config = BenchConfig(MODES, judge_tie_margin=0.5, judge_mode="single")
+    result = await run_bench(questions, runner, config, judge=judge)
+    assert len(judge.graded) == 2 * 4 and not judge.calls  # direct once + 3 modes, per question; no pairs
+    assert sum(a.startswith("direct") for a in judge.graded) == 2
+    modes = result["modes"]
+    assert modes["sot"]["quality"]["wins"] == 2 and modes["sot"]["quality"]["mean_preference"] == 1.0
+    assert modes["sgd"]["quality"]["ties"] == 2  # -0.1 is inside the band
+    assert modes["auto"]["quality"]["losses"] == 2
+    row = result["questions"][0]["judge"]["sot"]
+    assert row == {"method": "grade", "grades": [7.0, 6.0], "outcome": "win", "preference": 1.0}
+    assert result["settings"]["judge_method"].startswith("single-answer grades")
+    no_grade = StubGrader(lambda answer: None if answer.startswith("sgd") else 5.0)
+    result = await run_bench(questions, runner, config, judge=no_grade)
+    assert result["modes"]["sgd"]["quality"]["no_verdict"] == 2
+    with pytest.raises(ValueError, match="cannot grade"):
+        await run_bench(questions, runner, config, judge=StubJudge(sot_wins))

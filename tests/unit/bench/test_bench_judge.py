@@ -16,18 +16,21 @@ from engine_fakes import FakeEngine
 from planner.engine import Chunk, FinishReason, GenerateRequest, Role, TokenLogprobs
 from service.bench.judge import (
     EngineJudge,
+    GradeJudge,
     JudgeError,
     MarginJudge,
     OpenAIJudge,
     absent_bound,
     chat_completions_url,
     combine,
+    expected_grade,
     judge_messages,
     label_logprob,
     label_margin,
     margin_method,
     margin_outcome,
     outcome,
+    parse_grade,
     parse_verdict,
     preference,
 )
@@ -259,3 +262,38 @@ async def test_openai_judge_without_logprobs_support_turns_them_off(endpoint: st
     assert await judge.margin("Q?", "a", "b") is None and not judge.logprobs
     assert await judge.margin("Q?", "a", "b") is None and len(_Handler.seen) == 1
     assert parse_verdict(await judge.reply("Q?", "a", "b")) == "B" and "logprobs" not in _Handler.seen[-1]["body"]
+
+
+def test_expected_grade_weighs_the_digits() -> None:
+    top = [("7", math.log(0.5)), (" 8", math.log(0.3)), ("6", math.log(0.1)), ("The", math.log(0.1))]
+    assert expected_grade(top) == pytest.approx((7 * 0.5 + 8 * 0.3 + 6 * 0.1) / 0.9)
+    assert expected_grade([("10", -0.1), ("The", -2.0)]) is None  # no single digit: no grade
+    assert expected_grade([("9", math.log(0.3)), ("I", math.log(0.7))]) is None  # digits under half the mass
+    assert expected_grade([("0", math.log(0.6)), ("5", math.log(0.4))]) is None  # 0 is off the scale
+
+
+@pytest.mark.parametrize(("reply", "grade"), [("7", 7.0), (" Rating: 8/9", 8.0), ("none", None), ("0", None)])
+def test_parse_grade(reply: str, grade: float | None) -> None:
+    assert parse_grade(reply) == grade
+
+
+async def test_engine_judge_grades_one_answer_by_its_expected_digit() -> None:
+    engine = LogprobEngine((("8", math.log(0.75)), ("6", math.log(0.25))))
+    judge = EngineJudge(engine, Role.LARGE)
+    assert isinstance(judge, GradeJudge)
+    assert await judge.grade("Q?", "the answer") == pytest.approx(7.5)
+    request = engine.seen[-1]
+    assert request.top_logprobs == 20 and request.sampling.max_tokens == 1
+    assert "[Answer]\nthe answer\n[End of Answer]" in request.prompt and "[Answer A]" not in request.prompt
+    text_only = FakeEngine()
+    text_only.script("[Answer]", "6")
+    assert await EngineJudge(text_only, Role.LARGE).grade("Q?", "x") == 6.0  # no logprobs: the replied digit
+
+
+async def test_openai_judge_grades(endpoint: str) -> None:
+    _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": "4"}}]}
+    try:
+        assert await OpenAIJudge(endpoint, "m").grade("Q?", "an answer") == 4.0
+        assert "[Answer]\nan answer" in _Handler.seen[-1]["body"]["messages"][1]["content"]
+    finally:
+        _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": " B"}}]}
