@@ -132,6 +132,39 @@ class Prefix(Protocol):
 MAX_TOP_LOGPROBS = 20
 
 
+class PrefixBase:
+    """What every Prefix implementation shares: its role and text, and `async with` that opens it on
+    entry (`_open`, a no-op unless overridden) and closes it on exit. Subclasses give ready/aclose."""
+
+    def __init__(self, role: Role, text: str) -> None:
+        self._role = role
+        self._text = text
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def _open(self) -> object:
+        return None
+
+    async def ready(self) -> int:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """One sequence to decode.

@@ -26,6 +26,7 @@ from planner.engine import (
     GenerateRequest,
     Message,
     Prefix,
+    PrefixBase,
     Role,
     RoleNotLoaded,
     RoleStats,
@@ -67,20 +68,11 @@ class Call:
     output: str = ""
 
 
-class FakePrefix:
+class FakePrefix(PrefixBase):
     def __init__(self, engine: FakeEngine, role: Role, text: str) -> None:
+        super().__init__(role, text)
         self._engine = engine
-        self._role = role
-        self._text = text
         self.closed = False
-
-    @property
-    def role(self) -> Role:
-        return self._role
-
-    @property
-    def text(self) -> str:
-        return self._text
 
     async def ready(self) -> int:
         return len(self._text.split())
@@ -89,12 +81,6 @@ class FakePrefix:
         if not self.closed:
             self.closed = True
             self._engine.prefix_closes.append(self)
-
-    async def __aenter__(self) -> Prefix:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class FakeEngine:

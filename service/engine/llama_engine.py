@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Self
 
 from planner.engine import (
     Chunk,
@@ -20,6 +19,7 @@ from planner.engine import (
     InvalidRequest,
     Message,
     Prefix,
+    PrefixBase,
     Role,
     RoleNotLoaded,
     Speculation,
@@ -36,23 +36,14 @@ from service.engine.worker import ContextWorker, Delivery, PrefixHolder
 log = logging.getLogger(__name__)
 
 
-class LlamaPrefix:
-    """A shared prefix handle (see planner.engine.Prefix)."""
+class LlamaPrefix(PrefixBase):
+    """A shared prefix handle (see planner.engine.Prefix): prefilled in the role's context on opening."""
 
     def __init__(self, engine: LlamaEngine, role: Role, text: str) -> None:
+        super().__init__(role, text)
         self._engine = engine
-        self._role = role
-        self._text = text
         self._holder: PrefixHolder | None = None
         self._ready: asyncio.Future[int] | None = None
-
-    @property
-    def role(self) -> Role:
-        return self._role
-
-    @property
-    def text(self) -> str:
-        return self._text
 
     def _open(self) -> PrefixHolder:
         if self._holder is None:
@@ -71,13 +62,6 @@ class LlamaPrefix:
             self._engine._worker(self._role).close_prefix(self._holder)
             if self._ready is not None and not self._ready.done():
                 self._ready.cancel()
-
-    async def __aenter__(self) -> Self:
-        self._open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class LlamaEngine:

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Self
 
 from planner.engine import (
     Chunk,
@@ -27,6 +26,7 @@ from planner.engine import (
     InvalidRequest,
     Message,
     Prefix,
+    PrefixBase,
     Role,
     RoleNotLoaded,
 )
@@ -38,31 +38,13 @@ from service.remote.role_servers import RoleServers
 log = logging.getLogger(__name__)
 
 
-class RemotePrefix:
+class RemotePrefix(PrefixBase):
     """A prefix that is only text (see planner.engine.Prefix): nothing is prefilled here."""
-
-    def __init__(self, role: Role, text: str) -> None:
-        self._role = role
-        self._text = text
-
-    @property
-    def role(self) -> Role:
-        return self._role
-
-    @property
-    def text(self) -> str:
-        return self._text
 
     async def ready(self) -> int:
         return 0  # no tokens are prefilled on our side; the server's cache does the sharing
 
     async def aclose(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
         return None
 
 
