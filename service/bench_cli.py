@@ -168,8 +168,9 @@ def run(argv: Sequence[str]) -> int:
                      "unless --rejudge)")
     ans.add_argument("--modes", default="direct,sot,sgd,auto",
                      help="comma-separated, from direct,sot,sgd,auto; direct is the baseline (default: all four). "
-                          "sot:small, sgd:small, auto:small (or :large) run that mode with the skeleton written "
-                          "by that role, to compare skeleton writers in one run (embedded only)")
+                          "A variant MODE:SETTING=VALUE[:...] runs a skeleton mode with planner settings changed, to "
+                          "compare settings in one run (embedded only): sgd:small is the skeleton written by the "
+                          "small model, sgd:easy_role=large:point_max_tokens=96 two changes")
     ans.add_argument("--limit", type=int, default=None, help="only the first N questions")
     where = ans.add_mutually_exclusive_group()
     where.add_argument("--embedded", action="store_true", help="load the models in-process (the default)")

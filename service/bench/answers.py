@@ -19,6 +19,7 @@ mean preference = mean p (nats) over the pairs scored by margins.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -36,23 +37,42 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from planner import pipeline, router
-from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling
+from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
 from planner.events import AnswerDone, NodeDelta, NodeFinished, PlanReady
-from planner.plan import Mode
+from planner.plan import Mode, Route
 from planner.settings import PlannerSettings
 from service.bench import judge as judging
 from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
 BASELINE = "direct"
-SKELETON_MODES = ("sot", "sgd", "auto")  # modes that may write a skeleton: these take a `:ROLE` variant
+VARIANT_MODES = ("sot", "sgd", "auto")  # modes that write a skeleton: these take `:` variants
+_VARIANT_TYPES: dict[str, Callable[[str], Any]] = {
+    "Role": Role, "Route": Route, "Speculation": Speculation, "int": int,
+    "bool": lambda v: {"true": True, "false": False}[v.lower()],
+}
 
 
-def split_mode(mode: str) -> tuple[str, Role | None]:
-    """`sgd:small` -> ("sgd", Role.SMALL): the mode with its skeleton written by that role, so one run
-    can compare skeleton writers on the same questions; a plain mode -> (mode, None)."""
-    name, _, role = mode.partition(":")
-    return name, (Role(role) if role else None)
+def split_mode(mode: str) -> tuple[str, dict[str, Any]]:
+    """A mode and its planner-setting changes, so one run compares settings on the same questions:
+    `sgd:small` (the skeleton written by the small model) -> ("sgd", {"skeleton_role": Role.SMALL});
+    `sgd:easy_role=large:point_max_tokens=96` -> two changes; a plain mode -> (mode, {}).
+    ValueError for an unknown setting or a value of the wrong kind."""
+    name, *parts = mode.split(":")
+    kinds = {f.name: f.type for f in dataclasses.fields(PlannerSettings)}
+    changes: dict[str, Any] = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq:
+            key, value = "skeleton_role", part
+        convert = _VARIANT_TYPES.get(str(kinds.get(key)))
+        if convert is None:
+            raise ValueError(f"unknown mode {mode!r}: {key!r} is not a planner setting a variant can change")
+        try:
+            changes[key] = convert(value)
+        except (ValueError, KeyError):
+            raise ValueError(f"unknown mode {mode!r}: {value!r} is not a value of {key}") from None
+    return name, changes
 PERCENTILE_METHOD = "linear interpolation between closest ranks (numpy default)"
 
 
@@ -207,8 +227,8 @@ class EmbeddedRunner:
                     await aclose()
 
     def settings_for(self, mode: str) -> PlannerSettings:
-        role = split_mode(mode)[1]
-        return self.settings if role is None else self.settings.replace(skeleton_role=role)
+        changes = split_mode(mode)[1]
+        return self.settings.replace(**changes) if changes else self.settings
 
     async def answer(self, question: str, mode: str) -> RunResult:
         t0 = self.clock()
@@ -307,12 +327,15 @@ def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
         m = m.strip().lower()
         if not m:
             continue
-        name, _, role = m.partition(":")
+        name, changes = split_mode(m)
         if name not in MODES:
             raise ValueError(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
-        if role and (name not in SKELETON_MODES or role not in tuple(Role)):
-            raise ValueError(f"unknown mode {m!r}: a skeleton variant is MODE:ROLE with MODE one of "
-                             f"{', '.join(SKELETON_MODES)} and ROLE one of {', '.join(Role)}")
+        if changes and name not in VARIANT_MODES:
+            raise ValueError(f"unknown mode {m!r}: only {', '.join(VARIANT_MODES)} take variants (MODE:SETTING=VALUE)")
+        try:
+            PlannerSettings().replace(**changes)
+        except EngineError as exc:
+            raise ValueError(f"mode {m!r}: {exc}") from None
         if m not in out:
             out.append(m)
     if BASELINE not in out:
@@ -760,8 +783,8 @@ async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
                          judge_mode=opts.judge_mode)
     _log(f"{len(questions)} question(s) x {len(modes)} mode(s): {', '.join(modes)}")
     if opts.target and any(split_mode(m)[1] for m in modes):
-        raise ValueError("skeleton variants (MODE:ROLE) need the embedded runner: a server's skeleton "
-                         "role is its own configuration")
+        raise ValueError("mode variants (MODE:SETTING=VALUE) need the embedded runner: a server's planner "
+                         "settings are its own configuration")
     if opts.target:
         result = await _run_target(opts, questions, labels, config, judge)
     else:

@@ -262,8 +262,11 @@ def test_command_refuses_bad_input_before_loading_models(tmp_path: Path, capsys:
 
 async def test_a_skeleton_variant_runs_the_mode_with_that_skeleton_writer() -> None:
     assert check_modes(["direct", "sgd:small", "sgd", "SOT:large"]) == ("direct", "sgd:small", "sgd", "sot:large")
-    for bad in ("direct:small", "sgd:medium", "live:small"):
-        with pytest.raises(ValueError, match="skeleton variant"):
+    assert check_modes(["direct", "sgd:easy_role=large:point_max_tokens=64"])[1] == "sgd:easy_role=large:point_max_tokens=64"
+    for bad, why in (("direct:small", "take variants"), ("sgd:medium", "not a value"), ("live:small", "take variants"),
+                     ("sgd:sampling=x", "not a planner setting"), ("sgd:point_max_tokens=0", "point_max_tokens"),
+                     ("sgd:max_depth=two", "not a value")):
+        with pytest.raises(ValueError, match=why):
             check_modes(["direct", bad])
     engine = FakeEngine()
     engine.script("You are an organizer", SKELETON)
@@ -281,6 +284,17 @@ def test_skeleton_variants_need_the_embedded_runner(tmp_path: Path, capsys: pyte
     qs.write_text("request\nHi there, how are you?\n")
     assert bench_cli.run(["answers", "--set", str(qs), "--modes", "direct,sgd:small", "--target", "h:1"]) == 2
     assert "embedded runner" in capsys.readouterr().err
+
+
+async def test_a_setting_variant_changes_that_setting_only() -> None:
+    engine = FakeEngine()
+    engine.script("You are an organizer", GRAPH_SKELETON)  # point 1 easy, point 2 hard
+    runner = EmbeddedRunner(engine, PlannerSettings(point_max_tokens=8))
+    result = await runner.answer("What are the most effective ways to deal with stress?", "sgd:easy_role=large")
+    assert result.ok
+    points = [c for c in engine.calls if "Outline of the answer" in c.full_prompt]
+    assert len(points) == 2 and all(c.request.role is Role.LARGE for c in points)  # the easy one too
+    assert all(c.request.sampling.max_tokens == 8 for c in points)
 
 
 async def test_rejudge_judges_saved_answers_and_keeps_the_speeds(tmp_path: Path) -> None:
