@@ -61,6 +61,7 @@ class StreamedPrompt:
         self.progress: asyncio.Queue[Progress | None] = asyncio.Queue()  # None: no more
         self._text = ""
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while the background task has caught up and waits for text
         self._ended = False
         self._task: asyncio.Task[None] | None = None
         self._prefix: Prefix | None = None
@@ -79,7 +80,21 @@ class StreamedPrompt:
     def update(self, text: str) -> None:
         """The prompt as received so far (appended to, or revised)."""
         self._text = text
+        self._poke()
+
+    def _poke(self) -> None:
+        self._idle.clear()
         self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        """Whether the background work has caught up with the text received (or has stopped)."""
+        return self._task is None or self._task.done() or self._idle.is_set()
+
+    async def wait_idle(self) -> None:
+        """Return once `idle` holds: lets a caller that simulates typing skip the time nothing happens."""
+        if not self.idle:
+            await self._idle.wait()  # the task sets it when it waits for text, and when it stops
 
     async def end(self) -> None:
         """The prompt is complete: finish the prefill in flight, whose tokens are most of the prompt.
@@ -88,7 +103,7 @@ class StreamedPrompt:
         direct prompt, so what is in flight is dropped (what is already cached stays).
         """
         self._ended = True
-        self._wake.set()
+        self._poke()
         if self._task is not None:
             if self.mode is Mode.AUTO:
                 self._task.cancel()
@@ -153,6 +168,8 @@ class StreamedPrompt:
     async def _run(self) -> None:
         try:
             while True:
+                if not self._wake.is_set():
+                    self._idle.set()
                 await self._wake.wait()
                 self._wake.clear()
                 text = self._text
@@ -163,6 +180,8 @@ class StreamedPrompt:
                     return
         except EngineError as exc:  # best effort: the answer still works, it just prefills more
             log.info("streamed prefill stopped: %s", exc)
+        finally:
+            self._idle.set()
 
     async def _prefill(self, typed: str, *, report: bool = True) -> None:
         if self._route is Route.DIRECT:

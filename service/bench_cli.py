@@ -49,13 +49,13 @@ def _spec(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from service.bench.stream_bench import StreamBenchOptions, run_stream_bench
+    from service.bench.stream_bench import StreamBenchOptions, run_stream_bench, summary_lines
 
     opts = StreamBenchOptions(set_path=Path(args.set) if args.set else None, limit=args.limit, pace_cpm=args.pace,
                               ways=tuple(w.strip() for w in args.ways.split(",") if w.strip()),
                               answer_tokens=args.answer_tokens, note_tokens=args.note_tokens,
                               live_answer_role=args.live_answer_role, large=args.large, small=args.small,
-                              threads=args.threads, gpu_layers=args.gpu_layers)
+                              threads=args.threads, gpu_layers=args.gpu_layers, skip_idle=not args.real_time)
     try:
         result = asyncio.run(run_stream_bench(opts))
     except ValueError as exc:
@@ -64,11 +64,8 @@ def _stream(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    for way in opts.ways:
-        row = result[way]  # type: ignore[index]
-        print(f"{way:>5}: {row['latency_after_end_s']:.2f} s after the end (median), first token "  # type: ignore[index]
-              f"{row['first_token_after_end_s']} s, accuracy {row['accuracy']:.3f}"  # type: ignore[index]
-              + (f", latency reduction {row['latency_reduction']:.3f}" if "latency_reduction" in row else ""))  # type: ignore[operator]
+    for line in summary_lines(result, opts.ways):
+        print(line)
     return 0
 
 
@@ -148,11 +145,14 @@ def run(argv: Sequence[str]) -> int:
                                     "latency after the last word, and the accuracy, with sending them whole.")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.add_argument("--set", default=None, help="JSONL of {id, prompt, answer} (default: the packaged set)")
-    st.add_argument("--limit", type=int, default=8, help="only the first N prompts (default 8)")
+    st.add_argument("--limit", type=int, default=8, help="only the first N prompts (default 8; 0 = all)")
     st.add_argument("--pace", type=float, default=240.0,
                     help="typing pace in characters per minute (default 240, LiveMind's setting)")
+    st.add_argument("--real-time", action="store_true",
+                    help="type in real time throughout (default: skip the time in which the streamed work is idle)")
     st.add_argument("--ways", default="whole,plain,live", help="from whole,plain,live (whole is the baseline)")
-    st.add_argument("--answer-tokens", type=int, default=16, help="token budget of each answer (default 16)")
+    st.add_argument("--answer-tokens", type=int, default=8,
+                    help="token budget of each answer (default 8: the prompts ask for the letter alone)")
     st.add_argument("--note-tokens", type=int, default=40, help="token budget of each live note (default 40)")
     st.add_argument("--live-answer-role", choices=("large", "small"), default="large",
                     help="who writes the live answer: large (default), or small (large notes, small answers)")

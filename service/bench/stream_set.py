@@ -3,6 +3,12 @@
 Owns the format of `data/stream_mc.jsonl` (one `{"id", "prompt", "answer"}` object a line; the prompt
 ends with four option lines `A) ...` to `D) ...` and an instruction line, see data/README.md) and the
 rule that turns a model's free-text answer into an option letter.
+
+The packaged prompts end with INSTRUCTION. Its wording is what makes the default large model
+(Qwen2.5-Coder-1.5B-Instruct) reply with a letter at once on every item: asked "Answer with the
+letter only." it began working the answer out ("To determine ...") on half of them, and a short
+answer budget cut it off before any letter. The instruction is part of the typed prompt, so every
+way of answering (whole, plain, live) sees it alike.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 
 LETTERS = "ABCD"
 PACKAGED = "data/stream_mc.jsonl"
+INSTRUCTION = "Reply with the letter of the correct option and nothing else."  # the packaged prompts' last line
 _KEYS = {"id", "prompt", "answer"}
 # The four options, each on its own line, in order; what follows the last one is free.
 _OPTIONS = re.compile(r"\nA\) .+\nB\) .+\nC\) .+\nD\) .+")

@@ -112,3 +112,22 @@ async def test_a_forced_skeleton_mode_prefills_the_skeleton_prompt_instead() -> 
     assert opened.role is Role.SMALL
     skeleton = prompts.skeleton_prompt(engine, Role.SMALL, Route.GRAPH, S1 + S2 + S3)
     assert skeleton.startswith(opened.text) and opened.text.endswith("It closes at five.")
+
+
+async def test_idle_says_when_the_work_has_caught_up_with_the_text() -> None:
+    engine = FakeEngine(delay=0.02, default_reply="a note of a few words")
+    sp = StreamedPrompt(engine, Mode.LIVE, PlannerSettings())
+    assert sp.idle  # nothing started, nothing to wait for
+    async with sp:
+        sp.update(S1 + "It")
+        assert not sp.idle  # a sentence is in: prefill and a note to come
+        async with asyncio.timeout(2):
+            await sp.wait_idle()
+        assert sp.idle and len(engine.calls) == 1  # the note is written
+        sp.update(S1 + "It cl")
+        assert not sp.idle  # until the task has looked at the new text
+        async with asyncio.timeout(2):
+            await sp.wait_idle()
+        assert len(engine.calls) == 1  # no new sentence, nothing new to do
+        await sp.end()
+        assert sp.idle  # the task has stopped
