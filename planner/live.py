@@ -19,10 +19,10 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Self
 
-from planner import prompts
+from planner import prompts, runner
 from planner.decode import resolve_role
 from planner.engine import Engine, EngineError, GenerateRequest, Prefix
-from planner.events import AnswerDone, Event, Meter, NodeDelta, NodeFinished, NodeStarted, PlanReady
+from planner.events import Event
 from planner.plan import Mode, Plan, Route
 from planner.sentences import complete_prefix, split_sentences
 from planner.settings import PlannerSettings
@@ -133,35 +133,16 @@ class StreamedPrompt:
         return self._live_answer(question)
 
     async def _live_answer(self, question: str) -> AsyncGenerator[Event, None]:
-        meter = Meter()
-        role = resolve_role(self.settings.live_answer_role, self.engine.roles())
+        # the runner's direct route, on the live answer role, with the notes in the prompt
+        settings = self.settings.replace(direct_role=self.settings.live_answer_role)
+        role = resolve_role(settings.direct_role, self.engine.roles())
         notes = self.notes
         text = prompts.live_answer_prompt(self.engine, role, question, notes)
         plan = Plan.direct(f"live: answered with {len(notes)} notes written while the question arrived")
-        meter.mark_planned()
-        yield PlanReady(plan, meter.elapsed())
-        yield NodeStarted(1, role)
-        sampling = dataclasses.replace(self.settings.sampling, max_tokens=self.settings.direct_max_tokens, stop=())
-        request = GenerateRequest(text, role, sampling, None, f"{self.request_id}/answer" if self.request_id else "",
-                                  self.settings.speculation)
-        parts: list[str] = []
-        tokens = 0
-        started = meter.elapsed()
-        finish = None
-        async for chunk in self.engine.generate(request):
-            if chunk.text:
-                meter.mark_first_token()
-                parts.append(chunk.text)
-                yield NodeDelta(1, chunk.text, chunk.tokens)
-            tokens += chunk.tokens
-            if chunk.finish is not None:
-                finish = chunk.finish
-                meter.add(role, prompt_tokens=chunk.prompt_tokens, reused_tokens=chunk.reused_tokens,
-                          completion_tokens=tokens)
-        answer = "".join(parts)
-        assert finish is not None
-        yield NodeFinished(1, answer, tokens, finish, meter.elapsed() - started)
-        yield AnswerDone(answer, Route.DIRECT, meter.usage(), meter.timings())
+        events = runner.run(self.engine, question, plan, settings, request_id=self.request_id, direct_prompt=text)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                yield event
 
     # --- the background work -----------------------------------------------------------------------
 

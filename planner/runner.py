@@ -55,14 +55,18 @@ async def run(
     *,
     meter: Meter | None = None,
     request_id: str = "",
+    direct_prompt: str | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Expand a validated plan: PlanReady, then node events as they happen, then AnswerDone.
 
     Use with `contextlib.aclosing` (or exhaust it): closing the iterator early cancels all nodes.
     An error that is not a node's own (e.g. no model role loaded) is raised from the iterator.
+    direct_prompt: the whole prompt of a direct plan's answer, when the caller built its own (live
+    mode adds the notes it wrote while the question arrived); by default the plain direct prompt.
     """
     queue: asyncio.Queue[object] = asyncio.Queue()
     expansion = _Expansion(engine, question, plan, settings, meter or Meter(), request_id, queue.put_nowait)
+    expansion.direct_prompt = direct_prompt
     driver = asyncio.create_task(expansion.drive(), name=f"espalier-expand-{request_id or id(expansion)}")
     driver.add_done_callback(lambda _: queue.put_nowait(_DONE))
     try:
@@ -129,6 +133,7 @@ class _Expansion:
         self.roles: dict[int, Role] = {}
         self.prefixes: dict[Role, Prefix] = {}
         self.limits: dict[Role, asyncio.Semaphore] = {}
+        self.direct_prompt: str | None = None
 
     async def drive(self) -> None:
         plan = self.plan
@@ -168,9 +173,9 @@ class _Expansion:
         s = self.settings
         rid = f"{self.request_id}/{node.id}" if self.request_id else ""
         if self.plan.route is Route.DIRECT:
-            rendered = prompts.direct_prompt(self.engine, role, self.question)
+            prompt = self.direct_prompt or prompts.direct_prompt(self.engine, role, self.question).full
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
-            return GenerateRequest(rendered.full, role, sampling, None, rid, s.speculation)
+            return GenerateRequest(prompt, role, sampling, None, rid, s.speculation)
         rendered = prompts.point_prompt(
             self.engine, role, self.question, self.plan, node.id, parents, s.forward_max_chars
         )
