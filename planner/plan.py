@@ -28,6 +28,13 @@ class Difficulty(enum.StrEnum):
     HARD = "hard"
 
 
+class PointLength(enum.StrEnum):
+    """How much each point of a skeleton answer says."""
+
+    BRIEF = "brief"  # one or two short sentences (Skeleton-of-Thought's "very shortly")
+    DETAILED = "detailed"  # two to four sentences with a concrete detail: longer, slower, fuller
+
+
 class Route(enum.StrEnum):
     """How an answer is produced."""
 

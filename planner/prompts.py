@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from planner.decode import resolve_role
 from planner.engine import Engine, Message, Role
-from planner.plan import Node, Plan, Route
+from planner.plan import Node, Plan, PointLength, Route
 
 SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; never sent to a model
 
@@ -154,10 +154,17 @@ def heading(position: int, title: str) -> str:
 
 # Said once in the shared prefix, so a point's own tail is only its heading (and its parents' text):
 # on a CPU, prefill of those per-point tails was a third of the expansion time.
-POINT_INSTRUCTION = (
-    "\nYour reply starts with one point of this outline. Write only that one point, in one or two short "
-    "sentences on one line, then stop."
-)
+POINT_INSTRUCTIONS: dict[PointLength, str] = {
+    PointLength.BRIEF: (
+        "\nYour reply starts with one point of this outline. Write only that one point, in one or two short "
+        "sentences on one line, then stop."
+    ),
+    PointLength.DETAILED: (
+        "\nYour reply starts with one point of this outline. Write only that one point, in two to four "
+        "sentences on one line that explain it with a concrete example or detail, then stop."
+    ),
+}
+POINT_INSTRUCTION = POINT_INSTRUCTIONS[PointLength.BRIEF]
 
 
 def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
@@ -175,9 +182,10 @@ def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
     return "".join(lines)
 
 
-def _point_messages(question: str, plan: Plan, *, split_after_lead: bool = False) -> list[Message]:
+def _point_messages(question: str, plan: Plan, length: PointLength = PointLength.BRIEF, *,
+                    split_after_lead: bool = False) -> list[Message]:
     split = SPLIT if split_after_lead else ""  # the fixed, question-independent part is resident
-    content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan) + POINT_INSTRUCTION
+    content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan) + POINT_INSTRUCTIONS[length]
     return [Message("system", ANSWER_SYSTEM), Message("user", content)]
 
 
@@ -199,6 +207,7 @@ def point_prompt(
     node_id: int,
     parents: Sequence[tuple[int, Node, str]] = (),
     forward_max_chars: int = 1500,
+    length: PointLength = PointLength.BRIEF,
 ) -> Rendered:
     """The prompt of one point: prefix = question + outline + instruction, up to the assistant's
     turn (the same for every point of the plan); tail = the parents' points (information
@@ -206,15 +215,16 @@ def point_prompt(
     question = clean_question(question)
     position = plan.position(node_id)
     node = plan.node(node_id)
-    shared = engine.chat_prompt(role, _point_messages(question, plan), add_generation_prompt=True)
+    shared = engine.chat_prompt(role, _point_messages(question, plan, length), add_generation_prompt=True)
     tail = _forwarded(parents, forward_max_chars) + heading(position, node.title)
     # the seam must be a clean token boundary (see the module docstring)
     return Rendered(shared if shared.endswith("\n") else "", shared + tail)
 
 
-def point_shared_prefix(engine: Engine, role: Role, question: str, plan: Plan) -> str:
+def point_shared_prefix(engine: Engine, role: Role, question: str, plan: Plan,
+                        length: PointLength = PointLength.BRIEF) -> str:
     """The question + outline prefix every point prompt of this plan starts with."""
-    return point_prompt(engine, role, question, plan, plan.nodes[0].id).prefix
+    return point_prompt(engine, role, question, plan, plan.nodes[0].id, length=length).prefix
 
 
 def point_stop() -> tuple[str, ...]:

@@ -161,7 +161,7 @@ class _Expansion:
         )
 
     async def _open_prefix(self, stack: contextlib.AsyncExitStack, role: Role) -> None:
-        text = prompts.point_shared_prefix(self.engine, role, self.question, self.plan)
+        text = prompts.point_shared_prefix(self.engine, role, self.question, self.plan, self.settings.point_length)
         if not text:
             return
         try:
@@ -177,7 +177,7 @@ class _Expansion:
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
             return GenerateRequest(prompt, role, sampling, None, rid, s.speculation)
         rendered = prompts.point_prompt(
-            self.engine, role, self.question, self.plan, node.id, parents, s.forward_max_chars
+            self.engine, role, self.question, self.plan, node.id, parents, s.forward_max_chars, s.point_length
         )
         sampling = dataclasses.replace(s.sampling, max_tokens=s.point_max_tokens, stop=prompts.point_stop())
         prefix = self.prefixes.get(role)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planner.engine import InvalidRequest, Role, Sampling, Speculation
-from planner.plan import DEFAULT_MAX_NODES, Route
+from planner.plan import DEFAULT_MAX_NODES, PointLength, Route
 
 
 def _m(help: str, lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
@@ -56,6 +56,11 @@ class PlannerSettings:
     )
     skeleton_max_tokens: int = field(default=160, metadata=_m("token budget of the skeleton", 16, 2048))
     point_max_tokens: int = field(default=128, metadata=_m("token budget of each expanded point", 1, 4096))
+    point_length: PointLength = field(
+        default=PointLength.BRIEF,
+        metadata=_m("how much each point says: brief (one or two sentences, fastest) or detailed (two to four "
+                    "sentences with a concrete detail)"),
+    )
     direct_max_tokens: int = field(default=512, metadata=_m("token budget of a direct answer", 1, 32768))
     max_nodes: int = field(
         default=DEFAULT_MAX_NODES,
@@ -107,6 +112,8 @@ class PlannerSettings:
                 raise InvalidRequest(f"{name} must be one of {', '.join(Role)} (got {value!r})", field=name)
             if kind == "Route" and not isinstance(value, Route):
                 raise InvalidRequest(f"{name} must be one of {', '.join(Route)} (got {value!r})", field=name)
+            if kind == "PointLength" and not isinstance(value, PointLength):
+                raise InvalidRequest(f"{name} must be one of {', '.join(PointLength)} (got {value!r})", field=name)
             if kind == "bool" and not isinstance(value, bool):
                 raise InvalidRequest(f"{name} must be true or false (got {value!r})", field=name)
             if kind == "int":

@@ -39,7 +39,7 @@ from typing import Any, Protocol, TextIO
 from planner import pipeline, router
 from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
 from planner.events import AnswerDone, NodeDelta, NodeFinished, PlanReady
-from planner.plan import Mode, Route
+from planner.plan import Mode, PointLength, Route
 from planner.settings import PlannerSettings
 from service.bench import judge as judging
 from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
@@ -48,7 +48,7 @@ MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
 BASELINE = "direct"
 VARIANT_MODES = ("sot", "sgd", "auto")  # modes that write a skeleton: these take `:` variants
 _VARIANT_TYPES: dict[str, Callable[[str], Any]] = {
-    "Role": Role, "Route": Route, "Speculation": Speculation, "int": int,
+    "Role": Role, "Route": Route, "Speculation": Speculation, "PointLength": PointLength, "int": int,
     "bool": lambda v: {"true": True, "false": False}[v.lower()],
 }
 

@@ -8,7 +8,7 @@ from engine_fakes import FakeEngine, chatml, llama3_trimming
 from planner import prompts
 from planner.engine import Role
 from planner.pipeline import resident_prefixes
-from planner.plan import Difficulty, Node, Plan, Route
+from planner.plan import Difficulty, Node, Plan, PointLength, Route
 
 QUESTIONS = [
     "How can I improve my time management skills?",
@@ -123,3 +123,13 @@ def test_resident_prefixes_cover_every_prompt_kind(engine: FakeEngine) -> None:
 def test_resident_prefixes_with_one_role_loaded() -> None:
     engine = FakeEngine(roles=[Role.SMALL])
     assert {r for r, _ in resident_prefixes(engine)} == {Role.SMALL}
+
+
+def test_point_length_picks_the_instruction_in_the_shared_part(engine: FakeEngine) -> None:
+    q = QUESTIONS[0]
+    brief = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2)
+    detailed = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2, length=PointLength.DETAILED)
+    assert prompts.POINT_INSTRUCTIONS[PointLength.BRIEF] in brief.prefix
+    assert prompts.POINT_INSTRUCTIONS[PointLength.DETAILED] in detailed.prefix
+    assert brief.tail == detailed.tail  # only the shared part differs
+    assert prompts.point_shared_prefix(engine, Role.LARGE, q, PLAN, PointLength.DETAILED) == detailed.prefix

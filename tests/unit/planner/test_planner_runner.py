@@ -9,9 +9,9 @@ import pytest
 from engine_fakes import FakeEngine
 
 from planner import prompts, runner
-from planner.engine import EngineFault, FinishReason, Role
+from planner.engine import EngineFault, FinishReason, InvalidRequest, Role
 from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
-from planner.plan import Difficulty, Node, Plan, PlanInvalid, Route
+from planner.plan import Difficulty, Node, Plan, PlanInvalid, PointLength, Route
 from planner.settings import PlannerSettings
 
 E, H = Difficulty.EASY, Difficulty.HARD
@@ -311,3 +311,13 @@ async def test_the_speculation_setting_reaches_every_point_request() -> None:
     engine = FakeEngine()
     await collect(engine, graph(Node(1, "Only"), route=Route.DIRECT))
     assert [c.request.speculation for c in engine.calls] == [Speculation.DEFAULT]
+
+
+async def test_point_length_reaches_every_point_prompt() -> None:
+    engine = FakeEngine()
+    plan = graph(Node(1, "Set goals"), Node(2, "Plan the week"))
+    await collect(engine, plan, PlannerSettings(point_length=PointLength.DETAILED))
+    (p,) = engine.prefix_opens
+    assert prompts.POINT_INSTRUCTIONS[PointLength.DETAILED] in p.text
+    with pytest.raises(InvalidRequest, match="planner.point_length"):
+        PlannerSettings(point_length="long").validate()  # type: ignore[arg-type]
