@@ -65,8 +65,8 @@ async def run(
     mode adds the notes it wrote while the question arrived); by default the plain direct prompt.
     """
     queue: asyncio.Queue[object] = asyncio.Queue()
-    expansion = _Expansion(engine, question, plan, settings, meter or Meter(), request_id, queue.put_nowait)
-    expansion.direct_prompt = direct_prompt
+    expansion = _Expansion(engine, question, plan, settings, meter or Meter(), request_id, queue.put_nowait,
+                           direct_prompt)
     driver = asyncio.create_task(expansion.drive(), name=f"espalier-expand-{request_id or id(expansion)}")
     driver.add_done_callback(lambda _: queue.put_nowait(_DONE))
     try:
@@ -119,6 +119,7 @@ class _Expansion:
         meter: Meter,
         request_id: str,
         emit: Callable[[Event], None],
+        direct_prompt: str | None = None,
     ) -> None:
         self.engine = engine
         self.question = question
@@ -133,7 +134,7 @@ class _Expansion:
         self.roles: dict[int, Role] = {}
         self.prefixes: dict[Role, Prefix] = {}
         self.limits: dict[Role, asyncio.Semaphore] = {}
-        self.direct_prompt: str | None = None
+        self.direct_prompt = direct_prompt
 
     async def drive(self) -> None:
         plan = self.plan

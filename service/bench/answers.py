@@ -8,13 +8,15 @@ statistics and the result JSON. Rendering lives in service.bench.report.
 
 Judging (service.bench.judge says how and why): a pair is scored by logprob margins when the
 judge gives them, since the small embedded judge is so position-biased that its text verdicts
-make every pair a tie; otherwise by text verdicts. Each pair records its method, and for margins
-both margins and the preference p; settings.judge_method states the method of the run.
+make every pair a tie; otherwise by text verdicts. With --judge-mode single each answer is graded
+alone instead (direct's once per question). Each pair records its method, and for margins or grades
+both values and the preference p; settings.judge_method states the method of the run.
 
 Statistics: median; p90 by linear interpolation between the closest ranks (numpy's default
 method); speed-up of a mode on a question = direct's seconds / the mode's seconds, summarised by
 median and geometric mean over the questions both answered; net win rate = (wins - losses) / judged;
-mean preference = mean p (nats) over the pairs scored by margins.
+mean preference = mean p over the pairs scored by margins (nats) or by single-answer grades (grade
+points, the mode's grade minus direct's).
 """
 
 from __future__ import annotations
@@ -227,8 +229,11 @@ class EmbeddedRunner:
                     await aclose()
 
     def settings_for(self, mode: str) -> PlannerSettings:
-        changes = split_mode(mode)[1]
-        return self.settings.replace(**changes) if changes else self.settings
+        return self._mode_and_settings(mode)[1]
+
+    def _mode_and_settings(self, mode: str) -> tuple[str, PlannerSettings]:
+        name, changes = split_mode(mode)
+        return name, (self.settings.replace(**changes) if changes else self.settings)
 
     async def answer(self, question: str, mode: str) -> RunResult:
         t0 = self.clock()
@@ -236,9 +241,9 @@ class EmbeddedRunner:
         done: AnswerDone | None = None
         nodes = 0
         reason = ""
-        settings = self.settings_for(mode)
+        name, settings = self._mode_and_settings(mode)
         try:
-            async with aclosing(pipeline.answer(self.engine, question, split_mode(mode)[0], settings)) as events:
+            async with aclosing(pipeline.answer(self.engine, question, name, settings)) as events:
                 async for event in events:
                     if isinstance(event, NodeDelta | NodeFinished) and first is None and event.text:
                         first = self.clock() - t0
@@ -388,7 +393,8 @@ async def _judge_pair(judge: judging.Judge, question: str, mode_answer: str, dir
 
 
 def quality_summary(outcomes: Sequence[str | None], preferences: Sequence[float] = ()) -> dict[str, Any]:
-    """Win/tie/lose counts and rates; mean_preference (nats) only when some pair was scored by margins."""
+    """Win/tie/lose counts and rates; mean_preference only when some pair was scored by margins (nats)
+    or grades (grade points)."""
     judged = [o for o in outcomes if o is not None]
     n = len(judged)
     w, t, l_ = judged.count("win"), judged.count("tie"), judged.count("lose")
@@ -432,13 +438,14 @@ def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], tie_margin: float) -> str:
+def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], tie_margin: float,
+                 mode: str = "pairwise") -> str:
     """How the run's pairs were judged, in words; by the judge's kind when no pair needed asking."""
     if judge is None:
         return "none"
-    methods = Counter(j.get("method") for r in rows for j in r.get("judge", {}).values())
-    if methods["grade"]:
+    if mode == "single":
         return judging.grade_method(tie_margin)
+    methods = Counter(j.get("method") for r in rows for j in r.get("judge", {}).values())
     by_margin = judging.margin_method(tie_margin)
     if methods["logprob"] and methods["text"]:
         return f"{by_margin}; {judging.TEXT_METHOD} for {methods['text']} pair(s) without label logprobs"
@@ -557,7 +564,7 @@ async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO |
     result["modes"] = {m: mode_summary(m, rows) for m in modes}
     result["settings"]["judge_mode"] = mode
     result["settings"]["judge"] = judge.name
-    result["settings"]["judge_method"] = judge_method(judge, rows, tie_margin)
+    result["settings"]["judge_method"] = judge_method(judge, rows, tie_margin, mode)
     result["settings"]["judge_tie_margin"] = tie_margin
     result["settings"]["judged"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return result
@@ -617,7 +624,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
         "machine": machine_info(),
         "models": config.models,
         "settings": {**config.settings, "modes": list(modes), "judge": config.judge_name,
-                     "judge_method": judge_method(judge, rows, config.judge_tie_margin),
+                     "judge_method": judge_method(judge, rows, config.judge_tie_margin, config.judge_mode),
                      "judge_mode": config.judge_mode,
                      "percentile_method": PERCENTILE_METHOD,
                      "speedup": "direct seconds / mode seconds, per question"},

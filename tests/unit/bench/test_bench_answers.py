@@ -18,6 +18,7 @@ from service.bench.answers import (
     BenchConfig,
     EmbeddedRunner,
     check_modes,
+    judge_method,
     rejudge,
     rotated,
     run_bench,
@@ -339,6 +340,7 @@ async def test_single_grades_grade_direct_once_per_question_and_compare() -> Non
     row = result["questions"][0]["judge"]["sot"]
     assert row == {"method": "grade", "grades": [7.0, 6.0], "outcome": "win", "preference": 1.0}
     assert result["settings"]["judge_method"].startswith("single-answer grades")
+    assert judge_method(judge, [], 0.5, "single").startswith("single-answer grades")  # known without a pair
     no_grade = StubGrader(lambda answer: None if answer.startswith("sgd") else 5.0)
     result = await run_bench(questions, runner, config, judge=no_grade)
     assert result["modes"]["sgd"]["quality"]["no_verdict"] == 2
