@@ -82,6 +82,8 @@ class Sampling:
     repeat_penalty: float = 1.0  # 1 = off
     seed: int = 0
     max_tokens: int = 256
+    # Text that ends the sequence (not sent). A stop made only of whitespace matches only after the
+    # first non-whitespace text in the embedded engine; a remote server applies stops its own way.
     stop: tuple[str, ...] = ()
 
     def validate(self) -> None:

@@ -284,8 +284,10 @@ class Scheduler:
     def _shared_with_parent(seq: Seq) -> int:
         if seq.parent is None:
             return 0
-        # Keep at least one prompt token to prefill: sampling needs the logits it produces.
-        limit = len(seq.tokens) if seq.is_prefix else len(seq.tokens) - 1
+        # Keep at least one prompt token to prefill: sampling needs the logits it produces, and a
+        # prefix equal to an open one (the same resident text added twice) needs a non-empty batch
+        # to become ready: llama_decode refuses a batch of no tokens.
+        limit = len(seq.tokens) - 1
         same = len(seq.parent.tokens) if seq.shared < 0 else seq.shared
         return min(same, len(seq.parent.tokens), limit)
 

@@ -3,6 +3,9 @@
 Owns incremental UTF-8 decoding (a multi-byte character split across tokens is held back until it
 is whole, so a delta never carries broken UTF-8) and stop strings (text that could still become a
 stop string is held back; on a match the text before it is released and the sequence stops).
+A stop made only of whitespace (a point's "\n") does not match before the first non-whitespace
+text: a reply that opens with a line break has not ended, it has not begun (a model asked for
+one line sometimes starts it on a new one, and would otherwise write nothing).
 Pure Python: unit-tested without a model.
 """
 
@@ -17,6 +20,7 @@ class TextStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = tuple(s for s in stop if s)
         self._held = ""  # decoded text not yet released: it may be the start of a stop string
+        self._begun = False  # whether non-whitespace text came yet (see the module docstring)
         self.stopped = False
 
     def push(self, piece: bytes) -> str:
@@ -34,7 +38,9 @@ class TextStream:
             return text[:cut]
         keep = self._longest_stop_prefix_suffix(text)
         self._held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep] if keep else text
+        out = text[:len(text) - keep] if keep else text
+        self._begun = self._begun or bool(out.strip())
+        return out
 
     def flush(self) -> str:
         """At the end of the sequence: release whatever was held back."""
@@ -45,7 +51,14 @@ class TextStream:
         return rest
 
     def _first_stop(self, text: str) -> int:
-        hits = [i for i in (text.find(s) for s in self._stop) if i >= 0]
+        hits = []
+        for stop in self._stop:
+            i = text.find(stop)
+            if not stop.strip() and not self._begun:
+                while i >= 0 and not text[:i].strip():  # still in the leading whitespace
+                    i = text.find(stop, i + 1)
+            if i >= 0:
+                hits.append(i)
         return min(hits) if hits else -1
 
     def _longest_stop_prefix_suffix(self, text: str) -> int:

@@ -110,6 +110,19 @@ def test_fork_with_empty_suffix_still_prefills_one_token():
     assert [(list(e.tokens), e.pos, e.wants_logits) for e in plan.entries] == [([7], 2, True)]
 
 
+def test_a_prefix_equal_to_an_open_one_prefills_its_last_token():
+    s = make()
+    p = Seq(1, tokens=[5, 6, 7], is_prefix=True)
+    s.add(p)
+    s.after_decode(s.schedule())
+    twin = Seq(2, tokens=[5, 6, 7], is_prefix=True, parent=p)
+    s.add(twin)
+    plan = s.schedule()
+    assert plan.forks[0].n_tokens == 2 and [list(e.tokens) for e in plan.entries] == [[7]]
+    s.after_decode(plan)
+    assert twin.state is SeqState.READY
+
+
 def test_released_prefix_is_freed_after_its_last_waiting_child_forks():
     s = make()
     p = Seq(1, tokens=[1, 2, 3], is_prefix=True)

@@ -30,3 +30,19 @@ def test_held_text_released_when_no_stop_follows():
 def test_earliest_of_several_stops_wins():
     ts = TextStream(stop=("zz", "b"))
     assert ts.push(b"aabzz") == "aa"
+
+
+def test_a_whitespace_stop_does_not_end_a_reply_that_has_not_begun():
+    ts = TextStream(stop=("\n",))
+    assert ts.push(b"\n") == "\n"  # a leading line break: the one line starts below it
+    assert ts.push(b" Heat rises.") == " Heat rises."
+    assert not ts.stopped
+    assert ts.push(b"\n2. Next") == "" and ts.stopped
+    blank = TextStream(stop=("\n\n",))
+    assert blank.push(b"\n") == "" and blank.push(b"\nText") == "\n\nText" and not blank.stopped
+    assert blank.push(b"\n\nmore") == "" and blank.stopped
+
+
+def test_other_stops_match_from_the_first_character():
+    ts = TextStream(stop=("END", "\n"))
+    assert ts.push(b"END") == "" and ts.stopped
