@@ -1,15 +1,16 @@
-"""Assembling the final answer text from the points' texts.
+"""Assembling the final answer text from the nodes' texts.
 
-Owns the answer's shape: points in skeleton order, each as its heading (number and title) and its
-text; a failed point keeps whatever text it produced and notes the gap; a direct answer is its text.
+Owns the answer's shape, which is what a reader sees (markdown, as chat models write it): the
+opening sentence as its own paragraph, then the points in skeleton order, each as its number,
+its title in bold and its text, a blank line apart, then the closing sentence. A failed node keeps
+whatever text it produced and notes the gap; a direct answer is its text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from planner.plan import Plan, Route
-from planner.prompts import heading
+from planner.plan import Node, Part, Plan, Route
 
 
 def assemble(plan: Plan, texts: Mapping[int, str], failures: Mapping[int, tuple[str, str]]) -> str:
@@ -20,15 +21,26 @@ def assemble(plan: Plan, texts: Mapping[int, str], failures: Mapping[int, tuple[
             partial, reason = failures[node_id]
             return _join(partial.strip(), f"[answer failed: {reason}]", sep="\n\n")
         return texts.get(node_id, "").strip()
-    lines = []
-    for position, node in enumerate(plan.nodes, 1):
+    blocks = []
+    for node in plan.nodes:
+        position = plan.position(node.id)
         if node.id in failures:
             partial, reason = failures[node.id]
-            body = _join(_tidy(partial), f"[point {position} failed: {reason}]", sep=" ")
+            name = f"point {position}" if node.part is Part.POINT else node.part.value
+            body = _join(_tidy(partial), f"[{name} failed: {reason}]", sep=" ")
         else:
             body = _tidy(texts.get(node.id, ""))
-        lines.append(_join(heading(position, node.title), body, sep=" "))
-    return "\n".join(lines)
+        if node.part is Part.POINT:
+            blocks.append(_join(answer_heading(position, node), body, sep=" "))
+        elif body:  # an empty opening or closing leaves no gap in the answer
+            blocks.append(body)
+    return "\n\n".join(blocks)
+
+
+def answer_heading(position: int, node: Node) -> str:
+    """A point's heading in the answer: "3. **Title**:" (no colon after a title's own punctuation)."""
+    title = node.title.strip()
+    return f"{position}. **{title}**" if title[-1:] in ".:?!" else f"{position}. **{title}**:"
 
 
 def _tidy(text: str) -> str:

@@ -28,6 +28,15 @@ class Difficulty(enum.StrEnum):
     HARD = "hard"
 
 
+class Part(enum.StrEnum):
+    """What a node is in the answer: a numbered point of the skeleton, or the sentence that opens
+    or closes the answer around the points (written in parallel with them, from the outline)."""
+
+    POINT = "point"
+    OPENING = "opening"
+    CLOSING = "closing"
+
+
 class PointLength(enum.StrEnum):
     """How much each point of a skeleton answer says."""
 
@@ -80,6 +89,7 @@ class Node:
     """One point of the answer. depends_on lists ids of nodes whose text this one needs.
 
     role: the model that decodes it when the caller chose one; None lets difficulty decide.
+    part: a numbered point, or the answer's opening or closing sentence (see Part).
     """
 
     id: int
@@ -87,6 +97,7 @@ class Node:
     depends_on: tuple[int, ...] = ()
     difficulty: Difficulty = Difficulty.HARD
     role: Role | None = None
+    part: Part = Part.POINT
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +133,10 @@ class Plan:
     ) -> Plan:
         """Check a graph and return it frozen; raise PlanInvalid naming the first bad field.
 
-        Rules: 1..max_nodes nodes; ids positive and unique; titles non-empty and bounded;
-        depends_on only names other known nodes, without repeats; no cycles; a parallel plan has
-        no dependencies; a direct plan has exactly one node.
+        Rules: 1..max_nodes points, plus at most one opening (the first node, depending on
+        nothing) and one closing (the last node); ids positive and unique; titles non-empty and
+        bounded; depends_on only names other known nodes, without repeats, and never an opening or
+        closing; no cycles; a parallel plan has no dependencies; a direct plan has exactly one point.
         """
         try:
             route = Route(route)
@@ -135,12 +147,13 @@ class Plan:
         nodes = tuple(nodes)
         if not nodes:
             raise PlanInvalid("a plan needs at least one node", field="plan.nodes")
-        if len(nodes) > max_nodes:
+        points = sum(1 for n in nodes if getattr(n, "part", None) is Part.POINT)
+        if points > max_nodes:
             raise PlanInvalid(
-                f"a plan may have at most {max_nodes} nodes (got {len(nodes)})", field="plan.nodes"
+                f"a plan may have at most {max_nodes} points (got {points})", field="plan.nodes"
             )
-        if route is Route.DIRECT and len(nodes) != 1:
-            raise PlanInvalid("a direct plan has exactly one node", field="plan.nodes")
+        if route is Route.DIRECT and (len(nodes) != 1 or points != 1):
+            raise PlanInvalid("a direct plan has exactly one node, a point", field="plan.nodes")
         seen: set[int] = set()
         for i, node in enumerate(nodes):
             where = f"plan.nodes[{i}]"
@@ -168,6 +181,10 @@ class Plan:
                     f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
                     field=f"{where}.difficulty",
                 )
+            _check_part(node, i, len(nodes))
+        if not points:
+            raise PlanInvalid("a plan needs at least one point", field="plan.nodes")
+        frames = {n.id for n in nodes if n.part is not Part.POINT}
         for i, node in enumerate(nodes):
             where = f"plan.nodes[{i}].depends_on"
             if node.depends_on and route is not Route.GRAPH:
@@ -181,6 +198,9 @@ class Plan:
                     raise PlanInvalid(f"node {node.id} depends on itself", field=where)
                 if dep not in seen:
                     raise PlanInvalid(f"node {node.id} depends on unknown node {dep!r}", field=where)
+                if dep in frames:
+                    raise PlanInvalid(f"node {node.id} depends on node {dep}, the answer's "
+                                      f"{next(n.part for n in nodes if n.id == dep)}", field=where)
         plan = cls(nodes, route, reason, skeleton)
         cycle = plan._find_cycle()
         if cycle:
@@ -197,12 +217,19 @@ class Plan:
                 return n
         raise KeyError(node_id)
 
+    @property
+    def points(self) -> tuple[Node, ...]:
+        """The numbered points, in skeleton order (the nodes without the opening and closing)."""
+        return tuple(n for n in self.nodes if n.part is Part.POINT)
+
     def position(self, node_id: int) -> int:
-        """1-based place of a node in skeleton order (the number shown to the model and the reader)."""
-        for i, n in enumerate(self.nodes, 1):
+        """1-based place of a point among the points (the number shown to the model and the reader);
+        0 for the opening and closing, which have no number."""
+        for i, n in enumerate(self.points, 1):
             if n.id == node_id:
                 return i
-        raise KeyError(node_id)
+        self.node(node_id)  # KeyError when unknown
+        return 0
 
     def with_max_depth(self, max_depth: int) -> Plan:
         """The same plan with dependencies cut so that no chain has more than max_depth stages.
@@ -273,3 +300,38 @@ class Plan:
                 if found:
                     return found
         return ()
+
+
+OPENING_TITLE = "Opening"
+CLOSING_TITLE = "Closing"
+
+
+def framed(points: Iterable[Node]) -> tuple[Node, ...]:
+    """The points between an opening and a closing, both written in parallel with the points.
+
+    The frame takes ids after the points' (so point ids keep matching their numbers). It is hard
+    work, for the large model even in a graph plan: the opening is what a reader sees first, and
+    the small model, tried on it, wrote a bare list of the titles rather than a sentence.
+    """
+    points = tuple(points)
+    last = max((n.id for n in points), default=0)
+    return (
+        Node(last + 1, OPENING_TITLE, part=Part.OPENING),
+        *points,
+        Node(last + 2, CLOSING_TITLE, part=Part.CLOSING),
+    )
+
+
+def _check_part(node: Node, index: int, count: int) -> None:
+    """An opening comes first and needs nothing; a closing comes last (it may need points)."""
+    where = f"plan.nodes[{index}]"
+    if not isinstance(node.part, Part):
+        raise PlanInvalid(f"{where}.part must be one of {', '.join(Part)} (got {node.part!r})",
+                          field=f"{where}.part")
+    if node.part is Part.OPENING:
+        if index != 0:
+            raise PlanInvalid(f"{where} is an opening but not the first node", field=f"{where}.part")
+        if node.depends_on:
+            raise PlanInvalid(f"{where}, the opening, cannot depend on other nodes", field=f"{where}.depends_on")
+    if node.part is Part.CLOSING and index != count - 1:
+        raise PlanInvalid(f"{where} is a closing but not the last node", field=f"{where}.part")

@@ -14,9 +14,11 @@ templates copy content verbatim), the prefix is empty and nothing is shared, whi
 wrong.
 
 Wording is our own, after the Skeleton-of-Thought and Skeleton Graph Decoding papers: an organizer
-writes a short numbered skeleton (3 to 10 points of a few words, one worked example, assistant turn
-pre-filled with "1."); each point is then written by a separate sequence that sees the question and
-the skeleton and is pre-filled with "i. <title>:" (after its parents' points, for a dependent one).
+writes a short numbered skeleton (3 to 10 points of a few words, two worked examples of 5 and 6
+points, assistant turn pre-filled with "1."); each point is then written by a separate sequence
+that sees the question and the skeleton and is pre-filled with "i. <title>:" (after its parents'
+points, for a dependent one). The answer's opening and closing sentences are two more such
+sequences, pre-filled with "Opening:" and "Closing:", which the outline lists around the points.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 from planner.decode import resolve_role
 from planner.engine import Engine, Message, Role
-from planner.plan import Node, Plan, PointLength, Route
+from planner.plan import Node, Part, Plan, PointLength, Route
 
 SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; never sent to a model
 
@@ -49,22 +51,24 @@ _EXAMPLES: tuple[tuple[str, str, str], ...] = (
         "What are some practical ways to reduce household energy use?",
         (
             "1. Switch to LED lighting\n2. Seal drafts and insulate\n3. Use appliances efficiently\n"
-            "4. Lower heating and cooling"
+            "4. Unplug idle electronics\n5. Lower heating and cooling\n6. Track the energy bill"
         ),
         (
             "1. Switch to LED lighting (easy)\n2. Seal drafts and insulate (easy)\n"
-            "3. Use appliances efficiently (easy)\n4. Lower heating and cooling (needs: 2; hard)"
+            "3. Use appliances efficiently (easy)\n4. Unplug idle electronics (easy)\n"
+            "5. Lower heating and cooling (needs: 2; hard)\n6. Track the energy bill (easy)"
         ),
     ),
     (
         "How did the printing press change Europe?",
         (
             "1. Gutenberg's invention\n2. Cheaper, faster books\n3. Spread of literacy\n4. Religious and "
-            "scientific change"
+            "scientific change\n5. Newspapers and public opinion"
         ),
         (
             "1. Gutenberg's invention (easy)\n2. Cheaper, faster books (needs: 1; easy)\n"
-            "3. Spread of literacy (needs: 2; hard)\n4. Religious and scientific change (needs: 2, 3; hard)"
+            "3. Spread of literacy (needs: 2; hard)\n4. Religious and scientific change (needs: 2, 3; hard)\n"
+            "5. Newspapers and public opinion (needs: 2; hard)"
         ),
     ),
 )
@@ -142,29 +146,51 @@ OUTLINE_LEAD = "\n\nOutline of the answer:\n"
 
 
 def outline(plan: Plan) -> str:
-    """The skeleton as the point prompts show it: numbered by position, titles only."""
-    return "".join(f"{i}. {n.title}\n" for i, n in enumerate(plan.nodes, 1))
+    """The skeleton as the point prompts show it: points numbered by position, titles only, with
+    the opening and closing (when the plan has them) as unnumbered lines before and after."""
+    return "".join(f"{_label(plan, n)}\n" for n in plan.nodes)
+
+
+def _label(plan: Plan, node: Node) -> str:
+    if node.part is Part.POINT:
+        return f"{plan.position(node.id)}. {node.title.strip()}"
+    return FRAME_LABELS[node.part]
 
 
 def heading(position: int, title: str) -> str:
-    """How a point starts, both in its pre-fill and in the assembled answer."""
-    title = title.strip()
-    return f"{position}. {title}" if title[-1:] in ".:?!" else f"{position}. {title}:"
+    """How a point starts in its pre-fill and in forwarded parents: its number and title."""
+    return _with_colon(f"{position}. {title.strip()}")
+
+
+def _with_colon(label: str) -> str:
+    return label if label[-1:] in ".:?!" else f"{label}:"
+
+
+def prefill(plan: Plan, node: Node) -> str:
+    """How a node's part of the answer starts in its prompt: "3. Title:", "Opening:" or "Closing:"."""
+    return _with_colon(_label(plan, node))
+
+
+# The outline names the frame by what it is, whatever title a caller gave it, so the pre-fill
+# always matches a line of the outline.
+FRAME_LABELS: dict[Part, str] = {Part.OPENING: "Opening", Part.CLOSING: "Closing"}
 
 
 # Said once in the shared prefix, so a point's own tail is only its heading (and its parents' text):
 # on a CPU, prefill of those per-point tails was a third of the expansion time.
 POINT_INSTRUCTIONS: dict[PointLength, str] = {
     PointLength.BRIEF: (
-        "\nYour reply starts with one point of this outline. Write only that one point, in one or two short "
+        "\nYour reply starts with one part of this outline. Write only that part, in one or two short "
         "sentences on one line, then stop."
     ),
     PointLength.DETAILED: (
-        "\nYour reply starts with one point of this outline. Write only that one point, in two to four "
+        "\nYour reply starts with one part of this outline. Write only that part, in two to four "
         "sentences on one line that explain it with a concrete example or detail, then stop."
     ),
 }
 POINT_INSTRUCTION = POINT_INSTRUCTIONS[PointLength.BRIEF]
+# Added when the plan has an opening or closing (the pre-fill "Opening:" says which part to write).
+FRAME_INSTRUCTION = " The opening introduces the answer in one sentence; the closing sums it up in one sentence."
 
 
 def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
@@ -185,7 +211,9 @@ def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
 def _point_messages(question: str, plan: Plan, length: PointLength = PointLength.BRIEF, *,
                     split_after_lead: bool = False) -> list[Message]:
     split = SPLIT if split_after_lead else ""  # the fixed, question-independent part is resident
-    content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan) + POINT_INSTRUCTIONS[length]
+    framed = any(n.part is not Part.POINT for n in plan.nodes)
+    instruction = POINT_INSTRUCTIONS[length] + (FRAME_INSTRUCTION if framed else "")
+    content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan) + instruction
     return [Message("system", ANSWER_SYSTEM), Message("user", content)]
 
 
@@ -213,10 +241,9 @@ def point_prompt(
     turn (the same for every point of the plan); tail = the parents' points (information
     forwarding) and the pre-filled heading of this point, as the start of the assistant's answer."""
     question = clean_question(question)
-    position = plan.position(node_id)
     node = plan.node(node_id)
     shared = engine.chat_prompt(role, _point_messages(question, plan, length), add_generation_prompt=True)
-    tail = _forwarded(parents, forward_max_chars) + heading(position, node.title)
+    tail = _forwarded(parents, forward_max_chars) + prefill(plan, node)
     # the seam must be a clean token boundary (see the module docstring)
     return Rendered(shared if shared.endswith("\n") else "", shared + tail)
 

@@ -61,6 +61,11 @@ class PlannerSettings:
         metadata=_m("how much each point says: brief (one or two sentences, fastest) or detailed (two to four "
                     "sentences with a concrete detail)"),
     )
+    frame: bool = field(
+        default=True,
+        metadata=_m("open a skeleton answer with a sentence that introduces its points and close it with one "
+                    "that sums them up, both written in parallel with the points (off: the points alone)"),
+    )
     direct_max_tokens: int = field(default=512, metadata=_m("token budget of a direct answer", 1, 32768))
     max_nodes: int = field(
         default=DEFAULT_MAX_NODES,

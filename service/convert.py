@@ -24,7 +24,7 @@ from espalier.v1 import espalier_pb2 as pb
 from planner import events as ev
 from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded, Speculation
 from planner.live import Progress
-from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
+from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.runner import role_for
 from planner.settings import PlannerSettings
 
@@ -35,6 +35,10 @@ _ROUTES_OUT = {v: k for k, v in _ROUTES_IN.items()}
 _DIFFICULTY_IN = {pb.DIFFICULTY_UNSPECIFIED: Difficulty.HARD, pb.DIFFICULTY_EASY: Difficulty.EASY,
                   pb.DIFFICULTY_HARD: Difficulty.HARD}
 _DIFFICULTY_OUT = {Difficulty.EASY: pb.DIFFICULTY_EASY, Difficulty.HARD: pb.DIFFICULTY_HARD}
+_PART_IN = {pb.NODE_PART_UNSPECIFIED: Part.POINT, pb.NODE_PART_POINT: Part.POINT,
+            pb.NODE_PART_OPENING: Part.OPENING, pb.NODE_PART_CLOSING: Part.CLOSING}
+FRAME_PARTS = (Part.OPENING, Part.CLOSING)
+_PART_OUT = {Part.POINT: pb.NODE_PART_POINT, Part.OPENING: pb.NODE_PART_OPENING, Part.CLOSING: pb.NODE_PART_CLOSING}
 _ROLES_IN = {pb.MODEL_ROLE_LARGE: Role.LARGE, pb.MODEL_ROLE_SMALL: Role.SMALL}
 _ROLES_OUT = {v: k for k, v in _ROLES_IN.items()}
 _SPECULATION = {pb.SPECULATION_AUTO: Speculation.AUTO, pb.SPECULATION_ON: Speculation.ON,
@@ -188,9 +192,11 @@ def stream_open(msg: pb.StreamOpen, base: PlannerSettings, limits: Limits) -> St
 
 def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role]) -> Plan:
     """A caller's graph as a validated Plan. PlanInvalid / RoleNotLoaded name the graph field."""
-    # Count first: a huge graph is refused before building anything from it.
-    if len(graph.nodes) > max_nodes:
-        raise PlanInvalid(f"graph.nodes: a graph may have at most {max_nodes} nodes (got {len(graph.nodes)})",
+    # Count first: a huge graph is refused before building anything from it. max_nodes counts
+    # points; an opening and a closing may come on top (Plan.validated checks the exact rule).
+    if len(graph.nodes) > max_nodes + len(FRAME_PARTS):
+        raise PlanInvalid(f"graph.nodes: a graph may have at most {max_nodes} points, an opening and a closing "
+                          f"(got {len(graph.nodes)} nodes)",
                           field="graph.nodes")
     nodes: list[Node] = []
     for i, n in enumerate(graph.nodes):
@@ -207,7 +213,10 @@ def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role]) ->
             if role not in loaded:
                 have = ", ".join(sorted(r.value for r in loaded)) or "none"
                 raise RoleNotLoaded(f"{where}.model_role: the {role.value} model is not loaded (loaded: {have})")
-        nodes.append(Node(n.id, n.title, tuple(n.depends_on), difficulty, role))
+        part = _PART_IN.get(n.part)
+        if part is None:
+            raise PlanInvalid(f"{where}.part has an unknown value {n.part}", field=f"{where}.part")
+        nodes.append(Node(n.id, n.title, tuple(n.depends_on), difficulty, role, part))
     if graph.route == pb.ROUTE_UNSPECIFIED:
         route = Route.GRAPH if any(n.depends_on for n in nodes) else Route.PARALLEL
     elif graph.route in _ROUTES_IN:
@@ -268,7 +277,8 @@ def graph_to_pb(plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) 
         except RoleNotLoaded:  # nothing loaded (not reachable while serving): let the server choose later
             role = pb.MODEL_ROLE_UNSPECIFIED
         nodes.append(pb.Node(id=node.id, title=node.title, depends_on=node.depends_on,
-                             difficulty=_DIFFICULTY_OUT[node.difficulty], model_role=role))
+                             difficulty=_DIFFICULTY_OUT[node.difficulty], model_role=role,
+                             part=_PART_OUT[node.part]))
     return pb.Graph(nodes=nodes, route=_ROUTES_OUT[plan.route])
 
 

@@ -113,8 +113,9 @@ class FakeEngine:
         self.scripts.append(s)
         return s
 
-    def script_point(self, position: int, reply: str | Callable[[str], str], **kw: object) -> Script:
-        """Script the point at this position: its pre-filled heading is the prompt's last line."""
+    def script_point(self, position: int | str, reply: str | Callable[[str], str], **kw: object) -> Script:
+        """Script the point at this position (or the part whose pre-fill starts so, e.g. "Closing:"):
+        its pre-filled heading is the prompt's last line."""
         return self.script("", reply, point=position, **kw)
 
     def _find(self, prompt: str, role: Role) -> Script | None:
@@ -214,7 +215,7 @@ class FakeEngine:
     def calls_matching(self, text: str) -> list[Call]:
         return [c for c in self.calls if text in c.full_prompt]
 
-    def calls_for_point(self, position: int) -> list[Call]:
+    def calls_for_point(self, position: int | str) -> list[Call]:
         return [c for c in self.calls if _writes_point(c.full_prompt, position)]
 
     @property
@@ -222,5 +223,6 @@ class FakeEngine:
         return sum(self.in_flight.values())
 
 
-def _writes_point(prompt: str, position: int) -> bool:
-    return prompt.rsplit("\n", 1)[-1].startswith(f"{position}. ")
+def _writes_point(prompt: str, position: int | str) -> bool:
+    heading = position if isinstance(position, str) else f"{position}. "
+    return prompt.rsplit("\n", 1)[-1].startswith(heading)

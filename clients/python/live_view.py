@@ -27,6 +27,7 @@ class PointState:
     node_id: int
     title: str
     depends_on: tuple[int, ...] = ()
+    number: int = 0  # the point's number in the answer; 0 for the opening and closing, which have none
     role: str = ""
     status: str = "waiting"  # waiting | writing | done | failed
     text: str = ""
@@ -49,7 +50,11 @@ class AnswerState:
         if kind == "plan_ready":
             self.route = ROUTES.get(event.plan_ready.graph.route, "?")
             self.reason = event.plan_ready.reason
-            self.points = {n.id: PointState(n.id, n.title, tuple(n.depends_on)) for n in event.plan_ready.graph.nodes}
+            self.points = {}
+            for n in event.plan_ready.graph.nodes:
+                frame = n.part in (pb.NODE_PART_OPENING, pb.NODE_PART_CLOSING)
+                number = 0 if frame else 1 + sum(1 for p in self.points.values() if p.number)
+                self.points[n.id] = PointState(n.id, n.title, tuple(n.depends_on), number)
         elif kind == "node_started":
             point = self._point(event.node_started.node_id)
             point.status, point.role = "writing", ROLES.get(event.node_started.model_role, "?")
@@ -72,7 +77,10 @@ class AnswerState:
             self.done = event.answer_done
 
     def _point(self, node_id: int) -> PointState:
-        return self.points.setdefault(node_id, PointState(node_id, f"point {node_id}"))
+        return self.points.setdefault(node_id, PointState(node_id, f"point {node_id}", number=node_id))
+
+    def numbered(self) -> int:
+        return sum(1 for p in self.points.values() if p.number)
 
     def summary(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -82,7 +90,7 @@ class AnswerState:
         total = self.done.timings.total_s or elapsed
         rate = tokens / total if total > 0 else 0.0
         failed = f", {len(self.done.failed_node_ids)} point(s) failed" if self.done.failed_node_ids else ""
-        return (f"mode: {ROUTES.get(self.done.route, '?')} | {len(self.points)} point(s) | wall {total:.1f}s "
+        return (f"mode: {ROUTES.get(self.done.route, '?')} | {self.numbered()} point(s) | wall {total:.1f}s "
                 f"(plan {self.done.timings.plan_s:.1f}s, first token {self.done.timings.first_token_s:.1f}s) | "
                 f"{tokens} tokens, {rate:.1f} tok/s{failed}")
 
@@ -114,8 +122,8 @@ class LiveView:
         width = self._width()
         lines: list[str] = []
         for point in self.state.points.values():
-            if len(self.state.points) > 1:
-                lines.append(f"{point.node_id}. {point.title}")
+            if len(self.state.points) > 1 and point.number:  # the opening and closing are plain paragraphs
+                lines.append(f"{point.number}. {point.title}")
             lines.extend(textwrap.wrap(point.text.strip(), width))
             lines.append("")
         lines.append(self.state.summary())
@@ -133,7 +141,8 @@ class LiveView:
             marker = {"waiting": "..", "writing": spin, "done": "ok", "failed": "!!"}[point.status]
             needs = f" (after {', '.join(map(str, point.depends_on))})" if point.depends_on else ""
             role = f" [{point.role}]" if point.role else ""
-            lines.append(f"{marker} {point.node_id}. {point.title}{needs}{role}"[:width])
+            label = f"{point.number}. {point.title}" if point.number else point.title
+            lines.append(f"{marker} {label}{needs}{role}"[:width])
             wrapped = textwrap.wrap(point.text.strip(), width - 4)
             lines.extend("    " + line for line in wrapped[-self.tail_lines:])
         return lines

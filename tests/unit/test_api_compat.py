@@ -207,8 +207,8 @@ def test_a_renamed_field_in_the_proto_text_fails(tmp_path: Path, current: FDP) -
 
 
 def test_a_new_field_in_the_proto_text_passes(tmp_path: Path, current: FDP) -> None:
-    edited = compile_edited(tmp_path, "  ModelRole model_role = 5;\n}",
-                            "  ModelRole model_role = 5;\n  // A note.\n  string note = 6;\n}")
+    edited = compile_edited(tmp_path, "  NodePart part = 6;\n}",
+                            "  NodePart part = 6;\n  // A note.\n  string note = 7;\n}")
     assert compat.breaking_changes(current, edited) == []
 
 

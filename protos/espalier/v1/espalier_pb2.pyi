@@ -29,6 +29,13 @@ class Difficulty(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIFFICULTY_EASY: _ClassVar[Difficulty]
     DIFFICULTY_HARD: _ClassVar[Difficulty]
 
+class NodePart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_PART_UNSPECIFIED: _ClassVar[NodePart]
+    NODE_PART_POINT: _ClassVar[NodePart]
+    NODE_PART_OPENING: _ClassVar[NodePart]
+    NODE_PART_CLOSING: _ClassVar[NodePart]
+
 class ModelRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_ROLE_UNSPECIFIED: _ClassVar[ModelRole]
@@ -62,6 +69,10 @@ ROUTE_GRAPH: Route
 DIFFICULTY_UNSPECIFIED: Difficulty
 DIFFICULTY_EASY: Difficulty
 DIFFICULTY_HARD: Difficulty
+NODE_PART_UNSPECIFIED: NodePart
+NODE_PART_POINT: NodePart
+NODE_PART_OPENING: NodePart
+NODE_PART_CLOSING: NodePart
 MODEL_ROLE_UNSPECIFIED: ModelRole
 MODEL_ROLE_LARGE: ModelRole
 MODEL_ROLE_SMALL: ModelRole
@@ -104,18 +115,20 @@ class GenerationSettings(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., point_max_tokens: _Optional[int] = ..., answer_max_tokens: _Optional[int] = ..., max_points: _Optional[int] = ..., speculation: _Optional[_Union[Speculation, str]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "title", "depends_on", "difficulty", "model_role")
+    __slots__ = ("id", "title", "depends_on", "difficulty", "model_role", "part")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     MODEL_ROLE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     id: int
     title: str
     depends_on: _containers.RepeatedScalarFieldContainer[int]
     difficulty: Difficulty
     model_role: ModelRole
-    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., depends_on: _Optional[_Iterable[int]] = ..., difficulty: _Optional[_Union[Difficulty, str]] = ..., model_role: _Optional[_Union[ModelRole, str]] = ...) -> None: ...
+    part: NodePart
+    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., depends_on: _Optional[_Iterable[int]] = ..., difficulty: _Optional[_Union[Difficulty, str]] = ..., model_role: _Optional[_Union[ModelRole, str]] = ..., part: _Optional[_Union[NodePart, str]] = ...) -> None: ...
 
 class Graph(_message.Message):
     __slots__ = ("nodes", "route")

@@ -127,8 +127,11 @@ async def test_plan_then_expand_an_edited_graph(engine: LlamaEngine) -> None:
         assert dict(await call.initial_metadata())[errors.REQUEST_ID_KEY] == "plan-1"
         assert plan.timings.plan_s > 0
         if plan.graph.route == pb.ROUTE_PARALLEL:
-            assert 2 <= len(plan.graph.nodes) <= 3 and plan.skeleton.startswith("1.")
-            titles = [n.title for n in plan.graph.nodes[:2]]
+            points = [n for n in plan.graph.nodes if n.part == pb.NODE_PART_POINT]
+            assert 2 <= len(points) <= 3 and plan.skeleton.startswith("1.")
+            assert [n.part for n in plan.graph.nodes] == [pb.NODE_PART_OPENING, *[n.part for n in points],
+                                                          pb.NODE_PART_CLOSING]
+            titles = [n.title for n in points[:2]]
         else:  # the small model wrote no usable skeleton: still a valid plan, edit a graph of our own
             assert plan.graph.route == pb.ROUTE_DIRECT and len(plan.graph.nodes) == 1
             titles = ["Set priorities", "Plan the day"]
@@ -197,7 +200,7 @@ async def test_bad_requests_are_refused_with_the_documented_codes(engine: LlamaE
              "graph.nodes[0].depends_on: dependencies form a cycle"),
             (graph(n(id=1, title="A"), n(id=2, title="B", depends_on=[9])),
              "graph.nodes[1].depends_on: node 2 depends on unknown node 9"),
-            (graph(*(n(id=i, title=f"P{i}") for i in range(1, 6))), "graph.nodes: a graph may have at most 4"),
+            (graph(*(n(id=i, title=f"P{i}") for i in range(1, 6))), "at most 4 points"),
         ]
         for bad, words in cases:
             await expect(C.INVALID_ARGUMENT, read_all(s.Expand(pb.ExpandRequest(question=QUESTION, graph=bad))),

@@ -210,7 +210,7 @@ async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) ->
         assert modes[m]["median_s"] is not None and modes[m]["median_s"] > 0
         assert modes[m]["speedup_median"] is not None and modes[m]["tokens_median"] > 0
     row = result["questions"][0]
-    assert "Breathe slowly" in row["modes"]["sot"]["answer"] and row["modes"]["sot"]["nodes"] == 3
+    assert "Breathe slowly" in row["modes"]["sot"]["answer"] and row["modes"]["sot"]["nodes"] == 3 + 2  # and the frame
     assert row["modes"]["direct"]["answer"].startswith("Some helpful text")
     # auto answered the math question directly: identical to direct, a tie without asking the judge
     assert result["questions"][1]["judge"]["auto"] == {"outcome": "tie", "note": "identical answers"}
@@ -294,7 +294,7 @@ async def test_a_setting_variant_changes_that_setting_only() -> None:
     result = await runner.answer("What are the most effective ways to deal with stress?", "sgd:easy_role=large")
     assert result.ok
     points = [c for c in engine.calls if "Outline of the answer" in c.full_prompt]
-    assert len(points) == 2 and all(c.request.role is Role.LARGE for c in points)  # the easy one too
+    assert len(points) == 2 + 2 and all(c.request.role is Role.LARGE for c in points)  # the easy point too
     assert all(c.request.sampling.max_tokens == 8 for c in points)
 
 

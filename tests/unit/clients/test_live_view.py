@@ -56,3 +56,19 @@ def test_without_a_terminal_only_the_answer_is_printed():
     view.finish()
     assert "\x1b[" not in out.getvalue()
     assert out.getvalue().startswith("1. Causes\nHeat rises.\n")
+
+
+def test_the_opening_and_closing_are_paragraphs_without_a_number():
+    graph = pb.Graph(route=pb.ROUTE_PARALLEL, nodes=[
+        pb.Node(id=3, title="Opening", part=pb.NODE_PART_OPENING), pb.Node(id=1, title="Causes"),
+        pb.Node(id=2, title="Effects"), pb.Node(id=4, title="Closing", part=pb.NODE_PART_CLOSING)])
+    out = io.StringIO()
+    view = LiveView(out, live=False)
+    view.update(pb.AnswerEvent(plan_ready=pb.PlanReady(graph=graph)))
+    for node_id, text in ((3, "In short:"), (1, "Heat."), (2, "Ice."), (4, "So it goes.")):
+        view.update(pb.AnswerEvent(node_finished=pb.NodeFinished(node_id=node_id, text=text, tokens=1)))
+    assert any(line.endswith(" Opening") for line in view.live_lines())
+    view.update(pb.AnswerEvent(answer_done=pb.AnswerDone(route=pb.ROUTE_PARALLEL, timings=pb.Timings(total_s=1))))
+    view.finish()
+    assert out.getvalue().startswith("In short:\n\n1. Causes\nHeat.\n\n2. Effects\nIce.\n\nSo it goes.\n")
+    assert "| 2 point(s) |" in out.getvalue()

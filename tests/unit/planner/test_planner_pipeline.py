@@ -11,7 +11,7 @@ from engine_fakes import FakeEngine
 from planner import pipeline
 from planner.engine import InvalidRequest, Role
 from planner.events import AnswerDone, Event, NodeFinished, NodeStarted, PlanReady
-from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
+from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.settings import PlannerSettings
 
 OPEN_Q = "Why do some people enjoy being scared by horror movies while others avoid it?"
@@ -47,14 +47,17 @@ async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
     engine = engine_with_skeletons()
     plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SGD))
     assert plan.route is Route.GRAPH
-    assert [(n.title, n.depends_on, n.difficulty) for n in plan.nodes] == [
-        ("Thrill of fear", (), Difficulty.EASY),
-        ("Brain chemistry", (1,), Difficulty.HARD),
-        ("Personality differences", (1,), Difficulty.HARD),  # (1, 2) cut to two stages by max_depth=2
+    assert [(n.id, n.title, n.depends_on, n.difficulty, n.part) for n in plan.nodes] == [
+        (4, "Opening", (), Difficulty.HARD, Part.OPENING),  # the frame takes ids after the points'
+        (1, "Thrill of fear", (), Difficulty.EASY, Part.POINT),
+        (2, "Brain chemistry", (1,), Difficulty.HARD, Part.POINT),
+        (3, "Personality differences", (1,), Difficulty.HARD, Part.POINT),  # (1, 2) cut to two stages
+        (5, "Closing", (), Difficulty.HARD, Part.CLOSING),
     ]
+    assert plan.reason.endswith("; 3 points")
     deeper = await run(lambda: pipeline.make_plan(engine_with_skeletons(), OPEN_Q, Mode.SGD,
                                                   PlannerSettings(max_depth=3)))
-    assert deeper.nodes[2].depends_on == (1, 2)
+    assert deeper.points[2].depends_on == (1, 2)
     assert "forced" in plan.reason and plan.skeleton.startswith("1. Thrill of fear")
     (call,) = engine.calls
     assert call.request.role is Role.LARGE and call.request.sampling.stop == ("\n\n",)
@@ -67,7 +70,10 @@ async def test_sot_mode_plans_independent_hard_points() -> None:
     plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, "sot"))
     assert plan.route is Route.PARALLEL
     assert all(n.depends_on == () and n.difficulty is Difficulty.HARD for n in plan.nodes)
-    assert len(plan.nodes) == 3 and "needs:" not in engine.calls[0].full_prompt
+    assert len(plan.points) == 3 and "needs:" not in engine.calls[0].full_prompt
+    assert [n.part for n in plan.nodes] == [Part.OPENING, Part.POINT, Part.POINT, Part.POINT, Part.CLOSING]
+    bare = await run(lambda: pipeline.make_plan(engine_with_skeletons(), OPEN_Q, "sot", PlannerSettings(frame=False)))
+    assert [n.id for n in bare.nodes] == [1, 2, 3] and bare.points == bare.nodes
 
 
 async def test_direct_mode_makes_no_engine_call() -> None:
@@ -114,11 +120,11 @@ async def test_truncated_skeleton_drops_the_cut_line() -> None:
     plan = await run(
         lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=16))
     )
-    assert [n.title for n in plan.nodes] == ["Alpha point", "Beta point", "Gamma point"]
+    assert [n.title for n in plan.points] == ["Alpha point", "Beta point", "Gamma point"]
     plan = await run(
         lambda: pipeline.make_plan(engine, OPEN_Q, Mode.SOT, PlannerSettings(skeleton_max_tokens=64))
     )
-    assert len(plan.nodes) == 4
+    assert len(plan.points) == 4
 
 
 @pytest.mark.parametrize("mode", list(Mode))
@@ -144,7 +150,10 @@ async def test_answer_in_every_mode(mode: Mode) -> None:
     t = done.timings
     assert t.route_s <= t.plan_s <= (t.first_token_s or 0) <= t.total_s
     if mode not in (Mode.DIRECT, Mode.LIVE):
-        assert done.text.startswith("1. Thrill of fear: ") and "3. Personality differences: " in done.text
+        # the opening, the points with bold titles a blank line apart, the closing
+        opening, first, _, third, closing = done.text.split("\n\n")
+        assert opening == closing == "Some helpful text."
+        assert first.startswith("1. **Thrill of fear**: ") and third.startswith("3. **Personality differences**: ")
         assert done.usage.role(Role.LARGE).calls >= 1
 
 
@@ -159,7 +168,7 @@ async def test_expand_an_edited_plan() -> None:
     events = await run(go)
     done = events[-1]
     assert isinstance(done, AnswerDone)
-    assert done.text == "1. Intro: Some helpful text.\n2. Details: Some helpful text."
+    assert done.text == "1. **Intro**: Some helpful text.\n\n2. **Details**: Some helpful text."
     assert [e.node_id for e in events if isinstance(e, NodeStarted)] == [7, 3]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from planner.engine import EngineError, InvalidRequest, Role, Sampling
-from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
+from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route, framed
 from planner.settings import PlannerSettings
 
 
@@ -44,6 +44,15 @@ def test_edge_free_plan_keeps_skeleton_order() -> None:
         ([Node(1, "a", (), "easy")], Route.GRAPH, "plan.nodes[0].difficulty"),  # type: ignore[arg-type]
         ([n(i) for i in range(1, 12)], Route.PARALLEL, "plan.nodes"),
         ([n(1)], "tree", "plan.route"),
+        # the frame: an opening first and needing nothing, a closing last, nothing needing either
+        ([n(1), Node(2, "Opening", part=Part.OPENING)], Route.PARALLEL, "plan.nodes[1].part"),
+        ([Node(2, "Closing", part=Part.CLOSING), n(1)], Route.PARALLEL, "plan.nodes[0].part"),
+        ([Node(2, "Opening", (1,), part=Part.OPENING), n(1)], Route.GRAPH, "plan.nodes[0].depends_on"),
+        ([n(1), n(2, 3), Node(3, "Closing", part=Part.CLOSING)], Route.GRAPH, "plan.nodes[1].depends_on"),
+        ([Node(1, "Opening", part=Part.OPENING), Node(2, "Closing", part=Part.CLOSING)], Route.PARALLEL,
+         "plan.nodes"),  # no point at all
+        ([Node(1, "a", part="intro")], Route.PARALLEL, "plan.nodes[0].part"),  # type: ignore[arg-type]
+        ([Node(1, "Opening", part=Part.OPENING)], Route.DIRECT, "plan.nodes"),
     ],
 )
 def test_invalid_plans_name_the_field(nodes: list[Node], route: Route, field: str) -> None:
@@ -63,6 +72,20 @@ def test_max_nodes_is_configurable() -> None:
     assert len(Plan.validated(nodes, Route.PARALLEL, max_nodes=12).nodes) == 12
     with pytest.raises(PlanInvalid):
         Plan.validated(nodes[:3], Route.PARALLEL, max_nodes=2)
+
+
+def test_the_frame_surrounds_the_points_and_is_not_counted_or_numbered() -> None:
+    nodes = framed([n(1), n(2, 1), n(3, d=Difficulty.EASY)])
+    assert [(x.id, x.part, x.difficulty) for x in nodes] == [
+        (4, Part.OPENING, Difficulty.HARD), (1, Part.POINT, Difficulty.HARD), (2, Part.POINT, Difficulty.HARD),
+        (3, Part.POINT, Difficulty.EASY), (5, Part.CLOSING, Difficulty.HARD)]  # the frame is the large model's
+    plan = Plan.validated(nodes, Route.GRAPH, max_nodes=3)  # max_nodes counts points only
+    assert [x.id for x in plan.points] == [1, 2, 3]
+    assert [plan.position(i) for i in (4, 1, 2, 3, 5)] == [0, 1, 2, 3, 0]
+    with pytest.raises(KeyError):
+        plan.position(9)
+    # a closing may be written after the points it sums up
+    Plan.validated([*nodes[:-1], Node(5, "Closing", (1, 3), part=Part.CLOSING)], Route.GRAPH)
 
 
 def test_direct_plan_and_modes() -> None:

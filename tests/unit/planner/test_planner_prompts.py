@@ -8,7 +8,7 @@ from engine_fakes import FakeEngine, chatml, llama3_trimming
 from planner import prompts
 from planner.engine import Role
 from planner.pipeline import resident_prefixes
-from planner.plan import Difficulty, Node, Plan, PointLength, Route
+from planner.plan import Difficulty, Node, Part, Plan, PointLength, Route, framed
 
 QUESTIONS = [
     "How can I improve my time management skills?",
@@ -74,6 +74,22 @@ def test_point_prompts_share_the_question_and_outline_prefix(engine: FakeEngine)
     assert two.tail == "1. Set goals: Write down three goals. Keep them small.\n2. Plan the week:"
     three = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 3)
     assert three.full.endswith("3. Review: what worked?")  # no colon after a question mark
+
+
+def test_the_opening_and_closing_share_the_prefix_and_are_named_by_their_prefill(engine: FakeEngine) -> None:
+    q = QUESTIONS[0]
+    plan = Plan.validated(framed(PLAN.nodes), PLAN.route)
+    shared = prompts.point_shared_prefix(engine, Role.LARGE, q, plan)
+    assert "Opening\n1. Set goals\n2. Plan the week\n3. Review: what worked?\nClosing\n" in shared
+    assert prompts.FRAME_INSTRUCTION in shared and prompts.FRAME_INSTRUCTION not in prompts.point_shared_prefix(
+        engine, Role.LARGE, q, PLAN)  # said only when the plan has a frame
+    tails = {n.id: prompts.point_prompt(engine, Role.LARGE, q, plan, n.id) for n in plan.nodes}
+    assert all(r.prefix == shared for r in tails.values())
+    assert [tails[n.id].tail for n in plan.nodes] == [
+        "Opening:", "1. Set goals:", "2. Plan the week:", "3. Review: what worked?", "Closing:"]
+    # a caller's own title for the frame does not change what the model is asked to write
+    renamed = Plan.validated([Node(9, "Intro", part=Part.OPENING), *PLAN.nodes], PLAN.route)
+    assert prompts.point_prompt(engine, Role.LARGE, q, renamed, 9).tail == "Opening:"
 
 
 def test_forwarded_text_is_capped(engine: FakeEngine) -> None:

@@ -11,7 +11,7 @@ from engine_fakes import FakeEngine
 from planner import prompts, runner
 from planner.engine import EngineFault, FinishReason, InvalidRequest, Role
 from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
-from planner.plan import Difficulty, Node, Plan, PlanInvalid, PointLength, Route
+from planner.plan import Difficulty, Node, Part, Plan, PlanInvalid, PointLength, Route, framed
 from planner.settings import PlannerSettings
 
 E, H = Difficulty.EASY, Difficulty.HARD
@@ -68,11 +68,11 @@ async def test_dependency_order_and_event_grammar() -> None:
     )
     done = events[-1]
     assert isinstance(done, AnswerDone) and done.failed == () and done.route is Route.GRAPH
-    assert done.text.splitlines() == [
-        "1. Set goals: Some helpful text.",
-        "2. Plan the week: Some helpful text.",
-        "3. Use a timer: Some helpful text.",
-        "4. Review: Some helpful text.",
+    assert done.text.split("\n\n") == [
+        "1. **Set goals**: Some helpful text.",
+        "2. **Plan the week**: Some helpful text.",
+        "3. **Use a timer**: Some helpful text.",
+        "4. **Review**: Some helpful text.",
     ]
     assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
 
@@ -158,11 +158,36 @@ async def test_one_node_failing_keeps_the_others() -> None:
     assert starts[3].parents == ()  # a failed parent forwards nothing, but its child still runs
     done = events[-1]
     assert isinstance(done, AnswerDone) and done.failed == (2,)
-    lines = done.text.splitlines()
-    assert lines[0] == "1. Alpha: Some helpful text."
-    assert lines[1] == "2. Beta: Half of the [point 2 failed: decoder fault injected]"
-    assert lines[2] == "3. Gamma: Some helpful text."
+    lines = done.text.split("\n\n")
+    assert lines[0] == "1. **Alpha**: Some helpful text."
+    assert lines[1] == "2. **Beta**: Half of the [point 2 failed: decoder fault injected]"
+    assert lines[2] == "3. **Gamma**: Some helpful text."
     assert engine.open_sequences == 0
+
+
+async def test_the_opening_and_closing_run_with_the_points_and_frame_the_answer() -> None:
+    engine = FakeEngine(delay=0.001)
+    engine.script_point("Opening:", " Here is how.")
+    engine.script_point("Closing:", "Half a sum", fail_after=2)
+    plan = graph(*framed([Node(1, "Alpha"), Node(2, "Beta", (1,))]))
+    events = await collect(engine, plan)
+    check_event_grammar(events, plan)
+    # the opening starts with the first wave of points (it needs nothing), not after them
+    assert index(events, NodeStarted, 3) < index(events, NodeFinished, 1)
+    done = events[-1]
+    assert isinstance(done, AnswerDone) and done.failed == (4,)
+    assert done.text.split("\n\n") == [
+        "Here is how.",
+        "1. **Alpha**: Some helpful text.",
+        "2. **Beta**: Some helpful text.",
+        "Half a [closing failed: decoder fault injected]",
+    ]
+    assert {c.request.role for c in engine.calls_for_point("Opening:")} == {Role.LARGE}
+    # an opening that writes nothing leaves no gap
+    quiet = FakeEngine()
+    quiet.script_point("Opening:", "")
+    events = await collect(quiet, plan)
+    assert events[-1].text.startswith("1. **Alpha**: ")  # type: ignore[union-attr]
 
 
 async def test_engine_reported_error_finish_is_a_failure() -> None:
@@ -298,7 +323,7 @@ async def test_engine_fault_class_is_reported() -> None:
     events = await collect(engine, graph(Node(1, "A"), Node(2, "B")))
     (failed,) = [e for e in events if isinstance(e, NodeFailed)]
     assert (failed.reason, failed.error, failed.partial_text) == ("boom", "EngineFault", "")
-    assert "1. A: [point 1 failed: boom]" in events[-1].text  # type: ignore[union-attr]
+    assert "1. **A**: [point 1 failed: boom]" in events[-1].text  # type: ignore[union-attr]
 
 
 async def test_the_speculation_setting_reaches_every_point_request() -> None:

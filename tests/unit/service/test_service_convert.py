@@ -10,7 +10,7 @@ from espalier.v1 import espalier_pb2 as pb
 
 from planner import events as ev
 from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded
-from planner.plan import Difficulty, Mode, Node, Plan, PlanInvalid, Route
+from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route, framed
 from planner.settings import PlannerSettings
 from service import convert
 
@@ -40,6 +40,18 @@ def test_plan_to_graph_and_back_is_the_same_plan() -> None:
         pb.MODEL_ROLE_SMALL}
 
 
+def test_the_opening_and_closing_keep_their_part_both_ways() -> None:
+    plan = Plan.validated(framed((Node(1, "A"), Node(2, "B"))), Route.PARALLEL)
+    graph = convert.graph_to_pb(plan, BASE, BOTH)
+    assert [n.part for n in graph.nodes] == [pb.NODE_PART_OPENING, pb.NODE_PART_POINT, pb.NODE_PART_POINT,
+                                             pb.NODE_PART_CLOSING]
+    back = convert.plan_from_graph(pb.Graph.FromString(graph.SerializeToString()), 2, BOTH)
+    assert [n.part for n in back.nodes] == [Part.OPENING, Part.POINT, Part.POINT, Part.CLOSING]
+    # a graph from a client that predates parts: every node a point
+    assert convert.plan_from_graph(pb.Graph(nodes=[node(1), node(2)]), 10, BOTH).points == (
+        Node(1, "point 1"), Node(2, "point 2"))
+
+
 def test_unspecified_route_and_difficulty_take_their_documented_defaults() -> None:
     plan = convert.plan_from_graph(pb.Graph(nodes=[node(1, difficulty=pb.DIFFICULTY_UNSPECIFIED), node(2)]), 10, BOTH)
     assert plan.route is Route.PARALLEL and plan.nodes[0].difficulty is Difficulty.HARD
@@ -60,6 +72,11 @@ def test_unspecified_route_and_difficulty_take_their_documented_defaults() -> No
      "no dependencies"),
     (pb.Graph(nodes=[node(1, difficulty=9)]), "graph.nodes[0].difficulty", "unknown value"),
     (pb.Graph(nodes=[node(1)], route=7), "graph.route", "unknown value"),
+    (pb.Graph(nodes=[pb.Node(id=1, title="a", part=9)]), "graph.nodes[0].part", "unknown value"),
+    (pb.Graph(nodes=[node(1), pb.Node(id=2, title="Opening", part=pb.NODE_PART_OPENING)]), "graph.nodes[1].part",
+     "not the first"),
+    (pb.Graph(nodes=[node(1), node(2, deps=(3,)), pb.Node(id=3, title="Closing", part=pb.NODE_PART_CLOSING)]),
+     "graph.nodes[1].depends_on", "the answer's closing"),
 ])
 def test_bad_graphs_raise_plan_invalid_naming_the_graph_field(graph: pb.Graph, field: str, words: str) -> None:
     with pytest.raises(PlanInvalid) as info:

@@ -94,7 +94,7 @@ async def test_serve_reports_not_serving_while_loading_then_serving_then_drains_
             watch.cancel()
             assert await _status(health) == SERVING
             plan = await stub.Plan(pb.PlanRequest(question=QUESTION, mode=pb.MODE_SOT))
-            assert len(plan.graph.nodes) == 2
+            assert [n.part for n in plan.graph.nodes].count(pb.NODE_PART_POINT) == 2
             text = await _http_get(ports["metrics"], "/metrics")
             assert "espalier_serving 1" in text and 'espalier_requests_total{method="Plan",code="OK"} 1' in text
 

@@ -46,23 +46,28 @@ async def test_plan_then_expand_an_edited_graph_then_stream() -> None:
         plan = await call
         assert (errors.REQUEST_ID_KEY, "client-id-1") in tuple(await call.initial_metadata())
         assert plan.graph.route == pb.ROUTE_GRAPH and [n.title for n in plan.graph.nodes] == [
-            "Thrill of fear", "Brain chemistry", "Personality differences"]
+            "Opening", "Thrill of fear", "Brain chemistry", "Personality differences", "Closing"]
+        assert [n.part for n in plan.graph.nodes] == [pb.NODE_PART_OPENING] + [pb.NODE_PART_POINT] * 3 + [
+            pb.NODE_PART_CLOSING]
         assert plan.skeleton.startswith("1. Thrill") and plan.timings.plan_s > 0
-        assert [n.model_role for n in plan.graph.nodes] == [pb.MODEL_ROLE_SMALL, pb.MODEL_ROLE_LARGE,
-                                                            pb.MODEL_ROLE_LARGE]
+        assert [n.model_role for n in plan.graph.nodes] == [pb.MODEL_ROLE_LARGE, pb.MODEL_ROLE_SMALL, pb.MODEL_ROLE_LARGE,
+                                                            pb.MODEL_ROLE_LARGE, pb.MODEL_ROLE_LARGE]
 
         graph = pb.Graph()
         graph.CopyFrom(plan.graph)
-        del graph.nodes[2]  # edit: drop the last point, rename one
-        graph.nodes[1].title = "How the brain reacts"
+        del graph.nodes[4]  # edit: drop the closing and the last point, rename one
+        del graph.nodes[3]
+        graph.nodes[2].title = "How the brain reacts"
         call = srv.stub.Expand(pb.ExpandRequest(question=QUESTION, graph=graph))
         events = await collect(call)
         rid = dict(await call.initial_metadata())[errors.REQUEST_ID_KEY]
         assert len(rid) == 16  # generated when the caller sent none
         assert kinds(events)[0] == "plan_ready" and kinds(events)[-1] == "answer_done"
-        assert [n.title for n in events[0].event.plan_ready.graph.nodes] == ["Thrill of fear", "How the brain reacts"]
+        assert [n.title for n in events[0].event.plan_ready.graph.nodes] == [
+            "Opening", "Thrill of fear", "How the brain reacts"]
         done = events[-1].event.answer_done
-        assert "2. How the brain reacts" in done.text and "Personality" not in done.text
+        assert "2. **How the brain reacts**" in done.text and "Personality" not in done.text
+        assert done.text.startswith("Some helpful text.\n\n1. **Thrill of fear**: ")  # the opening, kept
         assert not done.failed_node_ids and sum(u.completion_tokens for u in done.usage) > 0
 
         stream = srv.stub.Stream()
@@ -93,7 +98,7 @@ async def test_an_engine_fault_fails_that_request_with_internal_and_the_server_k
             assert words in info.value.details() and "secret" not in info.value.details()
             assert "-3" not in info.value.details()
         ok = await srv.stub.Plan(pb.PlanRequest(question=QUESTION, mode=pb.MODE_SOT))
-        assert len(ok.graph.nodes) == 3
+        assert len(ok.graph.nodes) == 3 + 2  # and the opening and closing
         health = await srv.health.Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         await idle(srv.servicer, engine)
@@ -168,7 +173,7 @@ async def test_a_full_admission_queue_is_resource_exhausted_with_a_retry_hint() 
         assert int(retry) > 0
         hold.set()
         for plan in await asyncio.gather(*held):
-            assert [n.title for n in plan.graph.nodes] == ["A", "B"]
+            assert [n.title for n in plan.graph.nodes] == ["Opening", "A", "B", "Closing"]
         await idle(srv.servicer, engine)
         assert srv.servicer.admission.stats().rejected == 1
 
