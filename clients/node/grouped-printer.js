@@ -10,6 +10,8 @@
  * shapes them (see client.js) and writes to any object with write(string).
  */
 
+const FRAME_PARTS = new Set(['NODE_PART_OPENING', 'NODE_PART_CLOSING']);
+
 class GroupedPrinter {
   /** @param {{write(s: string): unknown}} out  @param {object} [graph] the Plan's graph, for order and titles */
   constructor(out, graph) {
@@ -21,13 +23,13 @@ class GroupedPrinter {
   }
 
   _setGraph(graph) {
-    for (const node of graph.nodes) this._point(node.id, node.title);
+    for (const node of graph.nodes) this._point(node.id, node.title, FRAME_PARTS.has(node.part));
   }
 
-  _point(id, title = '') {
+  _point(id, title = '', frame = false) {
     if (!this._points.has(id)) {
       // A point missing from the plan is still shown, after the planned ones.
-      this._points.set(id, { id, title, held: '', opened: false, ended: false, failure: null });
+      this._points.set(id, { id, title, frame, held: '', opened: false, ended: false, failure: null });
       this._order.push(id);
     }
     return this._points.get(id);
@@ -52,7 +54,8 @@ class GroupedPrinter {
         // Every point has ended by now; one that never started is still listed.
         for (const id of this._order) this._point(id).ended = true;
         this._advance();
-        this._out.write(`${summaryLine(event.answerDone, this._order.length)}\n`);
+        const points = this._order.filter((id) => !this._point(id).frame).length;
+        this._out.write(`${summaryLine(event.answerDone, points)}\n`);
         return event.answerDone;
       default:
         break; // nodeStarted and promptProgress change nothing that is printed
@@ -84,7 +87,8 @@ class GroupedPrinter {
   _show(point) {
     if (!point.held && !point.ended) return; // no header before the point has anything to show
     if (!point.opened) {
-      this._out.write(`\n[${point.id}] ${point.title}\n`);
+      // the answer's opening and closing sentences are paragraphs of their own, without a header
+      this._out.write(point.frame ? '\n' : `\n[${point.id}] ${point.title}\n`);
       point.opened = true;
     }
     if (point.held) this._out.write(point.held);

@@ -68,3 +68,16 @@ test('summaryLine copes with missing usage and timings', () => {
   assert.equal(summaryLine({ route: 'ROUTE_DIRECT' }, 1),
     'done: ROUTE_DIRECT, 1 points, 0 failed, 0 tokens, first token 0.00 s, total 0.00 s');
 });
+
+test('the opening and closing print as paragraphs, and only points are counted', () => {
+  const out = sink();
+  const printer = new GroupedPrinter(out, { nodes: [
+    { id: 3, title: 'Opening', part: 'NODE_PART_OPENING' }, { id: 1, title: 'First', part: 'NODE_PART_POINT' },
+    { id: 4, title: 'Closing', part: 'NODE_PART_CLOSING' }] });
+  for (const e of [delta(1, 'a'), delta(3, 'Hello.'), delta(4, 'Bye.'), finished(1), finished(3), finished(4)]) {
+    printer.onEvent(e);
+  }
+  printer.onEvent(DONE);
+  assert.equal(out.text(), '\nHello.\n\n[1] First\na\n\nBye.\n' +
+    'done: ROUTE_PARALLEL, 1 points, 0 failed, 7 tokens, first token 0.25 s, total 1.50 s\n');
+});
