@@ -8,6 +8,7 @@ skipped and the report says so.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,21 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def label_lines(points: Sequence[tuple[float, float, str]], x_span: float) -> list[int]:
+    """The text line (0 = beside the point, 1 = below it, ...) of each point's label, in order.
+
+    A label runs right of its point: one that would overlap a label already placed at about the
+    same height (modes with equal win rates, or auto routing everything direct) goes on the next
+    free line below it. x_span: the axis' width in data units (label widths scale with it).
+    """
+    placed: list[tuple[float, float, float, int]] = []  # x, y, where the label ends, line
+    for x, y, label in points:
+        end = x + x_span * 0.016 * (len(label) + 2)  # about 11-point text on a 6-inch axis
+        taken = {line for px, py, pend, line in placed if abs(py - y) < 0.08 and px < end and x < pend}
+        placed.append((x, y, end, next(i for i in range(len(placed) + 1) if i not in taken)))
+    return [line for _, _, _, line in placed]
+
+
 def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
     """Two panels: speed-up median vs net win rate per mode; speed-up per question per mode. Returns
     {"written": True, "path": ...} or {"written": False, "reason": ...}."""
@@ -211,8 +227,7 @@ def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = result.get("questions", [])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
 
-    xs: list[float] = []
-    placed: list[tuple[float, float]] = []
+    points: list[tuple[str, float, float, str, str]] = []  # mode, x, y, label, colour
     for name, d in modes.items():
         colour = MODE_COLOURS.get(name, "#9467bd")
         x = d.get("speedup_median")
@@ -220,23 +235,24 @@ def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
         net = 0.0 if name == "direct" else (q or {}).get("net_win_rate")
         if x is None:
             continue
-        xs.append(x)
         judged = net is not None
         y = float(net) if net is not None else 0.0
         marker = "s" if name == "direct" else "o"
         left.scatter([x], [y], s=140, marker=marker, color=colour if judged else "white", edgecolors=colour,
                      linewidths=2, zorder=3)
         label = name + (" (baseline)" if name == "direct" else "" if judged else " (not judged)")
-        # points on the same spot (auto routing everything direct, say) get their labels stacked
-        near = sum(1 for px, py in placed if abs(px - x) < 0.05 and abs(py - y) < 0.05)
-        placed.append((x, y))
-        left.annotate(label, (x, y), textcoords="offset points", xytext=(10, 8 - 15 * near), fontsize=11,
+        points.append((name, x, y, label, colour))
+    xs = [x for _, x, _, _, _ in points]
+    lo, hi = (min(xs + [1.0]), max(xs + [1.0])) if xs else (0.5, 1.5)
+    pad = max(0.15, (hi - lo) * 0.2)
+    x_min, x_max = max(0.0, lo - pad), hi + 2.5 * pad  # room for the labels right of the points
+    lines = label_lines([(x, y, label) for _, x, y, label, _ in points], x_max - x_min)
+    for (_, x, y, label, colour), line in zip(points, lines):
+        left.annotate(label, (x, y), textcoords="offset points", xytext=(10, 8 - 26 * line), fontsize=11,
                       color=colour)
     left.axvline(1.0, color="#999999", linestyle="--", linewidth=1)
     left.axhline(0.0, color="#999999", linestyle="--", linewidth=1)
-    lo, hi = (min(xs + [1.0]), max(xs + [1.0])) if xs else (0.5, 1.5)
-    pad = max(0.15, (hi - lo) * 0.2)
-    left.set_xlim(max(0.0, lo - pad), hi + 2.5 * pad)  # room for the labels right of the points
+    left.set_xlim(x_min, x_max)
     left.set_ylim(-1.05, 1.05)
     left.set_xlabel("speed-up over direct (median per question)")
     left.set_ylabel("net win rate vs direct (judge)")

@@ -144,7 +144,7 @@ async def test_plan_then_expand_an_edited_graph(engine: LlamaEngine) -> None:
         done = check_answer(events, graph)
         started = [e.event.node_started for e in events if kind(e) == "node_started"]
         assert [list(s.parents) for s in started] == [[], [1]]  # node 2 saw node 1's text
-        assert f"2. {titles[1]} in practice" in done.text
+        assert f"2. **{titles[1]} in practice**" in done.text
         assert done.route == pb.ROUTE_GRAPH
         small = next(u for u in done.usage if u.model_role == pb.MODEL_ROLE_SMALL)
         assert small.completion_tokens > 0 and small.calls == 2

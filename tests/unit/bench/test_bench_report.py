@@ -93,3 +93,14 @@ async def test_plot_skipped_without_matplotlib(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "b.png").exists()
     result["plot"] = out
     assert "_Plot skipped: matplotlib is not installed" in report.render_markdown(result)
+
+
+def test_labels_that_would_overlap_go_on_lines_below() -> None:
+    # sot and sgd at one win rate, far enough apart for short labels; a long label further left at
+    # that height reaches under both; direct and auto each alone at their height
+    points = [(1.0, 0.0, "direct (baseline)"), (2.02, -0.12, "sot"), (1.78, -0.12, "sgd"),
+              (1.33, -0.12, "sgd:point_length=detailed"), (1.5, 0.5, "auto")]
+    assert report.label_lines(points, x_span=1.7) == [0, 0, 0, 1, 0]
+    # labels on one spot stack, one line each; a label at another height is not moved
+    same = [(1.0, 0.0, "a"), (1.0, 0.0, "b"), (1.01, 0.0, "c"), (1.05, 0.3, "d")]
+    assert report.label_lines(same, x_span=1.7) == [0, 1, 2, 0]
