@@ -80,11 +80,19 @@ func run(target string, mode espalierv1.Mode, pointTokens uint32, deadline time.
 	if err != nil {
 		return err
 	}
-	titles := map[uint32]string{}
+	// A node's header: "[id] title" for a point; the answer's opening and closing sentences are
+	// paragraphs of their own, without one.
+	headers := map[uint32]string{}
+	points := 0
 	for _, n := range plan.Graph.Nodes {
-		titles[n.Id] = n.Title
+		if n.Part == espalierv1.NodePart_NODE_PART_OPENING || n.Part == espalierv1.NodePart_NODE_PART_CLOSING {
+			headers[n.Id] = "\n"
+			continue
+		}
+		headers[n.Id] = fmt.Sprintf("\n[%d] %s\n", n.Id, n.Title)
+		points++
 	}
-	fmt.Printf("plan: %s, %d points (%s)\n", plan.Graph.Route, len(plan.Graph.Nodes), plan.Reason)
+	fmt.Printf("plan: %s, %d points (%s)\n", plan.Graph.Route, points, plan.Reason)
 
 	stream, err := client.Expand(ctx, &espalierv1.ExpandRequest{Question: question, Graph: plan.Graph, Settings: settings})
 	if err != nil {
@@ -100,10 +108,10 @@ func run(target string, mode espalierv1.Mode, pointTokens uint32, deadline time.
 		}
 		switch e := resp.Event.Event.(type) {
 		case *espalierv1.AnswerEvent_NodeFinished:
-			fmt.Printf("\n[%d] %s\n%s\n", e.NodeFinished.NodeId, titles[e.NodeFinished.NodeId], e.NodeFinished.Text)
+			fmt.Printf("%s%s\n", header(headers, e.NodeFinished.NodeId), e.NodeFinished.Text)
 		case *espalierv1.AnswerEvent_NodeFailed:
-			fmt.Printf("\n[%d] %s\n  (failed: %s: %s)\n", e.NodeFailed.NodeId, titles[e.NodeFailed.NodeId],
-				e.NodeFailed.Error, e.NodeFailed.Reason)
+			fmt.Printf("%s  (failed: %s: %s)\n", header(headers, e.NodeFailed.NodeId), e.NodeFailed.Error,
+				e.NodeFailed.Reason)
 		case *espalierv1.AnswerEvent_AnswerDone:
 			var tokens uint32
 			for _, u := range e.AnswerDone.Usage {
@@ -111,8 +119,16 @@ func run(target string, mode espalierv1.Mode, pointTokens uint32, deadline time.
 			}
 			t := e.AnswerDone.Timings
 			fmt.Printf("done: %s, %d points, %d failed, %d tokens, first token %.2f s, total %.2f s\n",
-				e.AnswerDone.Route, len(plan.Graph.Nodes), len(e.AnswerDone.FailedNodeIds), tokens,
+				e.AnswerDone.Route, points, len(e.AnswerDone.FailedNodeIds), tokens,
 				t.GetFirstTokenS(), t.GetTotalS())
 		}
 	}
+}
+
+// header of a node, or "[id]" for one the plan did not list.
+func header(headers map[uint32]string, id uint32) string {
+	if h, ok := headers[id]; ok {
+		return h
+	}
+	return fmt.Sprintf("\n[%d]\n", id)
 }

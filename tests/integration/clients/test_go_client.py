@@ -48,9 +48,12 @@ async def test_go_example_plans_and_expands_against_a_real_server(small_engine, 
             code, out = await run(str(binary), "-target", target, "-mode", "sot", "-point-tokens", "8", question,
                                    cwd=tmp_path, env=env)
             assert code == 0, out
-            assert re.match(r"plan: ROUTE_PARALLEL, \d+ points", out), out
+            points = int(re.match(r"plan: ROUTE_PARALLEL, (\d+) points", out).group(1))  # type: ignore[union-attr]
             assert re.search(r"^\[1\] .+\n.*\w", out, re.MULTILINE), out  # a header, then text
-            assert re.search(r"^done: ROUTE_PARALLEL, \d+ points, 0 failed, [1-9]\d* tokens", out, re.MULTILINE), out
+            # the points have headers; the opening and closing are paragraphs without one
+            assert len(re.findall(r"^\[\d+\] ", out, re.MULTILINE)) == points, out
+            assert not re.search(r"^\[\d+\] (Opening|Closing)$", out, re.MULTILINE), out
+            assert re.search(rf"^done: ROUTE_PARALLEL, {points} points, 0 failed, [1-9]\d* tokens", out, re.MULTILINE), out
             # Bad input and a missing token come back as the documented status code names.
             code, out = await run(str(binary), "-target", target, " ", cwd=tmp_path, env=env)
             assert (code, out.strip()) == (1, "error: INVALID_ARGUMENT: question must not be empty"), out
