@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from planner.plan import Node, Part, Plan, Route
+from planner.prompts import title_colon
 
 
 def assemble(plan: Plan, texts: Mapping[int, str], failures: Mapping[int, tuple[str, str]]) -> str:
@@ -40,7 +41,7 @@ def assemble(plan: Plan, texts: Mapping[int, str], failures: Mapping[int, tuple[
 def answer_heading(position: int, node: Node) -> str:
     """A point's heading in the answer: "3. **Title**:" (no colon after a title's own punctuation)."""
     title = node.title.strip()
-    return f"{position}. **{title}**" if title[-1:] in ".:?!" else f"{position}. **{title}**:"
+    return f"{position}. **{title}**{title_colon(title)}"
 
 
 def _tidy(text: str) -> str:

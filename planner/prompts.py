@@ -163,7 +163,12 @@ def heading(position: int, title: str) -> str:
 
 
 def _with_colon(label: str) -> str:
-    return label if label[-1:] in ".:?!" else f"{label}:"
+    return label + title_colon(label)
+
+
+def title_colon(title: str) -> str:
+    """The colon after a title, unless the title ends with its own punctuation ("Review: what worked?")."""
+    return "" if title.rstrip()[-1:] in ".:?!" else ":"
 
 
 def prefill(plan: Plan, node: Node) -> str:
