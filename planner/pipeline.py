@@ -17,7 +17,7 @@ from planner import prompts, router, runner
 from planner.decode import collect, resolve_role
 from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Role
 from planner.events import Event, Meter
-from planner.plan import Mode, Node, Part, Plan, PlanInvalid, Route, framed
+from planner.plan import Mode, Node, Plan, PlanInvalid, Route, framed
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 from planner.skeleton_parser import parse_skeleton
 
@@ -78,6 +78,7 @@ async def make_plan(
     nodes = _parse(skeleton, route, settings, truncated=out.finish is FinishReason.LENGTH)
     if nodes is None:
         return Plan.direct(f"{reason}; skeleton unusable, answering directly")
+    counted = f"{reason}; {len(nodes)} points"  # the points alone, before the frame joins them
     if settings.frame:
         nodes = framed(nodes)
     try:
@@ -85,7 +86,7 @@ async def make_plan(
             nodes,
             route,
             max_nodes=settings.max_nodes,
-            reason=f"{reason}; {sum(n.part is Part.POINT for n in nodes)} points",
+            reason=counted,
             skeleton=skeleton,
         )
         return plan.with_max_depth(settings.max_depth) if route is Route.GRAPH else plan

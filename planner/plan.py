@@ -184,7 +184,7 @@ class Plan:
             _check_part(node, i, len(nodes))
         if not points:
             raise PlanInvalid("a plan needs at least one point", field="plan.nodes")
-        frames = {n.id for n in nodes if n.part is not Part.POINT}
+        frames = {n.id: n.part for n in nodes if n.part is not Part.POINT}
         for i, node in enumerate(nodes):
             where = f"plan.nodes[{i}].depends_on"
             if node.depends_on and route is not Route.GRAPH:
@@ -199,8 +199,8 @@ class Plan:
                 if dep not in seen:
                     raise PlanInvalid(f"node {node.id} depends on unknown node {dep!r}", field=where)
                 if dep in frames:
-                    raise PlanInvalid(f"node {node.id} depends on node {dep}, the answer's "
-                                      f"{next(n.part for n in nodes if n.id == dep)}", field=where)
+                    raise PlanInvalid(f"node {node.id} depends on node {dep}, the answer's {frames[dep]}",
+                                      field=where)
         plan = cls(nodes, route, reason, skeleton)
         cycle = plan._find_cycle()
         if cycle:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from planner.decode import resolve_role
 from planner.engine import Engine, Message, Role
-from planner.plan import Node, Part, Plan, PointLength, Route
+from planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route
 
 SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; never sent to a model
 
@@ -178,7 +178,7 @@ def prefill(plan: Plan, node: Node) -> str:
 
 # The outline names the frame by what it is, whatever title a caller gave it, so the pre-fill
 # always matches a line of the outline.
-FRAME_LABELS: dict[Part, str] = {Part.OPENING: "Opening", Part.CLOSING: "Closing"}
+FRAME_LABELS: dict[Part, str] = {Part.OPENING: OPENING_TITLE, Part.CLOSING: CLOSING_TITLE}
 
 
 # Said once in the shared prefix, so a point's own tail is only its heading (and its parents' text):

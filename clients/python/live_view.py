@@ -53,7 +53,7 @@ class AnswerState:
             self.points = {}
             for n in event.plan_ready.graph.nodes:
                 frame = n.part in (pb.NODE_PART_OPENING, pb.NODE_PART_CLOSING)
-                number = 0 if frame else 1 + sum(1 for p in self.points.values() if p.number)
+                number = 0 if frame else self.numbered() + 1
                 self.points[n.id] = PointState(n.id, n.title, tuple(n.depends_on), number)
         elif kind == "node_started":
             point = self._point(event.node_started.node_id)

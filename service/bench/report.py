@@ -227,7 +227,7 @@ def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = result.get("questions", [])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
 
-    points: list[tuple[str, float, float, str, str]] = []  # mode, x, y, label, colour
+    points: list[tuple[float, float, str, str]] = []  # x, y, label, colour
     for name, d in modes.items():
         colour = MODE_COLOURS.get(name, "#9467bd")
         x = d.get("speedup_median")
@@ -241,13 +241,13 @@ def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
         left.scatter([x], [y], s=140, marker=marker, color=colour if judged else "white", edgecolors=colour,
                      linewidths=2, zorder=3)
         label = name + (" (baseline)" if name == "direct" else "" if judged else " (not judged)")
-        points.append((name, x, y, label, colour))
-    xs = [x for _, x, _, _, _ in points]
+        points.append((x, y, label, colour))
+    xs = [x for x, _, _, _ in points]
     lo, hi = (min(xs + [1.0]), max(xs + [1.0])) if xs else (0.5, 1.5)
     pad = max(0.15, (hi - lo) * 0.2)
     x_min, x_max = max(0.0, lo - pad), hi + 2.5 * pad  # room for the labels right of the points
-    lines = label_lines([(x, y, label) for _, x, y, label, _ in points], x_max - x_min)
-    for (_, x, y, label, colour), line in zip(points, lines):
+    lines = label_lines([(x, y, label) for x, y, label, _ in points], x_max - x_min)
+    for (x, y, label, colour), line in zip(points, lines):
         left.annotate(label, (x, y), textcoords="offset points", xytext=(10, 8 - 26 * line), fontsize=11,
                       color=colour)
     left.axvline(1.0, color="#999999", linestyle="--", linewidth=1)
