@@ -3,7 +3,8 @@
 Owns the answer's shape, which is what a reader sees (markdown, as chat models write it): the
 opening sentence as its own paragraph, then the points in skeleton order, each as its number,
 its title in bold and its text, a blank line apart, then the closing sentence. A failed node keeps
-whatever text it produced and notes the gap; a direct answer is its text.
+whatever text it produced and notes the gap (an opening or closing that wrote nothing leaves none);
+a direct answer is its text.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def assemble(plan: Plan, texts: Mapping[int, str], failures: Mapping[int, tuple[
         position = plan.position(node.id)
         if node.id in failures:
             partial, reason = failures[node.id]
+            if node.part is not Part.POINT and not partial.strip():
+                continue  # an opening or closing adds no content: one that wrote nothing leaves no gap
             name = f"point {position}" if node.part is Part.POINT else node.part.value
             body = _join(_tidy(partial), f"[{name} failed: {reason}]", sep=" ")
         else:

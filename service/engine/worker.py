@@ -316,11 +316,17 @@ class ContextWorker:
     def _sample(self, job: Job, index: int) -> None:
         assert job.sampler is not None
         row = self.ctx.log_probs(index) if job.top_logprobs > 0 else None  # read before the sampler runs
+        self._ban_openers(job, index, job.seq.generated)
         token = job.sampler.sample(self.ctx, index)
         logprobs = self._token_logprobs(row, token, job.top_logprobs) if row is not None else None
         if self._take(job, token, logprobs):
             self.sched.accept(job.seq, token)
             job.history.append(token)
+
+    def _ban_openers(self, job: Job, index: int, generated: int) -> None:
+        """Under Sampling.min_tokens, the next token may not end the reply nor break its first line."""
+        if generated < job.sampling.min_tokens:
+            self.ctx.ban(index, self.model.opening_bans)
 
     def _token_logprobs(self, row: np.ndarray, token: int, n: int) -> TokenLogprobs:
         """The sampled token's log-probability and the n likeliest tokens (ties by token id), from a
@@ -383,6 +389,7 @@ class ContextWorker:
         base = seq.n_past - len(drafts) - 1  # its position
         kept = 0
         for j in range(len(drafts) + 1):
+            self._ban_openers(job, first + j, seq.generated)
             token = job.sampler.sample(self.ctx, first + j)
             if not self._take(job, token):
                 self.spec.record(seq.key, proposal.source, len(drafts), kept)
