@@ -71,7 +71,7 @@ class EngineFault(EngineError):
 # --- request / response ---
 
 
-MAX_STOPS = 16  # a detailed point has 14 (planner.prompts.point_stop)
+MAX_STOPS = 16  # a detailed point has 16 (planner.prompts.point_stop)
 
 
 @dataclass(frozen=True, slots=True)

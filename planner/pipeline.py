@@ -174,4 +174,5 @@ def resident_prefixes(
 ) -> tuple[tuple[Role, str], ...]:
     """(role, text) prompt prefixes that do not depend on the question: keep them resident in the engine."""
     return prompts.fixed_prefixes(engine, skeleton_role=settings.skeleton_role, router_role=settings.router_role,
-                                  point_length=settings.point_length, difficulty=settings.rates_difficulty)
+                                  point_length=settings.point_length, difficulty=settings.rates_difficulty,
+                                  closing=settings.frame and settings.closing)

@@ -42,7 +42,9 @@ class PointLength(enum.StrEnum):
     """How much each point of a skeleton answer says."""
 
     BRIEF = "brief"  # one or two short sentences (Skeleton-of-Thought's "very shortly")
-    DETAILED = "detailed"  # two to four sentences with a concrete detail: longer, slower, fuller
+    # two short sentences with a concrete detail, over several lines where the question asks for code,
+    # steps or examples: the default, since one-line points lost to direct answers with a careful reader
+    DETAILED = "detailed"
 
 
 class Route(enum.StrEnum):
@@ -238,6 +240,13 @@ class Plan:
                 return i
         self.node(node_id)  # KeyError when unknown
         return 0
+
+    def depth(self) -> int:
+        """Stages of the longest chain of dependent nodes (1 = every node can run at once; 0 = no nodes)."""
+        depth: dict[int, int] = {}
+        for node_id in self.topological_order():
+            depth[node_id] = 1 + max((depth[d] for d in self.node(node_id).depends_on), default=0)
+        return max(depth.values(), default=0)
 
     def with_max_depth(self, max_depth: int) -> Plan:
         """The same plan with dependencies cut so that no chain has more than max_depth stages.

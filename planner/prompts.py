@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from planner.decode import resolve_role
 from planner.engine import Engine, Message, Role
-from planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route
+from planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route, framed
 
 SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; never sent to a model
 
@@ -37,17 +37,20 @@ SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; 
 
 _SKELETON_SYSTEM_COMMON = (
     "You are an organizer. You do not answer the question: you only write the skeleton of a good answer, "
-    "a numbered list of 3 to 10 short points, one point per line, each point only 3 to 6 words, "
-    "about the question asked, covering everything a complete answer needs. Write nothing before or after the list."
+    "a numbered list of 3 to 8 short points, one point per line, each point only 3 to 6 words, "
+    "about the question exactly as it is asked, covering what a complete answer needs, no two points alike. "
+    "Write nothing before or after the list."
 )
 SKELETON_SYSTEM_PARALLEL = _SKELETON_SYSTEM_COMMON
+# Dependencies only where a point cannot be written without another's text: each one is a stage the
+# dependent point waits for, and examples with many taught the model to chain points that need none.
 SKELETON_SYSTEM_GRAPH = _SKELETON_SYSTEM_COMMON + (
-    " After each point, in brackets, say whether it is easy or hard to write and, if it builds on "
-    "earlier points, which ones (needs: their numbers), as in the examples."
+    " After each point, in brackets, say whether it is easy or hard to write and, if it cannot be "
+    "written without an earlier point's text, which one (needs: its number), as in the examples."
 )
 SKELETON_SYSTEM_DEPENDENCIES = _SKELETON_SYSTEM_COMMON + (
-    " After a point that builds on earlier points, say which ones in brackets (needs: their numbers), as "
-    "in the examples."
+    " After a point that cannot be written without an earlier point's text, say which one in brackets "
+    "(needs: its number), as in the examples."
 )
 
 # Two examples on unrelated topics, so that a small model learns the form rather than the content.
@@ -57,26 +60,27 @@ _EXAMPLES: tuple[tuple[str, str, str], ...] = (
         (
             "1. Switch to LED lighting\n2. Seal drafts and insulate\n3. Use appliances efficiently\n"
             "4. Unplug idle electronics\n5. Lower heating and cooling\n6. Wash clothes in cold water\n"
-            "7. Install a smart thermostat\n8. Track the energy bill"
+            "7. Track the energy bill"
         ),
         (
             "1. Switch to LED lighting (easy)\n2. Seal drafts and insulate (easy)\n"
             "3. Use appliances efficiently (easy)\n4. Unplug idle electronics (easy)\n"
             "5. Lower heating and cooling (needs: 2; hard)\n6. Wash clothes in cold water (easy)\n"
-            "7. Install a smart thermostat (needs: 5; easy)\n8. Track the energy bill (easy)"
+            "7. Track the energy bill (easy)"
         ),
     ),
+    # A "what if" question: the points are the imagined alternative's consequences, not the history
+    # that really happened (skeleton answers to counterfactuals otherwise retold real history).
     (
-        "How did the printing press change Europe?",
+        "What if the printing press had never been invented?",
         (
-            "1. Gutenberg's invention\n2. Cheaper, faster books\n3. Spread of literacy\n4. The Reformation\n"
-            "5. The Scientific Revolution\n6. Standard spelling and languages\n7. Newspapers and public opinion"
+            "1. Books stay rare and costly\n2. Literacy stays a privilege\n3. A slower, local Reformation\n"
+            "4. Science shared by letter only\n5. No newspapers or public opinion"
         ),
         (
-            "1. Gutenberg's invention (easy)\n2. Cheaper, faster books (needs: 1; easy)\n"
-            "3. Spread of literacy (needs: 2; hard)\n4. The Reformation (needs: 2, 3; hard)\n"
-            "5. The Scientific Revolution (needs: 2; hard)\n6. Standard spelling and languages (easy)\n"
-            "7. Newspapers and public opinion (needs: 2; hard)"
+            "1. Books stay rare and costly (easy)\n2. Literacy stays a privilege (needs: 1; easy)\n"
+            "3. A slower, local Reformation (hard)\n4. Science shared by letter only (hard)\n"
+            "5. No newspapers or public opinion (easy)"
         ),
     ),
 )
@@ -218,13 +222,15 @@ POINT_INSTRUCTIONS: dict[PointLength, str] = {
     PointLength.DETAILED: _POINT_LEAD + (
         "A numbered point: explain it in two short sentences, one of them a concrete example or detail, and if "
         "its title is a question, answer it; where the question asks for code, steps or examples, give "
-        "them in this point (a code block or a short bulleted list). The other parts are written "
-        "separately."
+        "them in this point (a code block or a short bulleted list). Keep to the question as it is asked: its "
+        "premise (for a \"what if\" question, the imagined alternative, not what really happened) and its "
+        "instructions. The other parts are written separately."
     ),
 }
-# Said with either length: a plan without an opening or closing never asks for one.
-FRAME_INSTRUCTION = (" The opening: one sentence that introduces the answer. The closing: one sentence that "
-                     "sums up the points written above it.")
+# Said with either length; a plan with no opening never asks for one. The closing is named only in the
+# prompts of a plan that has one: told of a closing, points ran on into "Closing" paragraphs.
+FRAME_INSTRUCTION = " The opening: one sentence that introduces the answer."
+CLOSING_INSTRUCTION = " The closing: one sentence that sums up the points written above it."
 FRAME_MAX_TOKENS = 80  # one sentence; a budget the frame never needs unless it runs on
 # What the closing is shown of each point: enough to sum up without claiming what the points do not
 # say, short enough that prefilling it after the points adds little wait.
@@ -246,16 +252,17 @@ def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
     return "".join(lines)
 
 
-def point_system(length: PointLength) -> str:
+def point_system(length: PointLength, closing: bool = False) -> str:
     """The system message of every point prompt: the planner's instructions, question-independent."""
-    return f"{ANSWER_SYSTEM}\n\n{POINT_INSTRUCTIONS[length]}{FRAME_INSTRUCTION}"
+    return f"{ANSWER_SYSTEM}\n\n{POINT_INSTRUCTIONS[length]}{FRAME_INSTRUCTION}{CLOSING_INSTRUCTION if closing else ''}"
 
 
 def _point_messages(question: str, plan: Plan, length: PointLength = PointLength.DETAILED, *,
                     split_after_lead: bool = False) -> list[Message]:
     split = SPLIT if split_after_lead else ""  # the fixed, question-independent part is resident
     content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan)
-    return [Message("system", point_system(length)), Message("user", content)]
+    closing = any(n.part is Part.CLOSING for n in plan.nodes)
+    return [Message("system", point_system(length, closing)), Message("user", content)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +307,7 @@ def point_shared_prefix(engine: Engine, role: Role, question: str, plan: Plan,
 # next number run on after a sentence, or a closing. Sub-lists inside a point use "-" bullets (the
 # instruction says so) or are indented, so a digit at the start of a line is the next heading.
 _LINE_DIGITS = tuple(f"\n{d}" for d in "123456789")
-_CLOSERS = ("\nClosing:", "\n**Closing", "\nIn conclusion", "\n**Conclusion")
+_CLOSERS = ("\nClosing", "\n**Closing", "\nOpening", "\nIn conclusion", "\nConclusion", "\n**Conclusion")
 
 
 def point_stop(plan: Plan | None = None, node_id: int = 0,
@@ -380,7 +387,7 @@ def render(engine: Engine, role: Role, messages: Sequence[Message], prefill: str
 
 def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role,
                    point_length: PointLength = PointLength.DETAILED,
-                   difficulty: bool = True) -> tuple[tuple[Role, str], ...]:
+                   difficulty: bool = True, closing: bool = False) -> tuple[tuple[Role, str], ...]:
     """Question-independent prompt prefixes worth keeping resident in the engine, per role.
 
     The engine should prefill these once at start-up and fork them for any prompt that starts with
@@ -393,7 +400,7 @@ def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role,
         out.add((sk, skeleton_fixed_prefix(engine, sk, route, difficulty=difficulty)))
     rr = resolve_role(router_role, loaded)
     out.add((rr, router_fixed_prefix(engine, rr)))
-    dummy = Plan((Node(1, "a"), Node(2, "b")), Route.PARALLEL)
+    dummy = Plan(framed((Node(1, "a"), Node(2, "b")), closing=closing), Route.PARALLEL)
     for role in loaded:
         out.add((role, render(engine, role, _point_messages("?", dummy, point_length, split_after_lead=True),
                               "").prefix))

@@ -69,9 +69,9 @@ class PlannerSettings:
     )
     point_length: PointLength = field(
         default=PointLength.DETAILED,
-        metadata=_m("how much each point says: detailed (two to four sentences with a concrete detail, and "
-                    "the code, steps or examples the question asks for, over several lines where needed) or "
-                    "brief (one or two sentences on one line: fastest, and thinner)"),
+        metadata=_m("how much each point says: detailed (two short sentences with a concrete example or "
+                    "detail, and the code, steps or examples the question asks for, over several lines where "
+                    "needed) or brief (one or two sentences on one line: fastest, and thinner)"),
     )
     frame: bool = field(
         default=True,
@@ -93,7 +93,7 @@ class PlannerSettings:
         metadata=_m("fewest points a parsed skeleton needs; fewer falls back to a direct answer", 1, 64),
     )
     max_concurrency: int = field(
-        default=8,
+        default=16,
         metadata=_m(
             "most points decoding at once per role (also bounded by the engine's free slots)", 1, 256
         ),

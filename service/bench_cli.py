@@ -238,7 +238,7 @@ def run(argv: Sequence[str]) -> int:
     ans.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
     ans.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
     ans.add_argument("--ctx", type=int, default=8192, help="KV cells per model context (default 8192)")
-    ans.add_argument("--slots", type=int, default=8, help="sequences decoded together per model (default 8)")
+    ans.add_argument("--slots", type=int, default=16, help="sequences decoded together per model (default 16)")
     ans.add_argument("--judge", choices=("embedded", "none"), default="embedded",
                      help="embedded: the large model (small with --small-only) judges, by logprob margin; "
                           "none: no judging")

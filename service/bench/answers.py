@@ -197,6 +197,8 @@ class RunResult:
     reason: str = ""
     error: str | None = None
     points: list[str] = field(default_factory=list)  # each numbered point's text (failed ones: their partial)
+    skeleton: str = ""  # the skeleton text the model wrote (skeleton modes, embedded runner)
+    stages: int = 0  # dependency stages of the plan: 1 = every point at once (embedded runner)
 
     @property
     def ok(self) -> bool:
@@ -251,6 +253,7 @@ class EmbeddedRunner:
         nodes = 0
         reason = ""
         points: dict[int, str] = {}  # point id -> text, in skeleton order
+        skeleton, stages = "", 0
         name, settings = self._mode_and_settings(mode)
         try:
             async with aclosing(pipeline.answer(self.engine, question, name, settings)) as events:
@@ -259,6 +262,7 @@ class EmbeddedRunner:
                         first = self.clock() - t0
                     if isinstance(event, PlanReady):
                         nodes, reason = len(event.plan.nodes), event.plan.reason
+                        skeleton, stages = event.plan.skeleton, event.plan.depth()
                         if event.plan.route is not Route.DIRECT:
                             points = {n.id: "" for n in event.plan.points}
                     elif isinstance(event, NodeFinished | NodeFailed) and event.node_id in points:
@@ -271,7 +275,7 @@ class EmbeddedRunner:
         if done is None:
             return RunResult(seconds, first, error="the stream ended without an answer")
         return RunResult(seconds, first, done.usage.completion_tokens, done.text, done.route.value, nodes,
-                         len(done.failed), reason, points=list(points.values()))
+                         len(done.failed), reason, points=list(points.values()), skeleton=skeleton, stages=stages)
 
     async def route(self, question: str) -> tuple[str, str]:
         decision = await router.route(self.engine, question, self.settings)
@@ -456,6 +460,8 @@ def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "speedup_n": len(ups),
         "routes": dict(sorted(Counter(r["route"] for r in ok).items())),
     }
+    stages = [r["stages"] for r in ok if r.get("stages")]
+    out["stages_median"] = _r(median(stages), 1) if stages else None
     texts = [p for r in ok for p in r.get("points", [])]
     out["points"] = len(texts)
     out["empty_points"], out["short_points"] = point_defects(texts)
@@ -757,7 +763,7 @@ class AnswersOptions:
     large: str = "large"
     small: str = "small"
     n_ctx: int = 8192
-    slots: int = 8
+    slots: int = 16
     gpu_layers: int = 0
     judge: str = "embedded"  # embedded | none (a --judge-url picks the endpoint judge)
     judge_url: str | None = None

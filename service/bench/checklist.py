@@ -37,7 +37,13 @@ from planner.engine import (
     Sampling,
 )
 from planner.prompts import SPLIT, render
-from service.bench.judge import DEFAULT_MAX_ANSWER_CHARS, absent_bound, cut_answer, label_logprob
+from service.bench.judge import (
+    DEFAULT_MAX_ANSWER_CHARS,
+    absent_bound,
+    cut_answer,
+    label_logprob,
+    label_margin,
+)
 from service.bench.questions import QuestionSetError, jsonl_objects, normalize
 
 CHECK_SYSTEM = (
@@ -47,11 +53,21 @@ CHECK_SYSTEM = (
     "part is no. Reply with one word: yes or no."
 )
 DEFAULT_TIE_BAND = 5.0  # score points (of 100) of difference below which a mode ties direct
+DEFAULT_PAIR_BAND = 0.25  # nats of mean per-item preference below which a mode ties direct (side by side)
+PAIR_SYSTEM = (
+    "You are a careful, strict grader. You will see a question, two answers to it (Answer A and Answer B), "
+    "and one yes/no question about an answer. Decide which of the two answers does better what the yes/no "
+    "question asks: which does it clearly and correctly, where the other does it vaguely, wrongly or not "
+    "at all. Reply with one letter: A or B."
+)
 MIN_LABEL_MASS = 0.2  # yes and no together must carry this much probability for a grade
 
 
-def checklist_method(band: float) -> str:
+def checklist_method(band: float, side_by_side: bool = False) -> str:
     """How checklist-graded pairs are decided, as the report and the settings state it."""
+    if side_by_side:
+        return (f"checklist side by side (per item, logP(A) - logP(B) in both orders, mean preference), "
+                f"tie band ±{band:g} nats")
     return f"checklist grades (mean P(yes) per item, 0-100), tie band ±{band:g} points"
 
 
@@ -88,6 +104,15 @@ def item_messages(question: str, answer: str, item: str,
     return [Message("system", CHECK_SYSTEM), Message("user", user)]
 
 
+def pair_messages(question: str, answer_a: str, answer_b: str, item: str,
+                  max_chars: int = DEFAULT_MAX_ANSWER_CHARS) -> list[Message]:
+    """The side-by-side item prompt; SPLIT marks where the item starts (both answers are shared)."""
+    user = (f"Question:\n{question.strip()}\n\n[Answer A]\n{cut_answer(answer_a, max_chars)}\n[End of Answer A]\n\n"
+            f"[Answer B]\n{cut_answer(answer_b, max_chars)}\n[End of Answer B]\n\n"
+            f"{SPLIT}Yes/no question about an answer: {item.strip()}\nWhich answer does this better? Reply A or B.")
+    return [Message("system", PAIR_SYSTEM), Message("user", user)]
+
+
 def yes_probability(top: Sequence[tuple[str, float]]) -> float | None:
     """P(yes) / (P(yes) + P(no)) at the first reply token ("Yes", " yes", "YES" all count); a label missing
     from the top entries gets the bound of judge.absent_bound. None when neither label is listed, or
@@ -121,6 +146,9 @@ class ChecklistJudge(Protocol):
 
     async def grade_items(self, question: str, answer: str, items: Sequence[str]) -> Graded: ...
 
+    async def compare_items(self, question: str, answer_a: str, answer_b: str,
+                            items: Sequence[str]) -> tuple[float | None, ...]: ...
+
 
 @dataclass
 class EngineChecklistJudge:
@@ -133,15 +161,24 @@ class EngineChecklistJudge:
     max_chars: int = DEFAULT_MAX_ANSWER_CHARS
 
     async def grade_items(self, question: str, answer: str, items: Sequence[str]) -> Graded:
-        rendered = [render(self.engine, self.role, item_messages(question, answer, item, self.max_chars), "")
-                    for item in items]
+        tops = await self._tops([item_messages(question, answer, item, self.max_chars) for item in items])
+        return Graded(tuple(yes_probability(top) if top else None for top in tops))
+
+    async def compare_items(self, question: str, answer_a: str, answer_b: str,
+                            items: Sequence[str]) -> tuple[float | None, ...]:
+        """Per item, logP("A") - logP("B") at the first reply token (judge.label_margin); None without labels."""
+        tops = await self._tops([pair_messages(question, answer_a, answer_b, item, self.max_chars) for item in items])
+        return tuple(label_margin(top) if top else None for top in tops)
+
+    async def _tops(self, prompts: Sequence[Sequence[Message]]) -> list[list[tuple[str, float]]]:
+        """The first reply token's top entries of each prompt, all forked from their shared prefix."""
+        rendered = [render(self.engine, self.role, messages, "") for messages in prompts]
         shared = rendered[0].prefix
         if shared and all(r.prefix == shared for r in rendered):
             async with self.engine.prefix(self.role, shared) as prefix:
-                tops = await asyncio.gather(*(self._first_top(r.tail, prefix) for r in rendered))
-        else:  # no shareable prefix (a template that moves text): whole prompts, the same grades
-            tops = await asyncio.gather(*(self._first_top(r.full, None) for r in rendered))
-        return Graded(tuple(yes_probability(top) if top else None for top in tops))
+                return list(await asyncio.gather(*(self._first_top(r.tail, prefix) for r in rendered)))
+        # no shareable prefix (a template that moves text): whole prompts, the same grades
+        return list(await asyncio.gather(*(self._first_top(r.full, None) for r in rendered)))
 
     async def _first_top(self, prompt: str, prefix: Prefix | None) -> list[tuple[str, float]]:
         request = GenerateRequest(prompt=prompt, role=self.role, prefix=prefix, top_logprobs=MAX_TOP_LOGPROBS,

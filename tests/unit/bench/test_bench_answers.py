@@ -188,7 +188,7 @@ def skeleton_judge(prompt: str) -> str:
 async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) -> None:
     engine = FakeEngine(default_reply="Some helpful text about it.", delay=0.002)
     engine.script("[Answer A]", skeleton_judge)
-    engine.script("(needs: 2, 3", GRAPH_SKELETON)  # only the graph skeleton prompt has this example
+    engine.script("(needs: 2", GRAPH_SKELETON)  # only the graph skeleton prompt has this example
     engine.script("You are an organizer", SKELETON)
     settings = PlannerSettings(point_max_tokens=16, direct_max_tokens=32)
     runner = EmbeddedRunner(engine, settings)
@@ -215,6 +215,9 @@ async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) ->
     assert row["modes"]["sot"]["points"] == ["Some helpful text about it."] * 3 and row["modes"]["direct"]["points"] == []
     assert (modes["sot"]["points"], modes["sot"]["empty_points"], modes["sot"]["short_points"]) == (6, 0, 6)
     assert (modes["direct"]["points"], modes["direct"]["empty_points"]) == (0, 0)
+    # the plan's shape is kept for reading: the skeleton as written and its dependency stages
+    assert row["modes"]["sot"]["skeleton"].startswith("1. Breathe slowly") and modes["sot"]["stages_median"] == 1
+    assert modes["direct"]["stages_median"] == 1
     assert row["modes"]["direct"]["answer"].startswith("Some helpful text")
     # auto answered the math question directly: identical to direct, a tie without asking the judge
     assert result["questions"][1]["judge"]["auto"] == {"outcome": "tie", "note": "identical answers"}

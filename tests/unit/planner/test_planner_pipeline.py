@@ -25,7 +25,7 @@ PLAIN_SKELETON = " Thrill of fear\n2. Brain chemistry\n3. Personality difference
 
 def engine_with_skeletons(**kw: object) -> FakeEngine:
     engine = FakeEngine(**kw)  # type: ignore[arg-type]
-    engine.script("(needs: 2, 3", GRAPH_SKELETON)  # only in the graph skeleton prompt (its example)
+    engine.script("(needs: 2", GRAPH_SKELETON)  # only in the graph skeleton prompt (its example)
     engine.script("You are an organizer", PLAIN_SKELETON)
     return engine
 
@@ -66,7 +66,7 @@ async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
     assert "easy or hard" not in call.full_prompt and "(easy)" not in call.full_prompt
     rated = engine_with_skeletons()
     await run(lambda: pipeline.make_plan(rated, OPEN_Q, Mode.SGD, PlannerSettings(easy_role=Role.SMALL)))
-    assert "easy or hard" in rated.calls[0].full_prompt and "(needs: 2, 3; hard)" in rated.calls[0].full_prompt
+    assert "easy or hard" in rated.calls[0].full_prompt and "(needs: 2; hard)" in rated.calls[0].full_prompt
 
 
 async def test_sot_mode_plans_independent_hard_points() -> None:

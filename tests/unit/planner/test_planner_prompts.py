@@ -84,9 +84,13 @@ def test_the_opening_and_closing_share_the_prefix_and_are_named_by_their_prefill
     plan = Plan.validated(framed(PLAN.nodes), PLAN.route)
     shared = prompts.point_shared_prefix(engine, Role.LARGE, q, plan)
     assert "Opening\n1. Set goals\n2. Plan the week\n3. Review: what worked?\nClosing" in shared
-    # said in the fixed part with or without a frame (a plan without one never asks for it)
+    # said in the fixed part with or without a frame (a plan without one never asks for it); the closing
+    # is named only where the plan has one (told of a closing, points ran on into one)
     assert shared.index(prompts.FRAME_INSTRUCTION) < shared.index(q)
-    assert prompts.FRAME_INSTRUCTION in prompts.point_shared_prefix(engine, Role.LARGE, q, PLAN)
+    assert shared.index(prompts.CLOSING_INSTRUCTION) < shared.index(q)
+    unclosed = prompts.point_shared_prefix(engine, Role.LARGE, q, Plan.validated(framed(PLAN.nodes, closing=False),
+                                                                                 PLAN.route))
+    assert prompts.FRAME_INSTRUCTION in unclosed and prompts.CLOSING_INSTRUCTION not in unclosed
     tails = {n.id: prompts.point_prompt(engine, Role.LARGE, q, plan, n.id) for n in plan.nodes}
     assert all(r.prefix == shared for r in tails.values())
     assert [tails[n.id].tail for n in plan.nodes] == [
@@ -138,6 +142,9 @@ def test_resident_prefixes_cover_every_prompt_kind(engine: FakeEngine) -> None:
     ]:
         assert any(prompt.startswith(t) for t in texts), prompt[:80]
     assert all(t.endswith("\n") for t in texts)
+    closed = {t for _, t in resident_prefixes(engine, PlannerSettings(closing=True))}
+    framed_prompt = prompts.point_prompt(engine, Role.LARGE, q, Plan.validated(framed(PLAN.nodes), PLAN.route), 2).full
+    assert any(framed_prompt.startswith(t) for t in closed) and not any(framed_prompt.startswith(t) for t in texts)
     rated = {t for _, t in resident_prefixes(engine, PlannerSettings(easy_role=Role.SMALL))}
     graph = prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q)
     assert any(graph.startswith(t) for t in rated) and not any(graph.startswith(t) for t in texts)
