@@ -9,6 +9,7 @@ a direct answer is its text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from planner.plan import Node, Part, Plan, Route
@@ -35,7 +36,7 @@ def assemble(plan: Plan, texts: Mapping[int, str], failures: Mapping[int, tuple[
         else:
             body = _tidy(texts.get(node.id, ""))
         if node.part is Part.POINT:
-            blocks.append(_join(answer_heading(position, node), body, sep=" "))
+            blocks.append(_join(answer_heading(position, node), body, sep="\n" if _opens_a_block(body) else " "))
         elif body:  # an empty opening or closing leaves no gap in the answer
             blocks.append(body)
     return "\n\n".join(blocks)
@@ -45,6 +46,12 @@ def answer_heading(position: int, node: Node) -> str:
     """A point's heading in the answer: "3. **Title**:" (no colon after a title's own punctuation)."""
     title = node.title.strip()
     return f"{position}. **{title}**{title_colon(title)}"
+
+
+def _opens_a_block(body: str) -> bool:
+    """Whether a point's text starts with a code fence or a list item, which markdown needs on a line of
+    its own (after the heading, not on it)."""
+    return bool(re.match(r"(?:```|~~~|[-*+] |\d+[.)] )", body))
 
 
 def _tidy(text: str) -> str:

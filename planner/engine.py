@@ -88,10 +88,11 @@ class Sampling:
     # Text that ends the sequence (not sent). A stop made only of whitespace matches only after the
     # first non-whitespace text in the embedded engine; a remote server applies stops its own way.
     stop: tuple[str, ...] = ()
-    # The first min_tokens tokens are never an end of generation nor a line break, so a reply cannot
-    # end, or jump to a new line where a stop could end it, before it has said something (a point
-    # pre-filled with its title otherwise sometimes ends at once). Embedded engine only: a remote
-    # server gets no such rule (the planner retries an empty point instead).
+    # With min_tokens > 0, the first min_tokens tokens are never an end of generation, and no line
+    # break comes before the reply's first word: a reply cannot end, or jump to a new line where a stop
+    # could end it, before it has said something (a point pre-filled with its title otherwise sometimes
+    # ends at once); after its first word a code block or list may start a line. Embedded engine; a
+    # remote server gets `min_tokens` (vLLM honours it) and the planner retries an empty point.
     min_tokens: int = 0
 
     def validate(self) -> None:

@@ -283,8 +283,9 @@ def _title_key(title: str) -> str:
     return "".join(ch for ch in title.casefold() if ch.isalnum())
 
 
-_STOPWORDS = frozenset("a an the and or of to in on for with by at from is are be can your you their they it its "
-                       "as into how why what".split())
+_STOPWORDS = frozenset(["a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "at", "from",
+                        "is", "are", "be", "can", "your", "you", "their", "they", "it", "its", "as", "into", "how",
+                        "why", "what"])
 
 
 def _content_words(title: str) -> frozenset[str]:

@@ -47,6 +47,7 @@ from service.bench import judge as judging
 from service.bench.checklist import (
     DEFAULT_TIE_BAND,
     ChecklistJudge,
+    EndpointChecklistJudge,
     EngineChecklistJudge,
     checklist_for,
     checklist_method,
@@ -646,7 +647,7 @@ async def _checklist_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], 
 async def _grade_items(judge: ChecklistJudge, question: str, answer: str, items: Sequence[str]) -> dict[str, Any]:
     try:
         graded = await judge.grade_items(question, answer, items)
-    except EngineError as exc:
+    except (EngineError, judging.JudgeError) as exc:
         return {"score": None, "error": f"{type(exc).__name__}: {exc}"}
     return {"score": _r(graded.score, 2), "grades": [_r(g, 4) for g in graded.grades]}
 
@@ -811,9 +812,6 @@ def _checklists(opts: AnswersOptions) -> Mapping[str, tuple[str, ...]] | None:
         return None
     if not opts.checklists_path:
         raise ValueError("--judge-mode checklist needs --checklists FILE (JSONL of {request, checklist})")
-    if opts.judge_url:
-        raise ValueError("--judge-mode checklist grades with the embedded judge (it reads the first token's "
-                         "logprobs of a local model); drop --judge-url")
     return load_checklists(opts.checklists_path)
 
 
@@ -824,13 +822,15 @@ def _embedded_judge(engine: Any, role: Role, model: str, opts: AnswersOptions) -
     return judging.EngineJudge(engine, role, name=name, max_chars=opts.judge_max_chars)
 
 
-def _endpoint_judge(opts: AnswersOptions) -> judging.Judge | None:
+def _endpoint_judge(opts: AnswersOptions) -> Any:
+    """The --judge-url judge (None without one); for checklists, its first token's top_logprobs grade."""
     if opts.judge_url:
         if not opts.judge_model:
             raise ValueError("--judge-url needs --judge-model")
         key = os.environ.get(opts.judge_key_env) if opts.judge_key_env else None
-        return judging.OpenAIJudge(opts.judge_url, opts.judge_model, key, max_chars=opts.judge_max_chars,
-                                   logprobs=opts.judge_logprobs)
+        endpoint = judging.OpenAIJudge(opts.judge_url, opts.judge_model, key, max_chars=opts.judge_max_chars,
+                                       logprobs=opts.judge_logprobs)
+        return EndpointChecklistJudge(endpoint) if opts.judge_mode == "checklist" else endpoint
     if opts.judge_logprobs:
         raise ValueError("--judge-logprobs applies to --judge-url (the embedded judge always uses logprobs)")
     return None
@@ -974,7 +974,7 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
     checklists = _checklists(opts)
     judge = _endpoint_judge(opts)
     if judge is not None:
-        return await rejudge(result, judge, tie_margin=tie_band(opts), mode=opts.judge_mode)
+        return await rejudge(result, judge, tie_margin=tie_band(opts), mode=opts.judge_mode, checklists=checklists)
     if opts.judge != "embedded":
         raise ValueError("--rejudge needs a judge: --judge embedded or --judge-url")
     from service.engine.config import ContextConfig, EngineConfig

@@ -39,10 +39,13 @@ from planner.engine import (
 from planner.prompts import SPLIT, render
 from service.bench.judge import (
     DEFAULT_MAX_ANSWER_CHARS,
+    JUDGE_TOP_LOGPROBS,
+    JudgeError,
+    OpenAIJudge,
     absent_bound,
     cut_answer,
+    first_top_logprobs,
     label_logprob,
-    label_margin,
 )
 from service.bench.questions import QuestionSetError, jsonl_objects, normalize
 
@@ -53,21 +56,11 @@ CHECK_SYSTEM = (
     "part is no. Reply with one word: yes or no."
 )
 DEFAULT_TIE_BAND = 5.0  # score points (of 100) of difference below which a mode ties direct
-DEFAULT_PAIR_BAND = 0.25  # nats of mean per-item preference below which a mode ties direct (side by side)
-PAIR_SYSTEM = (
-    "You are a careful, strict grader. You will see a question, two answers to it (Answer A and Answer B), "
-    "and one yes/no question about an answer. Decide which of the two answers does better what the yes/no "
-    "question asks: which does it clearly and correctly, where the other does it vaguely, wrongly or not "
-    "at all. Reply with one letter: A or B."
-)
 MIN_LABEL_MASS = 0.2  # yes and no together must carry this much probability for a grade
 
 
-def checklist_method(band: float, side_by_side: bool = False) -> str:
+def checklist_method(band: float) -> str:
     """How checklist-graded pairs are decided, as the report and the settings state it."""
-    if side_by_side:
-        return (f"checklist side by side (per item, logP(A) - logP(B) in both orders, mean preference), "
-                f"tie band ±{band:g} nats")
     return f"checklist grades (mean P(yes) per item, 0-100), tie band ±{band:g} points"
 
 
@@ -104,15 +97,6 @@ def item_messages(question: str, answer: str, item: str,
     return [Message("system", CHECK_SYSTEM), Message("user", user)]
 
 
-def pair_messages(question: str, answer_a: str, answer_b: str, item: str,
-                  max_chars: int = DEFAULT_MAX_ANSWER_CHARS) -> list[Message]:
-    """The side-by-side item prompt; SPLIT marks where the item starts (both answers are shared)."""
-    user = (f"Question:\n{question.strip()}\n\n[Answer A]\n{cut_answer(answer_a, max_chars)}\n[End of Answer A]\n\n"
-            f"[Answer B]\n{cut_answer(answer_b, max_chars)}\n[End of Answer B]\n\n"
-            f"{SPLIT}Yes/no question about an answer: {item.strip()}\nWhich answer does this better? Reply A or B.")
-    return [Message("system", PAIR_SYSTEM), Message("user", user)]
-
-
 def yes_probability(top: Sequence[tuple[str, float]]) -> float | None:
     """P(yes) / (P(yes) + P(no)) at the first reply token ("Yes", " yes", "YES" all count); a label missing
     from the top entries gets the bound of judge.absent_bound. None when neither label is listed, or
@@ -146,9 +130,6 @@ class ChecklistJudge(Protocol):
 
     async def grade_items(self, question: str, answer: str, items: Sequence[str]) -> Graded: ...
 
-    async def compare_items(self, question: str, answer_a: str, answer_b: str,
-                            items: Sequence[str]) -> tuple[float | None, ...]: ...
-
 
 @dataclass
 class EngineChecklistJudge:
@@ -163,12 +144,6 @@ class EngineChecklistJudge:
     async def grade_items(self, question: str, answer: str, items: Sequence[str]) -> Graded:
         tops = await self._tops([item_messages(question, answer, item, self.max_chars) for item in items])
         return Graded(tuple(yes_probability(top) if top else None for top in tops))
-
-    async def compare_items(self, question: str, answer_a: str, answer_b: str,
-                            items: Sequence[str]) -> tuple[float | None, ...]:
-        """Per item, logP("A") - logP("B") at the first reply token (judge.label_margin); None without labels."""
-        tops = await self._tops([pair_messages(question, answer_a, answer_b, item, self.max_chars) for item in items])
-        return tuple(label_margin(top) if top else None for top in tops)
 
     async def _tops(self, prompts: Sequence[Sequence[Message]]) -> list[list[tuple[str, float]]]:
         """The first reply token's top entries of each prompt, all forked from their shared prefix."""
@@ -187,3 +162,29 @@ class EngineChecklistJudge:
         if not entries:
             raise EngineError("the checklist judge's engine gave no logprobs (it needs a local model)")
         return list(entries[0].top)
+
+
+@dataclass
+class EndpointChecklistJudge:
+    """Checklist grading by any OpenAI-compatible chat endpoint that returns `top_logprobs` (llama-server,
+    vLLM): a stronger judge than the embedded 1.5B model, served anywhere. One one-token completion per
+    item; the server's own prompt cache shares the question and answer between an answer's items."""
+
+    endpoint: OpenAIJudge
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    async def grade_items(self, question: str, answer: str, items: Sequence[str]) -> Graded:
+        tops = [await self._first_top(item_messages(question, answer, item, self.endpoint.max_chars))
+                for item in items]
+        return Graded(tuple(yes_probability(top) if top else None for top in tops))
+
+    async def _first_top(self, messages: Sequence[Message]) -> list[tuple[str, float]]:
+        clean = [Message(m.role, m.content.replace(SPLIT, "")) for m in messages]
+        got = await self.endpoint.send(clean, max_tokens=1, logprobs=True, top_logprobs=JUDGE_TOP_LOGPROBS)
+        top = first_top_logprobs(got["logprobs"])
+        if top is None:
+            raise JudgeError(f"{self.endpoint.name} sent no top_logprobs: checklist grading needs them")
+        return top

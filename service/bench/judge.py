@@ -366,20 +366,21 @@ class OpenAIJudge:
         return {"content": content if isinstance(content, str) else "", "logprobs": choice.get("logprobs")}
 
     async def _ask(self, question: str, answer_a: str, answer_b: str, **extra: Any) -> dict[str, Any]:
-        return await self._send(judge_messages(question, answer_a, answer_b, self.max_chars), **extra)
+        return await self.send(judge_messages(question, answer_a, answer_b, self.max_chars), **extra)
 
     async def grade(self, question: str, answer: str) -> float | None:
         messages = grade_messages(question, answer, self.max_chars)
         if self.logprobs:
-            got = await self._send(messages, max_tokens=1, logprobs=True, top_logprobs=JUDGE_TOP_LOGPROBS)
+            got = await self.send(messages, max_tokens=1, logprobs=True, top_logprobs=JUDGE_TOP_LOGPROBS)
             top = first_top_logprobs(got["logprobs"])
             if top is not None:
                 return expected_grade(top)
             self.logprobs = False
             return parse_grade(str(got["content"]))
-        return parse_grade(str((await self._send(messages))["content"]))
+        return parse_grade(str((await self.send(messages))["content"]))
 
-    async def _send(self, messages: Sequence[Message], **extra: Any) -> dict[str, Any]:
+    async def send(self, messages: Sequence[Message], **extra: Any) -> dict[str, Any]:
+        """One chat completion ({content, logprobs}), retried on transport errors; JudgeError at the end."""
         for attempt in range(self.retries + 1):
             try:
                 return await asyncio.to_thread(self._post, messages, extra)

@@ -98,11 +98,15 @@ class Model:
         return self.piece(token).decode(errors="replace")
 
     @functools.cached_property
-    def opening_bans(self) -> np.ndarray:
-        """Token ids a reply may not start with under Sampling.min_tokens: every end-of-generation
-        token and every token whose text holds a line break (computed once, on first use)."""
-        banned = [t for t in range(self.n_vocab) if self.is_eog(t) or b"\n" in self.piece(t)]
-        return np.asarray(banned, dtype=np.int64)
+    def end_tokens(self) -> np.ndarray:
+        """Every end-of-generation token id (Sampling.min_tokens keeps them out of a reply's first tokens)."""
+        return np.asarray([t for t in range(self.n_vocab) if self.is_eog(t)], dtype=np.int64)
+
+    @functools.cached_property
+    def line_break_tokens(self) -> np.ndarray:
+        """Every token id whose text holds a line break (Sampling.min_tokens keeps them out of a reply
+        until its first word). Computed once, on first use."""
+        return np.asarray([t for t in range(self.n_vocab) if b"\n" in self.piece(t)], dtype=np.int64)
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))

@@ -77,6 +77,7 @@ class Job:
     spec_mode: SpecMode = SpecMode.OFF
     history: list[int] = field(default_factory=list)  # prompt + generated; last = the pending token
     top_logprobs: int = 0  # > 0: each emitted token carries its TokenLogprobs
+    said_word: bool = False  # a token with a letter or digit has been emitted (Sampling.min_tokens)
 
 
 @dataclass(eq=False)
@@ -324,9 +325,14 @@ class ContextWorker:
             job.history.append(token)
 
     def _ban_openers(self, job: Job, index: int, generated: int) -> None:
-        """Under Sampling.min_tokens, the next token may not end the reply nor break its first line."""
+        """Under Sampling.min_tokens: no end of generation among the first min_tokens tokens, and no line
+        break before the reply's first word (after it, a code block or a list may start a new line)."""
+        if job.sampling.min_tokens <= 0:
+            return
         if generated < job.sampling.min_tokens:
-            self.ctx.ban(index, self.model.opening_bans)
+            self.ctx.ban(index, self.model.end_tokens)
+        if not job.said_word:
+            self.ctx.ban(index, self.model.line_break_tokens)
 
     def _token_logprobs(self, row: np.ndarray, token: int, n: int) -> TokenLogprobs:
         """The sampled token's log-probability and the n likeliest tokens (ties by token id), from a
@@ -343,7 +349,10 @@ class ContextWorker:
         if self.model.is_eog(token):
             self._end(job, FinishReason.STOP)
             return False
-        text = job.text.push(self.model.piece(token))
+        piece = self.model.piece(token)
+        if not job.said_word and job.sampling.min_tokens > 0:
+            job.said_word = any(c.isalnum() for c in piece.decode("utf-8", errors="ignore"))
+        text = job.text.push(piece)
         self._emit(job, text, 1, logprobs)
         if job.text.stopped:
             self._end(job, FinishReason.STOP)

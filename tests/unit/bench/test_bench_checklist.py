@@ -159,8 +159,5 @@ def test_the_command_checks_checklist_flags_before_loading_models(tmp_path: Path
     assert bench_cli.run(["answers", "--set", str(qs), "--judge-mode", "checklist", "--checklists",
                           str(tmp_path / "none.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert bench_cli.run(["answers", "--set", str(qs), "--judge-mode", "checklist", "--checklists", str(qs),
-                          "--judge-url", "http://x", "--judge-model", "m"]) == 2
-    assert "embedded judge" in capsys.readouterr().err
     assert bench_cli.run(["answers", "--set", str(qs), "--only-suitable"]) == 2
     assert "needs labels" in capsys.readouterr().err

@@ -416,3 +416,13 @@ async def test_a_brief_point_is_one_line() -> None:
     engine = FakeEngine()
     await collect(engine, graph(Node(1, "A"), Node(2, "B")), PlannerSettings(point_length=PointLength.BRIEF))
     assert {c.request.sampling.stop for c in engine.calls} == {("\n",)}
+
+
+async def test_a_point_that_opens_with_code_or_a_list_starts_under_its_heading() -> None:
+    engine = FakeEngine()
+    engine.script_point(1, "```python\nprint('hi')\n```")
+    engine.script_point(2, "- one\n- two")
+    engine.script_point(3, "Plain text.")
+    events = await collect(engine, graph(Node(1, "Code"), Node(2, "List"), Node(3, "Prose")))
+    assert events[-1].text.split("\n\n") == [  # type: ignore[union-attr]
+        "1. **Code**:\n```python\nprint('hi')\n```", "2. **List**:\n- one\n- two", "3. **Prose**: Plain text."]
