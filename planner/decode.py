@@ -1,7 +1,8 @@
 """Thin helpers over Engine.generate shared by the router, the skeleton stage and the runner.
 
 Owns: picking a loaded role when the wanted one is not loaded, and decoding one whole sequence
-into text with usage accounting, always closing the engine's iterator (which frees the sequence).
+into text with usage accounting (or into its chunks), always closing the engine's iterator (which
+frees the sequence).
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ class Collected:
     text: str
     finish: FinishReason | None
     tokens: int
+
+
+async def chunks(engine: Engine, request: GenerateRequest) -> list[Chunk]:
+    """Every chunk of one sequence (for callers that read more than text: logprobs); freed either way."""
+    out: list[Chunk] = []
+    stream = engine.generate(request)
+    try:
+        async for chunk in stream:
+            out.append(chunk)
+            if chunk.finish is not None:
+                break
+    finally:
+        await aclose_quietly(stream)
+    return out
 
 
 async def collect(engine: Engine, request: GenerateRequest, meter: Meter | None = None) -> Collected:

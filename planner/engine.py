@@ -71,6 +71,9 @@ class EngineFault(EngineError):
 # --- request / response ---
 
 
+MAX_STOPS = 16  # a detailed point has 16 (planner.prompts.point_stop)
+
+
 @dataclass(frozen=True, slots=True)
 class Sampling:
     """Per-sequence sampling settings. temperature 0 means greedy and deterministic."""
@@ -85,6 +88,12 @@ class Sampling:
     # Text that ends the sequence (not sent). A stop made only of whitespace matches only after the
     # first non-whitespace text in the embedded engine; a remote server applies stops its own way.
     stop: tuple[str, ...] = ()
+    # With min_tokens > 0, the first min_tokens tokens are never an end of generation, and no line
+    # break comes before the reply's first word: a reply cannot end, or jump to a new line where a stop
+    # could end it, before it has said something (a point pre-filled with its title otherwise sometimes
+    # ends at once); after its first word a code block or list may start a line. Embedded engine; a
+    # remote server gets `min_tokens` (vLLM honours it) and the planner retries an empty point.
+    min_tokens: int = 0
 
     def validate(self) -> None:
         """Raise InvalidRequest naming the first bad field."""
@@ -98,8 +107,10 @@ class Sampling:
              "must be between 0.5 and 2"),
             ("seed", 0 <= self.seed < 2**32, "must fit in 32 bits"),
             ("max_tokens", 1 <= self.max_tokens <= 32768, "must be between 1 and 32768"),
-            ("stop", len(self.stop) <= 8 and all(0 < len(s) <= 64 for s in self.stop),
-             "at most 8 strings of 1 to 64 characters"),
+            ("min_tokens", 0 <= self.min_tokens <= min(self.max_tokens, 256),
+             "must be between 0 and max_tokens (at most 256)"),
+            ("stop", len(self.stop) <= MAX_STOPS and all(0 < len(s) <= 64 for s in self.stop),
+             f"at most {MAX_STOPS} strings of 1 to 64 characters"),
         ]
         for name, ok, why in checks:
             if not ok:

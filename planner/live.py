@@ -168,7 +168,8 @@ class StreamedPrompt:
         if self._route is Route.DIRECT:
             head = prompts.direct_prompt_head(self.engine, self.role, typed)
         else:
-            head = prompts.skeleton_prompt_head(self.engine, self.role, self._route, typed)
+            head = prompts.skeleton_prompt_head(self.engine, self.role, self._route, typed,
+                                                difficulty=self.settings.rates_difficulty)
         await self._hold(head)
         self._typed = typed
         if report:

@@ -10,6 +10,7 @@ an error), `expand` (run a plan, possibly edited by the caller, through the DAG 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
@@ -65,7 +66,7 @@ async def make_plan(
 
     role = resolve_role(settings.skeleton_role, engine.roles())
     request = GenerateRequest(
-        prompt=prompts.skeleton_prompt(engine, role, route, question),
+        prompt=prompts.skeleton_prompt(engine, role, route, question, difficulty=settings.rates_difficulty),
         role=role,
         sampling=dataclasses.replace(
             settings.sampling, max_tokens=settings.skeleton_max_tokens, stop=prompts.skeleton_stop()
@@ -79,8 +80,9 @@ async def make_plan(
     if nodes is None:
         return Plan.direct(f"{reason}; skeleton unusable, answering directly")
     counted = f"{reason}; {len(nodes)} points"  # the points alone, before the frame joins them
+    nodes = tuple(budgeted(n, question, settings) for n in nodes)
     if settings.frame:
-        nodes = framed(nodes)
+        nodes = framed(nodes, closing=settings.closing)
     try:
         plan = Plan.validated(
             nodes,
@@ -92,6 +94,22 @@ async def make_plan(
         return plan.with_max_depth(settings.max_depth) if route is Route.GRAPH else plan
     except PlanInvalid as exc:  # the parser repairs graphs, so this is a parser bug; still answer
         return Plan.direct(f"{reason}; skeleton rejected ({exc}), answering directly")
+
+
+# A point carries code when the question asks for code or the point's own title names it; it then
+# gets the long budget (a working function is several times longer than a definition).
+_CODE_ASK = re.compile(
+    r"\b(?:code|coding|snippets?|programs?|implement(?:s|ed|ing|ation)?|scripts?|pseudo-?code|"
+    r"c\+\+|python|java(?:script)?|sql|bash|rust|golang)\b", re.IGNORECASE)
+_CODE_QUESTION = re.compile(r"\b(?:code|snippets?|implement\w*|write (?:a|an|the) (?:program|function|script)|"
+                            r"pseudo-?code|example program)\b", re.IGNORECASE)
+
+
+def budgeted(node: Node, question: str, settings: PlannerSettings) -> Node:
+    """The point with its own token budget when it carries code (see _CODE_ASK); others keep 0."""
+    if node.max_tokens or not (_CODE_QUESTION.search(question) or _CODE_ASK.search(node.title)):
+        return node
+    return dataclasses.replace(node, max_tokens=settings.long_point_max_tokens)
 
 
 def _parse(
@@ -155,6 +173,6 @@ def resident_prefixes(
     engine: Engine, settings: PlannerSettings = DEFAULT_SETTINGS
 ) -> tuple[tuple[Role, str], ...]:
     """(role, text) prompt prefixes that do not depend on the question: keep them resident in the engine."""
-    return prompts.fixed_prefixes(
-        engine, skeleton_role=settings.skeleton_role, router_role=settings.router_role
-    )
+    return prompts.fixed_prefixes(engine, skeleton_role=settings.skeleton_role, router_role=settings.router_role,
+                                  point_length=settings.point_length, difficulty=settings.rates_difficulty,
+                                  closing=settings.frame and settings.closing)

@@ -19,6 +19,7 @@ from planner.engine import InvalidRequest, Role
 DEFAULT_MAX_NODES = 10
 MAX_TITLE_CHARS = 300
 MAX_NODE_ID = 2**31 - 1
+MAX_NODE_TOKENS = 32768  # the engine's own bound on a sequence's budget
 
 
 class Difficulty(enum.StrEnum):
@@ -41,7 +42,9 @@ class PointLength(enum.StrEnum):
     """How much each point of a skeleton answer says."""
 
     BRIEF = "brief"  # one or two short sentences (Skeleton-of-Thought's "very shortly")
-    DETAILED = "detailed"  # two to four sentences with a concrete detail: longer, slower, fuller
+    # two short sentences with a concrete detail, over several lines where the question asks for code,
+    # steps or examples: the default, since one-line points lost to direct answers with a careful reader
+    DETAILED = "detailed"
 
 
 class Route(enum.StrEnum):
@@ -90,6 +93,8 @@ class Node:
 
     role: the model that decodes it when the caller chose one; None lets difficulty decide.
     part: a numbered point, or the answer's opening or closing sentence (see Part).
+    max_tokens: the node's own token budget (a code example needs more than a definition); 0 uses
+    the planner's point budget.
     """
 
     id: int
@@ -98,6 +103,7 @@ class Node:
     difficulty: Difficulty = Difficulty.HARD
     role: Role | None = None
     part: Part = Part.POINT
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +182,10 @@ class Plan:
             if node.role is not None and not isinstance(node.role, Role):
                 raise PlanInvalid(f"{where}.role must be large, small or unset (got {node.role!r})",
                                   field=f"{where}.role")
+            if (not isinstance(node.max_tokens, int) or isinstance(node.max_tokens, bool)
+                    or not 0 <= node.max_tokens <= MAX_NODE_TOKENS):
+                raise PlanInvalid(f"{where}.max_tokens must be an integer from 0 to {MAX_NODE_TOKENS} "
+                                  f"(got {node.max_tokens!r})", field=f"{where}.max_tokens")
             if not isinstance(node.difficulty, Difficulty):
                 raise PlanInvalid(
                     f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
@@ -230,6 +240,13 @@ class Plan:
                 return i
         self.node(node_id)  # KeyError when unknown
         return 0
+
+    def depth(self) -> int:
+        """Stages of the longest chain of dependent nodes (1 = every node can run at once; 0 = no nodes)."""
+        depth: dict[int, int] = {}
+        for node_id in self.topological_order():
+            depth[node_id] = 1 + max((depth[d] for d in self.node(node_id).depends_on), default=0)
+        return max(depth.values(), default=0)
 
     def with_max_depth(self, max_depth: int) -> Plan:
         """The same plan with dependencies cut so that no chain has more than max_depth stages.
@@ -306,8 +323,9 @@ OPENING_TITLE = "Opening"
 CLOSING_TITLE = "Closing"
 
 
-def framed(points: Iterable[Node]) -> tuple[Node, ...]:
-    """The points between an opening and a closing, both written in parallel with the points.
+def framed(points: Iterable[Node], *, closing: bool = True) -> tuple[Node, ...]:
+    """The points after an opening, written in parallel with them, and before a closing, written
+    from the points' own text once they are done (so it never sums up what they do not say).
 
     The frame takes ids after the points' (so point ids keep matching their numbers). It is hard
     work, for the large model even in a graph plan: the opening is what a reader sees first, and
@@ -315,11 +333,10 @@ def framed(points: Iterable[Node]) -> tuple[Node, ...]:
     """
     points = tuple(points)
     last = max((n.id for n in points), default=0)
-    return (
-        Node(last + 1, OPENING_TITLE, part=Part.OPENING),
-        *points,
-        Node(last + 2, CLOSING_TITLE, part=Part.CLOSING),
-    )
+    opening = Node(last + 1, OPENING_TITLE, part=Part.OPENING)
+    if not closing:
+        return (opening, *points)
+    return (opening, *points, Node(last + 2, CLOSING_TITLE, part=Part.CLOSING))
 
 
 def _check_part(node: Node, index: int, count: int) -> None:

@@ -23,12 +23,13 @@ sequences, pre-filled with "Opening:" and "Closing:", which the outline lists ar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from planner.decode import resolve_role
 from planner.engine import Engine, Message, Role
-from planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route
+from planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route, framed
 
 SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; never sent to a model
 
@@ -36,13 +37,20 @@ SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; 
 
 _SKELETON_SYSTEM_COMMON = (
     "You are an organizer. You do not answer the question: you only write the skeleton of a good answer, "
-    "a numbered list of 3 to 10 short points, one point per line, each point only 3 to 6 words, "
-    "about the question asked. Write nothing before or after the list."
+    "a numbered list of 3 to 8 short points, one point per line, each point only 3 to 6 words, "
+    "about the question exactly as it is asked, covering what a complete answer needs, no two points alike. "
+    "Write nothing before or after the list."
 )
 SKELETON_SYSTEM_PARALLEL = _SKELETON_SYSTEM_COMMON
+# Dependencies only where a point cannot be written without another's text: each one is a stage the
+# dependent point waits for, and examples with many taught the model to chain points that need none.
 SKELETON_SYSTEM_GRAPH = _SKELETON_SYSTEM_COMMON + (
-    " After each point, in brackets, say whether it is easy or hard to write and, if it builds on "
-    "earlier points, which ones (needs: their numbers), as in the examples."
+    " After each point, in brackets, say whether it is easy or hard to write and, if it cannot be "
+    "written without an earlier point's text, which one (needs: its number), as in the examples."
+)
+SKELETON_SYSTEM_DEPENDENCIES = _SKELETON_SYSTEM_COMMON + (
+    " After a point that cannot be written without an earlier point's text, say which one in brackets "
+    "(needs: its number), as in the examples."
 )
 
 # Two examples on unrelated topics, so that a small model learns the form rather than the content.
@@ -51,24 +59,28 @@ _EXAMPLES: tuple[tuple[str, str, str], ...] = (
         "What are some practical ways to reduce household energy use?",
         (
             "1. Switch to LED lighting\n2. Seal drafts and insulate\n3. Use appliances efficiently\n"
-            "4. Unplug idle electronics\n5. Lower heating and cooling\n6. Track the energy bill"
+            "4. Unplug idle electronics\n5. Lower heating and cooling\n6. Wash clothes in cold water\n"
+            "7. Track the energy bill"
         ),
         (
             "1. Switch to LED lighting (easy)\n2. Seal drafts and insulate (easy)\n"
             "3. Use appliances efficiently (easy)\n4. Unplug idle electronics (easy)\n"
-            "5. Lower heating and cooling (needs: 2; hard)\n6. Track the energy bill (easy)"
+            "5. Lower heating and cooling (needs: 2; hard)\n6. Wash clothes in cold water (easy)\n"
+            "7. Track the energy bill (easy)"
         ),
     ),
+    # A "what if" question: the points are the imagined alternative's consequences, not the history
+    # that really happened (skeleton answers to counterfactuals otherwise retold real history).
     (
-        "How did the printing press change Europe?",
+        "What if the printing press had never been invented?",
         (
-            "1. Gutenberg's invention\n2. Cheaper, faster books\n3. Spread of literacy\n4. Religious and "
-            "scientific change\n5. Newspapers and public opinion"
+            "1. Books stay rare and costly\n2. Literacy stays a privilege\n3. A slower, local Reformation\n"
+            "4. Science shared by letter only\n5. No newspapers or public opinion"
         ),
         (
-            "1. Gutenberg's invention (easy)\n2. Cheaper, faster books (needs: 1; easy)\n"
-            "3. Spread of literacy (needs: 2; hard)\n4. Religious and scientific change (needs: 2, 3; hard)\n"
-            "5. Newspapers and public opinion (needs: 2; hard)"
+            "1. Books stay rare and costly (easy)\n2. Literacy stays a privilege (needs: 1; easy)\n"
+            "3. A slower, local Reformation (hard)\n4. Science shared by letter only (hard)\n"
+            "5. No newspapers or public opinion (easy)"
         ),
     ),
 )
@@ -76,23 +88,39 @@ QUESTION_LEAD = "Question:\n"  # ends with a newline: the split point is a clean
 SKELETON_PREFILL = "1."
 
 
-def _skeleton_messages(route: Route, question: str) -> list[Message]:
+def _without_difficulty(annotated: str) -> str:
+    """A graph example with only its dependencies: "(needs: 2; hard)" -> "(needs: 2)", "(easy)" -> ""."""
+    out = re.sub(r"\s*\((?:easy|hard)\)", "", annotated)
+    return re.sub(r";\s*(?:easy|hard)\)", ")", out)
+
+
+def _skeleton_messages(route: Route, question: str, difficulty: bool = True) -> list[Message]:
     graph = route is Route.GRAPH
-    messages = [Message("system", SKELETON_SYSTEM_GRAPH if graph else SKELETON_SYSTEM_PARALLEL)]
+    system = SKELETON_SYSTEM_PARALLEL
+    if graph:
+        system = SKELETON_SYSTEM_GRAPH if difficulty else SKELETON_SYSTEM_DEPENDENCIES
+    messages = [Message("system", system)]
     for q, plain, annotated in _EXAMPLES:
-        messages += [Message("user", QUESTION_LEAD + q), Message("assistant", annotated if graph else plain)]
+        example = (annotated if difficulty else _without_difficulty(annotated)) if graph else plain
+        messages += [Message("user", QUESTION_LEAD + q), Message("assistant", example)]
     messages.append(Message("user", QUESTION_LEAD + SPLIT + question))
     return messages
 
 
-def skeleton_prompt(engine: Engine, role: Role, route: Route, question: str) -> str:
-    """The whole skeleton prompt, assistant turn pre-filled with "1."."""
-    return render(engine, role, _skeleton_messages(route, clean_question(question)), SKELETON_PREFILL).full
+def skeleton_prompt(engine: Engine, role: Role, route: Route, question: str, *, difficulty: bool = True) -> str:
+    """The whole skeleton prompt, assistant turn pre-filled with "1.".
+
+    difficulty: a graph skeleton rates each point easy or hard; without it (when easy and hard points
+    go to the same model, so the rating would change nothing) it names only dependencies, and the
+    skeleton, decoded before any point can start, is a token or three a line shorter.
+    """
+    return render(engine, role, _skeleton_messages(route, clean_question(question), difficulty),
+                  SKELETON_PREFILL).full
 
 
-def skeleton_fixed_prefix(engine: Engine, role: Role, route: Route) -> str:
+def skeleton_fixed_prefix(engine: Engine, role: Role, route: Route, *, difficulty: bool = True) -> str:
     """The part of every skeleton prompt that does not depend on the question."""
-    return render(engine, role, _skeleton_messages(route, "?"), SKELETON_PREFILL).prefix
+    return render(engine, role, _skeleton_messages(route, "?", difficulty), SKELETON_PREFILL).prefix
 
 
 def skeleton_stop() -> tuple[str, ...]:
@@ -181,21 +209,32 @@ def prefill(plan: Plan, node: Node) -> str:
 FRAME_LABELS: dict[Part, str] = {Part.OPENING: OPENING_TITLE, Part.CLOSING: CLOSING_TITLE}
 
 
-# Said once in the shared prefix, so a point's own tail is only its heading (and its parents' text):
-# on a CPU, prefill of those per-point tails was a third of the expansion time.
+# Said in the system message, the fixed part of every point prompt: the engine keeps it resident, so a
+# plan prefills only its question and outline (on a CPU, prefill of per-point text was a third of the
+# expansion time, and of a per-plan instruction another second).
+_POINT_LEAD = ("You will see a question and the outline of an answer to it. Your reply starts with one part "
+               "of that outline, already headed: write only that part. ")
 POINT_INSTRUCTIONS: dict[PointLength, str] = {
-    PointLength.BRIEF: (
-        "\nYour reply starts with one part of this outline. Write only that part, in one or two short "
-        "sentences on one line, then stop."
-    ),
-    PointLength.DETAILED: (
-        "\nYour reply starts with one part of this outline. Write only that part, in two to four "
-        "sentences on one line that explain it with a concrete example or detail, then stop."
+    PointLength.BRIEF: _POINT_LEAD + "Write it in one or two short sentences on one line, then stop.",
+    # Read by a careful judge, one-line points lost to direct answers: a title with no text when the
+    # title was a question, "Bubble sort: O(n^2)" where code was asked for. So a detailed point may
+    # take several lines, and is told to answer its own title and to carry the code or steps asked for.
+    PointLength.DETAILED: _POINT_LEAD + (
+        "A numbered point: explain it in two short sentences, one of them a concrete example or detail, and if "
+        "its title is a question, answer it; where the question asks for code, steps or examples, give "
+        "them in this point (a code block or a short bulleted list). Keep to the question as it is asked: its "
+        "premise (for a \"what if\" question, the imagined alternative, not what really happened) and its "
+        "instructions. The other parts are written separately."
     ),
 }
-POINT_INSTRUCTION = POINT_INSTRUCTIONS[PointLength.BRIEF]
-# Added when the plan has an opening or closing (the pre-fill "Opening:" says which part to write).
-FRAME_INSTRUCTION = " The opening introduces the answer in one sentence; the closing sums it up in one sentence."
+# Said with either length; a plan with no opening never asks for one. The closing is named only in the
+# prompts of a plan that has one: told of a closing, points ran on into "Closing" paragraphs.
+FRAME_INSTRUCTION = " The opening: one sentence that introduces the answer."
+CLOSING_INSTRUCTION = " The closing: one sentence that sums up the points written above it."
+FRAME_MAX_TOKENS = 80  # one sentence; a budget the frame never needs unless it runs on
+# What the closing is shown of each point: enough to sum up without claiming what the points do not
+# say, short enough that prefilling it after the points adds little wait.
+CLOSING_FORWARD_CHARS = 400
 
 
 def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
@@ -213,13 +252,17 @@ def _forwarded(parents: Sequence[tuple[int, Node, str]], max_chars: int) -> str:
     return "".join(lines)
 
 
-def _point_messages(question: str, plan: Plan, length: PointLength = PointLength.BRIEF, *,
+def point_system(length: PointLength, closing: bool = False) -> str:
+    """The system message of every point prompt: the planner's instructions, question-independent."""
+    return f"{ANSWER_SYSTEM}\n\n{POINT_INSTRUCTIONS[length]}{FRAME_INSTRUCTION}{CLOSING_INSTRUCTION if closing else ''}"
+
+
+def _point_messages(question: str, plan: Plan, length: PointLength = PointLength.DETAILED, *,
                     split_after_lead: bool = False) -> list[Message]:
     split = SPLIT if split_after_lead else ""  # the fixed, question-independent part is resident
-    framed = any(n.part is not Part.POINT for n in plan.nodes)
-    instruction = POINT_INSTRUCTIONS[length] + (FRAME_INSTRUCTION if framed else "")
-    content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan) + instruction
-    return [Message("system", ANSWER_SYSTEM), Message("user", content)]
+    content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan)
+    closing = any(n.part is Part.CLOSING for n in plan.nodes)
+    return [Message("system", point_system(length, closing)), Message("user", content)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +283,7 @@ def point_prompt(
     node_id: int,
     parents: Sequence[tuple[int, Node, str]] = (),
     forward_max_chars: int = 1500,
-    length: PointLength = PointLength.BRIEF,
+    length: PointLength = PointLength.DETAILED,
 ) -> Rendered:
     """The prompt of one point: prefix = question + outline + instruction, up to the assistant's
     turn (the same for every point of the plan); tail = the parents' points (information
@@ -254,15 +297,26 @@ def point_prompt(
 
 
 def point_shared_prefix(engine: Engine, role: Role, question: str, plan: Plan,
-                        length: PointLength = PointLength.BRIEF) -> str:
+                        length: PointLength = PointLength.DETAILED) -> str:
     """The question + outline prefix every point prompt of this plan starts with."""
     return point_prompt(engine, role, question, plan, plan.nodes[0].id, length=length).prefix
 
 
-def point_stop() -> tuple[str, ...]:
-    # A point is one line: a newline means the model moved on, usually to another point (which
-    # need not be the next one: models skip numbers), so no numbered-line stops are needed.
-    return ("\n",)
+# A detailed point ends where the model starts writing another part of the outline: a line that opens
+# with a digit (the next heading, or the list written again from "2.", as the small model does), the
+# next number run on after a sentence, or a closing. Sub-lists inside a point use "-" bullets (the
+# instruction says so) or are indented, so a digit at the start of a line is the next heading.
+_LINE_DIGITS = tuple(f"\n{d}" for d in "123456789")
+_CLOSERS = ("\nClosing", "\n**Closing", "\nOpening", "\nIn conclusion", "\nConclusion", "\n**Conclusion")
+
+
+def point_stop(plan: Plan | None = None, node_id: int = 0,
+               length: PointLength = PointLength.DETAILED) -> tuple[str, ...]:
+    """Where a node's text ends: a brief point, the opening and the closing are one line; a detailed
+    point may hold several lines (a code block, a short list) and ends at the next part (above)."""
+    if length is PointLength.BRIEF or plan is None or plan.node(node_id).part is not Part.POINT:
+        return ("\n",)
+    return (*_LINE_DIGITS, f" {plan.position(node_id) + 1}. ", *_CLOSERS)
 
 
 def direct_prompt(engine: Engine, role: Role, question: str) -> Rendered:
@@ -280,9 +334,9 @@ def direct_prompt_head(engine: Engine, role: Role, partial: str) -> str:
     return full[:full.index(_CUT)]
 
 
-def skeleton_prompt_head(engine: Engine, role: Role, route: Route, partial: str) -> str:
+def skeleton_prompt_head(engine: Engine, role: Role, route: Route, partial: str, *, difficulty: bool = True) -> str:
     """The skeleton prompt up to the end of a partly typed question (see direct_prompt_head)."""
-    full = skeleton_prompt(engine, role, route, partial.lstrip() + _CUT)
+    full = skeleton_prompt(engine, role, route, partial.lstrip() + _CUT, difficulty=difficulty)
     return full[:full.index(_CUT)]
 
 
@@ -331,7 +385,9 @@ def render(engine: Engine, role: Role, messages: Sequence[Message], prefill: str
     return Rendered(prefix, full)
 
 
-def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role) -> tuple[tuple[Role, str], ...]:
+def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role,
+                   point_length: PointLength = PointLength.DETAILED,
+                   difficulty: bool = True, closing: bool = False) -> tuple[tuple[Role, str], ...]:
     """Question-independent prompt prefixes worth keeping resident in the engine, per role.
 
     The engine should prefill these once at start-up and fork them for any prompt that starts with
@@ -341,11 +397,12 @@ def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role) ->
     out: set[tuple[Role, str]] = set()
     sk = resolve_role(skeleton_role, loaded)
     for route in (Route.PARALLEL, Route.GRAPH):
-        out.add((sk, skeleton_fixed_prefix(engine, sk, route)))
+        out.add((sk, skeleton_fixed_prefix(engine, sk, route, difficulty=difficulty)))
     rr = resolve_role(router_role, loaded)
     out.add((rr, router_fixed_prefix(engine, rr)))
-    dummy = Plan((Node(1, "a"), Node(2, "b")), Route.PARALLEL)
+    dummy = Plan(framed((Node(1, "a"), Node(2, "b")), closing=closing), Route.PARALLEL)
     for role in loaded:
-        out.add((role, render(engine, role, _point_messages("?", dummy, split_after_lead=True), "").prefix))
+        out.add((role, render(engine, role, _point_messages("?", dummy, point_length, split_after_lead=True),
+                              "").prefix))
         out.add((role, direct_prompt(engine, role, "?").prefix))
     return tuple(sorted((r, t) for r, t in out if t))

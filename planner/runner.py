@@ -30,7 +30,16 @@ from collections.abc import AsyncGenerator, Callable
 from planner import prompts
 from planner.answer import assemble
 from planner.decode import aclose_quietly, resolve_role
-from planner.engine import Chunk, Engine, EngineError, FinishReason, GenerateRequest, Prefix, Role
+from planner.engine import (
+    Chunk,
+    Engine,
+    EngineError,
+    FinishReason,
+    GenerateRequest,
+    InvalidRequest,
+    Prefix,
+    Role,
+)
 from planner.events import (
     AnswerDone,
     Event,
@@ -41,7 +50,8 @@ from planner.events import (
     NodeStarted,
     PlanReady,
 )
-from planner.plan import Difficulty, Node, Plan, Route
+from planner.plan import Difficulty, Node, Part, Plan, Route
+from planner.sentences import first_sentence_end
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 
 _DONE = object()
@@ -97,6 +107,14 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
         task.exception()  # retrieved: the consumer left early, nobody is left to receive it
     if interrupted:
         raise asyncio.CancelledError
+
+
+RETRY_MIN_TOKENS = 8  # a retried point's first line holds at least this many tokens
+
+
+def _has_words(text: str) -> bool:
+    """Whether a point said anything: a letter or digit (a bare ":" or line break is empty)."""
+    return any(c.isalnum() for c in text)
 
 
 def role_for(node: Node, plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) -> Role:
@@ -170,42 +188,61 @@ class _Expansion:
         except EngineError:
             pass  # no sharing for this role: each point sends its whole prompt (slower, same text)
 
-    def _request(self, node: Node, role: Role, parents: list[tuple[int, Node, str]]) -> GenerateRequest:
+    def _request(self, node: Node, role: Role, parents: list[tuple[int, Node, str]], written: str = "",
+                 *, retry: bool = False) -> GenerateRequest:
+        """The node's request; `written`: text an earlier attempt wrote, which this one continues."""
         s = self.settings
         rid = f"{self.request_id}/{node.id}" if self.request_id else ""
+        if retry:
+            rid += "/retry" if rid else ""
         if self.plan.route is Route.DIRECT:
             prompt = self.direct_prompt or prompts.direct_prompt(self.engine, role, self.question).full
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
-            return GenerateRequest(prompt, role, sampling, None, rid, s.speculation)
+            return GenerateRequest(prompt + written, role, sampling, None, rid, s.speculation)
+        forward = prompts.CLOSING_FORWARD_CHARS if node.part is Part.CLOSING else s.forward_max_chars
         rendered = prompts.point_prompt(
-            self.engine, role, self.question, self.plan, node.id, parents, s.forward_max_chars, s.point_length
+            self.engine, role, self.question, self.plan, node.id, parents, forward, s.point_length
         )
-        sampling = dataclasses.replace(s.sampling, max_tokens=s.point_max_tokens, stop=prompts.point_stop())
+        if node.part is Part.POINT:
+            budget = node.max_tokens or s.point_max_tokens
+        else:
+            budget = min(node.max_tokens or prompts.FRAME_MAX_TOKENS, s.point_max_tokens)
+        # a retry insists harder on text: an empty first attempt ended before its first words
+        least = max(s.point_min_tokens, RETRY_MIN_TOKENS) if retry else s.point_min_tokens
+        sampling = dataclasses.replace(
+            s.sampling, max_tokens=budget, min_tokens=min(least, budget),
+            stop=prompts.point_stop(self.plan, node.id, s.point_length),
+        )
         prefix = self.prefixes.get(role)
         if prefix is not None and rendered.prefix and rendered.prefix == prefix.text:
-            return GenerateRequest(rendered.tail, role, sampling, prefix, rid, s.speculation)
-        return GenerateRequest(rendered.full, role, sampling, None, rid, s.speculation)
+            return GenerateRequest(rendered.tail + written, role, sampling, prefix, rid, s.speculation)
+        return GenerateRequest(rendered.full + written, role, sampling, None, rid, s.speculation)
+
+    def _waits_for(self, node: Node) -> tuple[int, ...]:
+        """The nodes this one starts after and is shown: its parents; for a closing, every point."""
+        if node.part is Part.CLOSING:
+            return tuple(n.id for n in self.plan.points)
+        return node.depends_on
 
     async def _run_node(self, node: Node) -> None:
         parts: list[str] = []
         try:
-            for dep in node.depends_on:
+            waits_for = self._waits_for(node)
+            for dep in waits_for:
                 await self.done[dep].wait()
             role = self.roles[node.id]
             async with self.limits[role]:
-                parents = [
-                    (self.plan.position(d), self.plan.node(d), self.texts[d])
-                    for d in node.depends_on
-                    if d in self.texts
-                ]
+                parents = [(self.plan.position(d), self.plan.node(d), self.texts[d])
+                           for d in waits_for if d in self.texts]
                 self.emit(NodeStarted(node.id, role, tuple(p.id for _, p, _ in parents)))
                 started = self.meter.elapsed()
-                request = self._request(node, role, parents)
-                last, tokens = await self._decode(node, request, parts)
+                tokens, finish, error = await self._attempts(node, role, parents, parts)
             text = "".join(parts)
-            finish = last.finish if last is not None and last.finish is not None else FinishReason.STOP
-            if finish in (FinishReason.ERROR, FinishReason.CANCELLED):
-                self._fail(node, f"the engine ended the point with finish={finish.value}", finish.value, text)
+            if error is not None:
+                self._fail(node, error[0], error[1], text)
+                return
+            if not _has_words(text) and finish is not FinishReason.LENGTH:
+                self._fail(node, "the point came back empty twice", "empty", text)
                 return
             self.texts[node.id] = text
             self.emit(NodeFinished(node.id, text, tokens, finish, self.meter.elapsed() - started))
@@ -214,22 +251,67 @@ class _Expansion:
         finally:
             self.done[node.id].set()
 
+    async def _attempts(self, node: Node, role: Role, parents: list[tuple[int, Node, str]],
+                        parts: list[str]) -> tuple[int, FinishReason, tuple[str, str] | None]:
+        """Decode the node; once more when the first attempt failed or wrote no words.
+
+        The second attempt continues the text the first one streamed (its prompt ends with it), so a
+        client that already shows that text sees it go on rather than start over. A request the engine
+        refuses as invalid, or a sequence it cancelled (draining), is not tried again.
+        Returns (tokens, finish, error): error is (reason, what failed), or None.
+        """
+        tokens = 0
+        finish = FinishReason.STOP
+        error: tuple[str, str] | None = None
+        for attempt in range(2):
+            request = self._request(node, role, parents, "".join(parts), retry=attempt > 0)
+            try:
+                last, n = await self._decode(node, request, parts)
+            except InvalidRequest:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried once, then reported by the caller
+                error = (str(exc) or type(exc).__name__, type(exc).__name__)
+                continue
+            tokens += n
+            finish = last.finish if last is not None and last.finish is not None else FinishReason.STOP
+            if finish is FinishReason.CANCELLED:
+                return tokens, finish, (f"the engine ended the point with finish={finish.value}", finish.value)
+            if finish is FinishReason.ERROR:
+                error = (f"the engine ended the point with finish={finish.value}", finish.value)
+                continue
+            error = None
+            if _has_words("".join(parts)) or finish is FinishReason.LENGTH:
+                break
+        return tokens, finish, error
+
     async def _decode(
         self, node: Node, request: GenerateRequest, parts: list[str]
     ) -> tuple[Chunk | None, int]:
-        """Stream one point into `parts` (kept by the caller even if this raises)."""
+        """Stream one node into `parts` (kept by the caller even if this raises).
+
+        The opening and closing are one sentence: a model asked for one sometimes writes a paragraph,
+        so they end at their first proven sentence end (the rest is never streamed).
+        """
         tokens = 0
         last: Chunk | None = None
+        one_sentence = node.part is not Part.POINT
         stream = self.engine.generate(request)
         try:
             async for chunk in stream:
                 tokens += chunk.tokens
                 last = chunk
-                if chunk.text:
-                    parts.append(chunk.text)
+                text = chunk.text
+                if one_sentence and text:
+                    so_far = "".join(parts)
+                    end = first_sentence_end(so_far + text)
+                    if end:
+                        text = text[:max(0, end - len(so_far))]
+                        last = dataclasses.replace(chunk, text=text, finish=FinishReason.STOP)
+                if text:
+                    parts.append(text)
                     self.meter.mark_first_token()
-                    self.emit(NodeDelta(node.id, chunk.text, chunk.tokens))
-                if chunk.finish is not None:
+                    self.emit(NodeDelta(node.id, text, chunk.tokens))
+                if last.finish is not None:
                     break
         finally:
             await aclose_quietly(stream)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["complete_prefix", "split_sentences"]
+__all__ = ["complete_prefix", "first_sentence_end", "split_sentences"]
 
 # Scripts without spaces between sentences: the mark itself is the evidence, a next character only
 # shows that no closing quote is still coming.
@@ -75,6 +75,12 @@ def complete_prefix(text: str) -> int:
     """
     ends = _boundaries(text)
     return ends[-1] if ends else 0
+
+
+def first_sentence_end(text: str) -> int:
+    """Length of the first proven sentence of `text` (as complete_prefix measures it); 0 if none yet."""
+    ends = _boundaries(text)
+    return ends[0] if ends else 0
 
 
 def split_sentences(text: str) -> list[str]:

@@ -14,7 +14,8 @@ this parser also reads the usual variants a model writes instead:
   annotation line right under its point.
 
 Repairs, all deterministic: duplicate numbers keep their first line, and a repeated title (same
-letters and digits) is merged into its first occurrence; references to unknown points
+letters and digits, or the words of one among the other's, see _repeats) is merged into its first
+occurrence; references to unknown points
 or to the point itself are dropped; a reference that would close a cycle is dropped (references to
 earlier points are kept first, then later ones in skeleton order); points beyond the cap are cut.
 Points are renumbered 1..n in skeleton order. Fewer than `min_nodes` points -> None: the caller
@@ -233,17 +234,15 @@ def parse_skeleton(
 
     kept: list[_Item] = []
     seen: set[int] = set()
-    same_title: dict[str, _Item] = {}
     alias: dict[int, int] = {}  # number of a repeated point -> number of its first occurrence
     for it in items:
         if it.number in seen or not it.title:
             continue
         seen.add(it.number)
-        key = _title_key(it.title)
-        if key in same_title:
-            alias[it.number] = same_title[key].number
+        first = next((k for k in kept if _repeats(it.title, k.title)), None)
+        if first is not None:
+            alias[it.number] = first.number
             continue
-        same_title[key] = it
         kept.append(it)
     kept = kept[:max_nodes]
     if len(kept) < min_nodes:
@@ -282,6 +281,27 @@ def parse_skeleton(
 
 def _title_key(title: str) -> str:
     return "".join(ch for ch in title.casefold() if ch.isalnum())
+
+
+_STOPWORDS = frozenset(["a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "at", "from",
+                        "is", "are", "be", "can", "your", "you", "their", "they", "it", "its", "as", "into", "how",
+                        "why", "what"])
+
+
+def _content_words(title: str) -> frozenset[str]:
+    words = re.findall(r"[a-z0-9]+", title.casefold())
+    return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words if w not in _STOPWORDS)
+
+
+def _repeats(title: str, earlier: str) -> bool:
+    """Whether a point says again what an earlier one said: the same letters and digits, or the words of
+    one (two or more, small words and plurals aside) all among the other's ("Avoiding eye contact" and
+    "Avoiding direct eye contact"). A reader saw such pairs written as two near-identical points."""
+    if _title_key(title) == _title_key(earlier):
+        return True
+    mine, theirs = _content_words(title), _content_words(earlier)
+    smaller = min(len(mine), len(theirs))
+    return smaller >= 2 and (mine <= theirs or theirs <= mine)
 
 
 def _reaches(deps: dict[int, list[int]], start: int, goal: int) -> bool:

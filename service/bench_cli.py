@@ -7,6 +7,9 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from planner.settings import DEFAULT_SETTINGS
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -69,6 +72,47 @@ def _stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_result(path: str) -> dict[str, object]:
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(result, dict) or "questions" not in result or "settings" not in result:
+        raise ValueError(f"{path} is not a result of `espalier bench answers --json`")
+    return result
+
+
+def _blind(args: argparse.Namespace) -> int:
+    from service.bench.calibration import write_blind
+
+    try:
+        modes = [m for m in args.modes.split(",") if m.strip()] if args.modes else None
+        for path in write_blind(_read_result(args.result), args.out, modes, args.limit):
+            print(path)
+    except (ValueError, KeyError) as exc:
+        print(f"espalier bench blind: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _agree(args: argparse.Namespace) -> int:
+    from service.bench.calibration import agreement, agreement_lines, read_verdicts, strong_outcomes
+
+    try:
+        result = _read_result(args.result)
+        key = json.loads(Path(args.key).read_text(encoding="utf-8"))
+        strong = strong_outcomes(key, read_verdicts(*args.mode_first), read_verdicts(*args.direct_first))
+        report = agreement(result, strong)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"espalier bench agree: {exc}", file=sys.stderr)
+        return 2
+    for line in agreement_lines(report):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
 def _answers(args: argparse.Namespace) -> int:
     from service.bench.answers import AnswersOptions, run_answers
     from service.bench.report import summary_lines
@@ -85,6 +129,7 @@ def _answers(args: argparse.Namespace) -> int:
         gpu_layers=args.gpu_layers, judge=args.judge, judge_url=args.judge_url, judge_model=args.judge_model,
         judge_key_env=args.judge_key_env, judge_max_chars=args.judge_max_chars,
         judge_tie_margin=args.judge_tie_margin, judge_logprobs=args.judge_logprobs, judge_mode=args.judge_mode,
+        checklists_path=args.checklists, only_suitable=args.only_suitable,
         rejudge_path=args.rejudge)
     if not args.set and not args.rejudge:
         print("espalier bench answers: --set is required (or --rejudge a saved result)", file=sys.stderr)
@@ -181,7 +226,8 @@ def run(argv: Sequence[str]) -> int:
     ans.add_argument("--report", default=None, metavar="OUT.md", help="write the markdown report here")
     ans.add_argument("--plot", default=None, metavar="OUT.png",
                      help="write the plot here (needs matplotlib: pip install 'espalier[bench]')")
-    ans.add_argument("--point-tokens", type=int, default=128, help="token budget of each point (default 128)")
+    ans.add_argument("--point-tokens", type=int, default=DEFAULT_SETTINGS.point_max_tokens,
+                     help=f"token budget of each point (default {DEFAULT_SETTINGS.point_max_tokens})")
     ans.add_argument("--answer-tokens", type=int, default=512, help="token budget of a direct answer (default 512)")
     ans.add_argument("--skeleton-tokens", type=int, default=160, help="token budget of a skeleton (default 160)")
     ans.add_argument("--skeleton-role", choices=("large", "small"), default="large",
@@ -192,7 +238,7 @@ def run(argv: Sequence[str]) -> int:
     ans.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
     ans.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
     ans.add_argument("--ctx", type=int, default=8192, help="KV cells per model context (default 8192)")
-    ans.add_argument("--slots", type=int, default=8, help="sequences decoded together per model (default 8)")
+    ans.add_argument("--slots", type=int, default=16, help="sequences decoded together per model (default 16)")
     ans.add_argument("--judge", choices=("embedded", "none"), default="embedded",
                      help="embedded: the large model (small with --small-only) judges, by logprob margin; "
                           "none: no judging")
@@ -206,20 +252,52 @@ def run(argv: Sequence[str]) -> int:
     ans.add_argument("--rejudge", metavar="SAVED.json", default=None,
                      help="judge the answers of a saved --json result again (another judge, or answers run with "
                           "--judge none) instead of answering; speeds are kept as measured")
-    ans.add_argument("--judge-tie-margin", type=float, default=0.5, metavar="NATS",
-                     help="pairs judged by logprob margin: the mode's preference p = (m1 - m2) / 2, where m = "
-                          "logP(A) - logP(B) of the judge's first token with the mode's answer first (m1) and "
-                          "second (m2), so a bias towards one position cancels; |p| up to this many nats is a "
-                          "tie (default 0.5)")
-    ans.add_argument("--judge-mode", choices=("pairwise", "single"), default="pairwise",
+    ans.add_argument("--judge-tie-margin", type=float, default=None, metavar="BAND",
+                     help="the tie band. Pairs judged by logprob margin: the mode's preference p = (m1 - m2) / 2, "
+                          "where m = logP(A) - logP(B) of the judge's first token with the mode's answer first "
+                          "(m1) and second (m2), so a bias towards one position cancels; |p| up to this many nats "
+                          "is a tie (default 0.5). Single grades: grade points (default 0.5). Checklists: score "
+                          "points of 100 (default 5)")
+    ans.add_argument("--judge-mode", choices=("pairwise", "single", "checklist"), default="pairwise",
                      help="pairwise: each mode's answer against direct's, in both orders (FastChat pairwise); "
-                          "single: each answer graded 1-9 alone and the grades compared (FastChat single; for "
-                          "judges too weak to compare two long answers, such as the 1.5B default), the tie band "
-                          "then in grade points")
+                          "single: each answer graded 1-9 alone and the grades compared (FastChat single); "
+                          "checklist: each answer graded on its question's yes/no checklist (--checklists), "
+                          "item by item, by the judge's probability of yes (RocketEval), and the scores "
+                          "compared. The last two are for judges too weak to compare two long answers, such as "
+                          "the 1.5B default")
+    ans.add_argument("--checklists", default=None, metavar="FILE.jsonl",
+                     help="with --judge-mode checklist: JSONL of {request, checklist: [yes/no items]}, e.g. "
+                          "../shared/data/vicuna80_checklists.jsonl; a question without one is reported unjudged")
+    ans.add_argument("--only-suitable", action="store_true",
+                     help="only the questions labelled 1 (suit a skeleton), by the set's own label column "
+                          "(e.g. --set ../shared/data/vicuna80_router.csv) or by --labels; --limit applies after")
     ans.add_argument("--judge-logprobs", action="store_true",
                      help="ask --judge-url for top-20 token logprobs as well and judge by logprob margin "
                           "(the endpoint must support logprobs; the embedded judge always does this)")
     ans.set_defaults(func=_answers)
+    bl = sub.add_parser("blind", help="write a saved answers result's pairs for a strong judge, blind, both orders",
+                        description="Each mode's answer against direct's, per question, shuffled under neutral "
+                                    "numbers: per mode MODE.mode-first.md (the mode's answer is A) and "
+                                    "MODE.direct-first.md (it is B), and key.json. Give each file to its own "
+                                    'judge; each writes one JSON line per pair, {"pair": N, "verdict": "A" | "B" | '
+                                    '"tie"}.')
+    bl.add_argument("--result", required=True, metavar="SAVED.json", help="a `bench answers --json` result")
+    bl.add_argument("--out", required=True, metavar="DIR", help="folder for the two pair files and the key")
+    bl.add_argument("--modes", default=None, help="modes to compare with direct (default: all of the result's)")
+    bl.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    bl.set_defaults(func=_blind)
+    ag = sub.add_parser("agree", help="agreement (share, Cohen's kappa) of a result's judge with a strong judge",
+                        description="Combine a strong judge's verdicts in both orders (the same outcome twice "
+                                    "stands, a win or loss beside a tie stands, a win and a loss is a tie) and "
+                                    "compare them with the outcomes saved in the result, pair by pair.")
+    ag.add_argument("--result", required=True, metavar="SAVED.json", help="the judged `bench answers --json` result")
+    ag.add_argument("--key", required=True, metavar="key.json", help="the key `bench blind` wrote")
+    ag.add_argument("--mode-first", required=True, nargs="+", metavar="VERDICTS.jsonl",
+                    help="verdicts on the *.mode-first.md files")
+    ag.add_argument("--direct-first", required=True, nargs="+", metavar="VERDICTS.jsonl",
+                    help="verdicts on the *.direct-first.md files")
+    ag.add_argument("--json", default=None, metavar="OUT", help="also write the agreement as JSON here")
+    ag.set_defaults(func=_agree)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

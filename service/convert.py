@@ -24,7 +24,7 @@ from espalier.v1 import espalier_pb2 as pb
 from planner import events as ev
 from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded, Speculation
 from planner.live import Progress
-from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
+from planner.plan import MAX_NODE_TOKENS, Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.runner import role_for
 from planner.settings import PlannerSettings
 
@@ -179,7 +179,7 @@ def expand_request(msg: pb.ExpandRequest, base: PlannerSettings, limits: Limits,
     settings = planner_settings(msg.settings, base, limits)
     if not msg.HasField("graph"):
         raise InvalidRequest("graph is required (as returned by Plan, possibly edited)", field="graph")
-    return ExpandCall(question, plan_from_graph(msg.graph, settings.max_nodes, loaded), settings)
+    return ExpandCall(question, plan_from_graph(msg.graph, settings.max_nodes, loaded, limits.max_tokens), settings)
 
 
 def stream_open(msg: pb.StreamOpen, base: PlannerSettings, limits: Limits) -> StreamCall:
@@ -190,7 +190,8 @@ def stream_open(msg: pb.StreamOpen, base: PlannerSettings, limits: Limits) -> St
                       msg.system)
 
 
-def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role]) -> Plan:
+def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role],
+                    max_tokens: int = MAX_NODE_TOKENS) -> Plan:
     """A caller's graph as a validated Plan. PlanInvalid / RoleNotLoaded name the graph field."""
     # Count first: a huge graph is refused before building anything from it. max_nodes counts
     # points; an opening and a closing may come on top (Plan.validated checks the exact rule).
@@ -216,7 +217,10 @@ def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role]) ->
         part = _PART_IN.get(n.part)
         if part is None:
             raise PlanInvalid(f"{where}.part has an unknown value {n.part}", field=f"{where}.part")
-        nodes.append(Node(n.id, n.title, tuple(n.depends_on), difficulty, role, part))
+        if n.max_tokens > max_tokens:
+            raise PlanInvalid(f"{where}.max_tokens must be at most {max_tokens} (got {n.max_tokens})",
+                              field=f"{where}.max_tokens")
+        nodes.append(Node(n.id, n.title, tuple(n.depends_on), difficulty, role, part, n.max_tokens))
     if graph.route == pb.ROUTE_UNSPECIFIED:
         route = Route.GRAPH if any(n.depends_on for n in nodes) else Route.PARALLEL
     elif graph.route in _ROUTES_IN:
@@ -278,7 +282,7 @@ def graph_to_pb(plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) 
             role = pb.MODEL_ROLE_UNSPECIFIED
         nodes.append(pb.Node(id=node.id, title=node.title, depends_on=node.depends_on,
                              difficulty=_DIFFICULTY_OUT[node.difficulty], model_role=role,
-                             part=_PART_OUT[node.part]))
+                             part=_PART_OUT[node.part], max_tokens=node.max_tokens))
     return pb.Graph(nodes=nodes, route=_ROUTES_OUT[plan.route])
 
 

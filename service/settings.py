@@ -65,7 +65,7 @@ class ModelSettings:
 
     model: str = field(default="small", metadata=_m(
         "'small', 'large' (the default models, fetched with `espalier models fetch`) or a GGUF path"))
-    slots: int = field(default=8, metadata=_m("sequences decoded together (parallel points)", 1, 64))
+    slots: int = field(default=16, metadata=_m("sequences decoded together (parallel points)", 1, 64))
     n_ctx: int = field(default=8192, metadata=_m("KV cache cells shared by all sequences", 256, 1 << 20))
     n_batch: int = field(default=512, metadata=_m("most tokens one llama_decode call takes", 8, 8192))
     threads: int = field(default=0, metadata=_m("CPU threads; 0 = all cores", 0, 1024))
@@ -133,7 +133,8 @@ class ServerSettings:
     max_question_chars: int = field(default=8000, metadata=_m(
         "longest question or streamed prompt, in characters", 1, 1_000_000))
     max_tokens: int = field(default=4096, metadata=_m(
-        "largest token budget a request may ask for (point_max_tokens, answer_max_tokens)", 1, 32768))
+        "largest token budget a request may ask for (point_max_tokens, answer_max_tokens, a node's max_tokens)",
+        1, 32768))
     tls_cert: str = field(default="", metadata=_m("PEM server certificate chain; empty = no TLS"))
     tls_key: str = field(default="", metadata=_m("PEM private key of tls_cert"))
     tls_client_ca: str = field(default="", metadata=_m(
@@ -184,6 +185,10 @@ class ServerSettings:
             out.planner.validate()
         except InvalidRequest as exc:
             raise SettingsError(str(exc)) from None
+        if out.planner.long_point_max_tokens > out.max_tokens:
+            # Plan writes it into a node's budget: a graph the server returns must be one it takes back
+            raise SettingsError(f"planner.long_point_max_tokens ({out.planner.long_point_max_tokens}) must not "
+                                f"exceed max_tokens ({out.max_tokens})")
         try:
             for role in Role:
                 remote = out.remote.large if role is Role.LARGE else out.remote.small

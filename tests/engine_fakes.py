@@ -3,7 +3,8 @@
 Replies are chosen by prompt substring (the first matching script wins, else the default reply);
 each reply is streamed one word per chunk with an optional delay, honouring stop strings and
 max_tokens like a real engine (the stop string itself is not returned). A script can fail after N
-chunks, end with a given finish reason, or hold until an asyncio.Event is set. The fake records
+chunks, end with a given finish reason, or hold until an asyncio.Event is set. A prompt that already
+ends with the start of its reply (a retried point continuing its first attempt) gets the rest. The fake records
 every request (with its full prompt = prefix text + prompt), how many sequences were in flight per
 role (and the maximum), which sequences were closed, and every prefix opened and closed. Its chat
 template is ChatML.
@@ -150,7 +151,7 @@ class FakeEngine:
         self.max_in_flight[request.role] = max(self.max_in_flight[request.role], self.in_flight[request.role])
         try:
             reply = self.default_reply if script is None else script.reply
-            text = reply(full) if callable(reply) else reply
+            text = _continued(full, reply(full) if callable(reply) else reply)
             finish = FinishReason.LENGTH
             cut = [text.find(s) for s in request.sampling.stop if s in text]
             if cut:
@@ -221,6 +222,15 @@ class FakeEngine:
     @property
     def open_sequences(self) -> int:
         return sum(self.in_flight.values())
+
+
+def _continued(prompt: str, reply: str) -> str:
+    """The rest of the reply when the prompt already ends with its start (a retried sequence continues
+    the text its first attempt wrote, as a real model continues its prompt)."""
+    for k in range(len(reply), 0, -1):
+        if reply[:k].strip() and prompt.endswith(reply[:k]):
+            return reply[k:]
+    return reply
 
 
 def _writes_point(prompt: str, position: int | str) -> bool:

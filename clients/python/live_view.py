@@ -8,6 +8,7 @@ the stream it writes to, so it is tested with a StringIO.
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 import time
@@ -95,6 +96,27 @@ class AnswerState:
                 f"{tokens} tokens, {rate:.1f} tok/s{failed}")
 
 
+def wrap_text(text: str, width: int) -> list[str]:
+    """Lines of `text` at most `width` wide, keeping its own line breaks: paragraphs and list items wrap
+    (a wrapped list item keeps its indent), blank lines stay, and a fenced code block is shown as
+    written (code must not be rewrapped)."""
+    out: list[str] = []
+    in_code = False
+    for line in text.split("\n"):
+        if line.lstrip().startswith(("```", "~~~")):
+            in_code = not in_code
+            out.append(line)
+            continue
+        if in_code or not line.strip():
+            out.append(line.rstrip())
+            continue
+        indent = line[:len(line) - len(line.lstrip())]
+        marker = re.match(r"\s*(?:[-*+]|\d+[.)])\s+", line)
+        hang = " " * len(marker.group()) if marker else indent
+        out.extend(textwrap.wrap(line.strip(), max(width, 10), initial_indent=indent, subsequent_indent=hang))
+    return out
+
+
 class LiveView:
     """Redraws the answer in place on a terminal; prints it once at the end elsewhere."""
 
@@ -124,7 +146,7 @@ class LiveView:
         for point in self.state.points.values():
             if len(self.state.points) > 1 and point.number:  # the opening and closing are plain paragraphs
                 lines.append(f"{point.number}. {point.title}")
-            lines.extend(textwrap.wrap(point.text.strip(), width))
+            lines.extend(wrap_text(point.text.strip(), width))
             lines.append("")
         lines.append(self.state.summary())
         return lines
@@ -143,8 +165,8 @@ class LiveView:
             role = f" [{point.role}]" if point.role else ""
             label = f"{point.number}. {point.title}" if point.number else point.title
             lines.append(f"{marker} {label}{needs}{role}"[:width])
-            wrapped = textwrap.wrap(point.text.strip(), width - 4)
-            lines.extend("    " + line for line in wrapped[-self.tail_lines:])
+            wrapped = wrap_text(point.text.strip(), width - 4)
+            lines.extend(("    " + line)[:width] for line in wrapped[-self.tail_lines:])
         return lines
 
     def _width(self) -> int:

@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,10 +40,19 @@ from typing import Any, Protocol, TextIO
 
 from planner import pipeline, router
 from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
-from planner.events import AnswerDone, NodeDelta, NodeFinished, PlanReady
+from planner.events import AnswerDone, NodeDelta, NodeFailed, NodeFinished, PlanReady
 from planner.plan import Mode, PointLength, Route
-from planner.settings import PlannerSettings
+from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 from service.bench import judge as judging
+from service.bench.checklist import (
+    DEFAULT_TIE_BAND,
+    ChecklistJudge,
+    EndpointChecklistJudge,
+    EngineChecklistJudge,
+    checklist_for,
+    checklist_method,
+    load_checklists,
+)
 from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
@@ -188,6 +197,9 @@ class RunResult:
     failed_nodes: int = 0
     reason: str = ""
     error: str | None = None
+    points: list[str] = field(default_factory=list)  # each numbered point's text (failed ones: their partial)
+    skeleton: str = ""  # the skeleton text the model wrote (skeleton modes, embedded runner)
+    stages: int = 0  # dependency stages of the plan: 1 = every point at once (embedded runner)
 
     @property
     def ok(self) -> bool:
@@ -241,14 +253,21 @@ class EmbeddedRunner:
         done: AnswerDone | None = None
         nodes = 0
         reason = ""
+        points: dict[int, str] = {}  # point id -> text, in skeleton order
+        skeleton, stages = "", 0
         name, settings = self._mode_and_settings(mode)
         try:
             async with aclosing(pipeline.answer(self.engine, question, name, settings)) as events:
                 async for event in events:
                     if isinstance(event, NodeDelta | NodeFinished) and first is None and event.text:
                         first = self.clock() - t0
-                    elif isinstance(event, PlanReady):
+                    if isinstance(event, PlanReady):
                         nodes, reason = len(event.plan.nodes), event.plan.reason
+                        skeleton, stages = event.plan.skeleton, event.plan.depth()
+                        if event.plan.route is not Route.DIRECT:
+                            points = {n.id: "" for n in event.plan.points}
+                    elif isinstance(event, NodeFinished | NodeFailed) and event.node_id in points:
+                        points[event.node_id] = event.text if isinstance(event, NodeFinished) else event.partial_text
                     elif isinstance(event, AnswerDone):
                         done = event
         except (EngineError, OSError, RuntimeError, ValueError) as exc:
@@ -257,7 +276,7 @@ class EmbeddedRunner:
         if done is None:
             return RunResult(seconds, first, error="the stream ended without an answer")
         return RunResult(seconds, first, done.usage.completion_tokens, done.text, done.route.value, nodes,
-                         len(done.failed), reason)
+                         len(done.failed), reason, points=list(points.values()), skeleton=skeleton, stages=stages)
 
     async def route(self, question: str) -> tuple[str, str]:
         decision = await router.route(self.engine, question, self.settings)
@@ -265,6 +284,7 @@ class EmbeddedRunner:
 
 
 _PB_ROUTES = {1: "direct", 2: "parallel", 3: "graph"}
+_PB_PART_UNSPECIFIED, _PB_PART_POINT = 0, 1  # NodePart values of a numbered point
 
 
 class TargetRunner:
@@ -283,6 +303,7 @@ class TargetRunner:
         t0 = self.clock()
         first: float | None = None
         done: Any = None
+        points: dict[int, str] = {}
         nodes = 0
         reason = ""
         try:
@@ -292,6 +313,13 @@ class TargetRunner:
                     first = self.clock() - t0
                 elif kind == "plan_ready":
                     nodes, reason = len(event.plan_ready.graph.nodes), getattr(event.plan_ready, "reason", "")
+                    if len(event.plan_ready.graph.nodes) > 1:  # a direct plan is its one node
+                        points = {n.id: "" for n in event.plan_ready.graph.nodes
+                                  if n.part in (_PB_PART_UNSPECIFIED, _PB_PART_POINT)}
+                elif kind == "node_finished" and event.node_finished.node_id in points:
+                    points[event.node_finished.node_id] = event.node_finished.text
+                elif kind == "node_failed" and event.node_failed.node_id in points:
+                    points[event.node_failed.node_id] = event.node_failed.partial_text
                 elif kind == "answer_done":
                     done = event.answer_done
         except grpc.aio.AioRpcError as err:
@@ -303,7 +331,8 @@ class TargetRunner:
         if mode == "auto":
             self._routes[normalize(question)] = route
         tokens = sum(int(u.completion_tokens) for u in done.usage)
-        return RunResult(seconds, first, tokens, done.text, route, nodes, len(done.failed_node_ids), reason)
+        return RunResult(seconds, first, tokens, done.text, route, nodes, len(done.failed_node_ids), reason,
+                         points=list(points.values()))
 
     async def route(self, question: str) -> tuple[str, str]:
         known = self._routes.get(normalize(question))
@@ -323,7 +352,8 @@ class BenchConfig:
     models: dict[str, str] = field(default_factory=dict)
     judge_name: str = "none"
     judge_tie_margin: float = judging.DEFAULT_TIE_MARGIN  # nats (margins) or grade points (single)
-    judge_mode: str = "pairwise"  # or "single": each answer graded alone
+    judge_mode: str = "pairwise"  # or "single": each answer graded alone; "checklist": item by item
+    checklists: Mapping[str, tuple[str, ...]] | None = None  # for judge_mode checklist
 
 
 def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
@@ -431,11 +461,33 @@ def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "speedup_n": len(ups),
         "routes": dict(sorted(Counter(r["route"] for r in ok).items())),
     }
+    stages = [r["stages"] for r in ok if r.get("stages")]
+    out["stages_median"] = _r(median(stages), 1) if stages else None
+    texts = [p for r in ok for p in r.get("points", [])]
+    out["points"] = len(texts)
+    out["empty_points"], out["short_points"] = point_defects(texts)
+    scores = [r["checklist"][mode]["score"] for r in rows
+              if r.get("checklist", {}).get(mode, {}).get("score") is not None]
+    out["checklist_score"] = _r(statistics.fmean(scores), 2) if scores else None
+    out["checklist_n"] = len(scores)
     if mode != BASELINE:
         pairs = [r["judge"][mode] for r in rows if mode in r.get("judge", {})]
         prefs = [j["preference"] for j in pairs if j.get("preference") is not None]
         out["quality"] = quality_summary([j["outcome"] for j in pairs], prefs) if pairs else None
+        by_checklist = [j for j in pairs if j.get("method") == "checklist"]
+        out["checklist_net_win_rate"] = (quality_summary([j["outcome"] for j in by_checklist])["net_win_rate"]
+                                         if by_checklist else None)
     return out
+
+
+SHORT_POINT_WORDS = 8  # a point under this many words says too little to stand as a point of its own
+
+
+def point_defects(points: Sequence[str]) -> tuple[int, int]:
+    """(empty, short): points with no words at all (a title and nothing else), and points with some
+    words but fewer than SHORT_POINT_WORDS (a word: a run without spaces holding a letter or digit)."""
+    counts = [sum(1 for w in text.split() if any(c.isalnum() for c in w)) for text in points]
+    return sum(1 for n in counts if n == 0), sum(1 for n in counts if 0 < n < SHORT_POINT_WORDS)
 
 
 def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], tie_margin: float,
@@ -445,6 +497,8 @@ def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], ti
         return "none"
     if mode == "single":
         return judging.grade_method(tie_margin)
+    if mode == "checklist":
+        return checklist_method(tie_margin)
     methods = Counter(j.get("method") for r in rows for j in r.get("judge", {}).values())
     by_margin = judging.margin_method(tie_margin)
     if methods["logprob"] and methods["text"]:
@@ -501,15 +555,22 @@ async def _judge_by_grades(judge: judging.GradeJudge, question: str, mode_answer
     return out
 
 
-async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge: judging.Judge,
+async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge: Any,
                      stream: TextIO | None = None, tie_margin: float = judging.DEFAULT_TIE_MARGIN,
-                     method: str = "pairwise") -> None:
+                     method: str = "pairwise", checklists: Mapping[str, tuple[str, ...]] | None = None) -> None:
     """Judge every mode's answer against direct's, per question, into `row["judge"][mode]`.
 
-    pairwise: each pair in both orders; single: each answer graded alone, direct's once a question.
+    pairwise: each pair in both orders; single: each answer graded alone, direct's once a question;
+    checklist: each answer graded item by item on its question's checklist (`row["checklist"][mode]`).
     """
     judged_modes = [m for m in modes if m != BASELINE]
     if not judged_modes:
+        return
+    if method == "checklist":
+        if checklists is None or not hasattr(judge, "grade_items"):
+            raise ValueError(f"judge {judge.name} cannot grade checklists (it needs the embedded judge and "
+                             "--checklists)")
+        await _checklist_rows(rows, modes, judge, checklists, tie_margin, stream)  # type: ignore[arg-type]
         return
     grading = method == "single"
     if grading and not isinstance(judge, judging.GradeJudge):
@@ -547,8 +608,53 @@ async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge
     jbar.close()
 
 
-async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO | None = None,
-                  tie_margin: float = judging.DEFAULT_TIE_MARGIN, mode: str = "pairwise") -> dict[str, Any]:
+async def _checklist_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge: ChecklistJudge,
+                          checklists: Mapping[str, tuple[str, ...]], band: float, stream: TextIO | None) -> None:
+    """Grade every answer on its question's checklist; each mode against direct by the score difference.
+
+    A question without a checklist is left unjudged (outcome None), as is one whose direct answer failed
+    or got no grade; a mode whose answer failed loses."""
+    bar = Progress(len(rows) * len(modes), "checklist", stream)
+    bar.show(judge.name)
+    for row in rows:
+        row["judge"], row["checklist"] = {}, {}
+        items = checklist_for(checklists, row["question"])
+        for mode in modes:
+            run = row["modes"][mode]
+            if items is not None and run["error"] is None:
+                row["checklist"][mode] = await _grade_items(judge, row["question"], run["answer"], items)
+            bar.step(f"q{row['index'] + 1} {mode}")
+        base = row["checklist"].get(BASELINE, {}).get("score")
+        for mode in modes:
+            if mode == BASELINE:
+                continue
+            mine = row["checklist"].get(mode, {}).get("score")
+            if items is None:
+                row["judge"][mode] = {"outcome": None, "note": "no checklist for this question"}
+            elif base is None:
+                row["judge"][mode] = {"outcome": None, "note": "direct has no checklist score"}
+            elif row["modes"][mode]["error"] is not None:
+                row["judge"][mode] = {"outcome": "lose", "note": "this mode failed"}
+            elif mine is None:
+                row["judge"][mode] = {"outcome": None, "note": "no checklist score"}
+            else:
+                d = mine - base
+                row["judge"][mode] = {"outcome": judging.margin_outcome(d, band), "method": "checklist",
+                                      "scores": [mine, base], "preference": _r(d, 2)}
+    bar.close()
+
+
+async def _grade_items(judge: ChecklistJudge, question: str, answer: str, items: Sequence[str]) -> dict[str, Any]:
+    try:
+        graded = await judge.grade_items(question, answer, items)
+    except (EngineError, judging.JudgeError) as exc:
+        return {"score": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"score": _r(graded.score, 2), "grades": [_r(g, 4) for g in graded.grades]}
+
+
+async def rejudge(result: dict[str, Any], judge: Any, stream: TextIO | None = None,
+                  tie_margin: float = judging.DEFAULT_TIE_MARGIN, mode: str = "pairwise",
+                  checklists: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """Judge the answers of a saved result again (another judge, or a judge run later); the new result.
 
     Speeds, routes and the router score are kept as measured; only verdicts and quality change.
@@ -560,7 +666,7 @@ async def rejudge(result: dict[str, Any], judge: judging.Judge, stream: TextIO |
             _ = row["modes"][BASELINE]["answer"]  # the shape check: KeyError if absent
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a result of `espalier bench answers --json` (missing {exc})") from None
-    await judge_rows(rows, modes, judge, stream, tie_margin, mode)
+    await judge_rows(rows, modes, judge, stream, tie_margin, mode, checklists)
     result["modes"] = {m: mode_summary(m, rows) for m in modes}
     result["settings"]["judge_mode"] = mode
     result["settings"]["judge"] = judge.name
@@ -597,7 +703,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
     answer_s = time.monotonic() - started
 
     if judge is not None:
-        await judge_rows(rows, modes, judge, stream, config.judge_tie_margin, config.judge_mode)
+        await judge_rows(rows, modes, judge, stream, config.judge_tie_margin, config.judge_mode, config.checklists)
 
     router_result: dict[str, Any] | None = None
     if labels is not None:
@@ -649,7 +755,7 @@ class AnswersOptions:
     json_path: str | None = None
     report_path: str | None = None
     plot_path: str | None = None
-    point_tokens: int = 128
+    point_tokens: int = DEFAULT_SETTINGS.point_max_tokens
     answer_tokens: int = 512
     skeleton_tokens: int = 160
     skeleton_role: str = "large"
@@ -658,16 +764,18 @@ class AnswersOptions:
     large: str = "large"
     small: str = "small"
     n_ctx: int = 8192
-    slots: int = 8
+    slots: int = 16
     gpu_layers: int = 0
     judge: str = "embedded"  # embedded | none (a --judge-url picks the endpoint judge)
     judge_url: str | None = None
     judge_model: str | None = None
     judge_key_env: str | None = None
     judge_max_chars: int = judging.DEFAULT_MAX_ANSWER_CHARS
-    judge_tie_margin: float = judging.DEFAULT_TIE_MARGIN
+    judge_tie_margin: float | None = None  # None: the judge mode's own default (tie_band)
     judge_logprobs: bool = False  # the endpoint judge also scores by margins (the embedded one always does)
-    judge_mode: str = "pairwise"  # pairwise (both orders) or single (each answer graded alone)
+    judge_mode: str = "pairwise"  # pairwise (both orders), single (each answer graded alone) or checklist
+    checklists_path: str | None = None  # per-question checklists (JSONL), for judge_mode checklist
+    only_suitable: bool = False  # only the questions labelled 1 (suit a skeleton), in the set or --labels
     rejudge_path: str | None = None  # judge this saved --json result again instead of answering
 
 
@@ -685,13 +793,44 @@ def planner_settings(opts: AnswersOptions) -> PlannerSettings:
         raise ValueError(str(exc)) from None
 
 
-def _endpoint_judge(opts: AnswersOptions) -> judging.Judge | None:
+JUDGE_MODES = ("pairwise", "single", "checklist")
+
+
+def tie_band(opts: AnswersOptions) -> float:
+    """The tie band the run uses: the flag, else the judge mode's default (nats for pairwise margins,
+    grade points for single grades, score points of 100 for checklists)."""
+    if opts.judge_tie_margin is not None:
+        return opts.judge_tie_margin
+    return DEFAULT_TIE_BAND if opts.judge_mode == "checklist" else judging.DEFAULT_TIE_MARGIN
+
+
+def _checklists(opts: AnswersOptions) -> Mapping[str, tuple[str, ...]] | None:
+    """The checklists a checklist-mode run grades with; ValueError when that mode has none."""
+    if opts.judge_mode != "checklist":
+        if opts.checklists_path:
+            raise ValueError("--checklists applies to --judge-mode checklist")
+        return None
+    if not opts.checklists_path:
+        raise ValueError("--judge-mode checklist needs --checklists FILE (JSONL of {request, checklist})")
+    return load_checklists(opts.checklists_path)
+
+
+def _embedded_judge(engine: Any, role: Role, model: str, opts: AnswersOptions) -> Any:
+    name = f"embedded {role.value} model ({model})"
+    if opts.judge_mode == "checklist":
+        return EngineChecklistJudge(engine, role, name=name, max_chars=opts.judge_max_chars)
+    return judging.EngineJudge(engine, role, name=name, max_chars=opts.judge_max_chars)
+
+
+def _endpoint_judge(opts: AnswersOptions) -> Any:
+    """The --judge-url judge (None without one); for checklists, its first token's top_logprobs grade."""
     if opts.judge_url:
         if not opts.judge_model:
             raise ValueError("--judge-url needs --judge-model")
         key = os.environ.get(opts.judge_key_env) if opts.judge_key_env else None
-        return judging.OpenAIJudge(opts.judge_url, opts.judge_model, key, max_chars=opts.judge_max_chars,
-                                   logprobs=opts.judge_logprobs)
+        endpoint = judging.OpenAIJudge(opts.judge_url, opts.judge_model, key, max_chars=opts.judge_max_chars,
+                                       logprobs=opts.judge_logprobs)
+        return EndpointChecklistJudge(endpoint) if opts.judge_mode == "checklist" else endpoint
     if opts.judge_logprobs:
         raise ValueError("--judge-logprobs applies to --judge-url (the embedded judge always uses logprobs)")
     return None
@@ -701,8 +840,8 @@ def _recorded_settings(opts: AnswersOptions) -> dict[str, Any]:
     s = {"set": opts.set_path, "limit": opts.limit, "labels": opts.labels,
          "runner": f"target {opts.target}" if opts.target else "embedded",
          "point_tokens": opts.point_tokens, "answer_tokens": opts.answer_tokens,
-         "skeleton_tokens": opts.skeleton_tokens, "temperature": 0.0, "judge_tie_margin": opts.judge_tie_margin,
-         "judge_mode": opts.judge_mode,
+         "skeleton_tokens": opts.skeleton_tokens, "temperature": 0.0, "judge_tie_margin": tie_band(opts),
+         "judge_mode": opts.judge_mode, "checklists": opts.checklists_path, "only_suitable": opts.only_suitable,
          "order": "rotated per question (question i starts at mode i mod n)"}
     if not opts.target:
         s.update({"skeleton_role": opts.skeleton_role, "small_only": opts.small_only,
@@ -740,9 +879,7 @@ async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels:
         await runner.warm_up()
         if judge is None and opts.judge == "embedded":
             role = Role.LARGE if Role.LARGE in engine.roles() else Role.SMALL
-            model = engine_config.roles()[role].model
-            judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({model})",
-                                        max_chars=opts.judge_max_chars)
+            judge = _embedded_judge(engine, role, engine_config.roles()[role].model, opts)
         config.judge_name = judge.name if judge is not None else "none"
         return await run_bench(questions, runner, config, judge=judge, labels=labels)
     finally:
@@ -780,14 +917,14 @@ async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
         raise ValueError("--judge must be embedded or none (use --judge-url for an endpoint)")
     if opts.limit is not None and opts.limit < 1:
         raise ValueError("--limit must be at least 1")
-    if not (math.isfinite(opts.judge_tie_margin) and opts.judge_tie_margin >= 0):
-        raise ValueError(f"--judge-tie-margin must be a number of nats, 0 or more (got {opts.judge_tie_margin})")
+    _check_judging(opts)
+    checklists = _checklists(opts)
     settings = planner_settings(opts)
     judge = _endpoint_judge(opts)
-    questions = load_questions(opts.set_path, opts.limit)
     labels = load_labels(opts.labels) if opts.labels else None
-    config = BenchConfig(modes, _recorded_settings(opts), judge_tie_margin=opts.judge_tie_margin,
-                         judge_mode=opts.judge_mode)
+    questions = _questions(opts, labels)
+    config = BenchConfig(modes, _recorded_settings(opts), judge_tie_margin=tie_band(opts),
+                         judge_mode=opts.judge_mode, checklists=checklists)
     _log(f"{len(questions)} question(s) x {len(modes)} mode(s): {', '.join(modes)}")
     if opts.target and any(split_mode(m)[1] for m in modes):
         raise ValueError("mode variants (MODE:SETTING=VALUE) need the embedded runner: a server's planner "
@@ -800,6 +937,32 @@ async def run_answers(opts: AnswersOptions) -> dict[str, Any]:
     return result
 
 
+def _check_judging(opts: AnswersOptions) -> None:
+    if opts.judge_mode not in JUDGE_MODES:
+        raise ValueError(f"--judge-mode must be one of {', '.join(JUDGE_MODES)} (got {opts.judge_mode!r})")
+    band = tie_band(opts)
+    if not (math.isfinite(band) and band >= 0):
+        raise ValueError(f"--judge-tie-margin must be a number, 0 or more (got {band})")
+
+
+def _questions(opts: AnswersOptions, labels: list[Question] | None) -> list[Question]:
+    """The run's questions: the set, only the ones labelled suitable when asked (by the set's own labels,
+    else by --labels), then the first --limit of them."""
+    if not opts.only_suitable:
+        return load_questions(opts.set_path, opts.limit)
+    questions = load_questions(opts.set_path)
+    if labels is not None:
+        suitable = {normalize(q.text) for q in labels if q.label == 1}
+        kept = [q for q in questions if normalize(q.text) in suitable]
+    elif any(q.label is not None for q in questions):
+        kept = [q for q in questions if q.label == 1]
+    else:
+        raise ValueError("--only-suitable needs labels: a set with a label column, or --labels")
+    if not kept:
+        raise ValueError(f"{opts.set_path}: no question is labelled suitable (1)")
+    return kept[:opts.limit] if opts.limit is not None else kept
+
+
 async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
     try:
         result = json.loads(Path(opts.rejudge_path or "").read_text(encoding="utf-8"))
@@ -807,22 +970,27 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
         raise ValueError(f"cannot read {opts.rejudge_path}: {exc}") from None
     if not isinstance(result, dict) or "questions" not in result or "settings" not in result:
         raise ValueError(f"{opts.rejudge_path} is not a result of `espalier bench answers --json`")
+    _check_judging(opts)
+    checklists = _checklists(opts)
     judge = _endpoint_judge(opts)
     if judge is not None:
-        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin, mode=opts.judge_mode)
+        return await rejudge(result, judge, tie_margin=tie_band(opts), mode=opts.judge_mode, checklists=checklists)
     if opts.judge != "embedded":
         raise ValueError("--rejudge needs a judge: --judge embedded or --judge-url")
     from service.engine.config import ContextConfig, EngineConfig
     from service.engine.llama_engine import LlamaEngine
 
     role, model = (Role.SMALL, opts.small) if opts.small_only else (Role.LARGE, opts.large)
-    ctx = ContextConfig(model=model, slots=2, n_ctx=opts.n_ctx, threads=opts.threads, n_gpu_layers=opts.gpu_layers)
+    # a checklist's items are graded together, forked from the answer's prefill
+    slots = 8 if opts.judge_mode == "checklist" else 2
+    ctx = ContextConfig(model=model, slots=slots, n_ctx=opts.n_ctx, threads=opts.threads,
+                        n_gpu_layers=opts.gpu_layers)
     _log(f"loading the judge ({role.value}={model})")
     engine = await LlamaEngine.load(EngineConfig(**{role.value: ctx}))
     try:
-        judge = judging.EngineJudge(engine, role, name=f"embedded {role.value} model ({model})",
-                                    max_chars=opts.judge_max_chars)
-        return await rejudge(result, judge, tie_margin=opts.judge_tie_margin, mode=opts.judge_mode)
+        judge = _embedded_judge(engine, role, model, opts)
+        return await rejudge(result, judge, tie_margin=tie_band(opts), mode=opts.judge_mode,
+                             checklists=checklists)
     finally:
         await engine.aclose()
 

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from planner import decode
 from planner.engine import MAX_TOP_LOGPROBS, Chunk, Engine, GenerateRequest, Message, Role, Sampling
 
 Verdict = Literal["A", "B", "tie"]
@@ -78,7 +79,8 @@ GRADE_DIGITS = "123456789"
 MIN_GRADE_MASS = 0.5  # the first token's digits must carry this much probability to read a grade
 
 
-def _cut(text: str, max_chars: int) -> str:
+def cut_answer(text: str, max_chars: int) -> str:
+    """An answer as a judge is shown it: stripped, "(no answer)" when empty, cut to max_chars."""
     text = text.strip() or "(no answer)"
     return text if len(text) <= max_chars else text[:max_chars] + " [...]"
 
@@ -86,14 +88,14 @@ def _cut(text: str, max_chars: int) -> str:
 def judge_messages(question: str, answer_a: str, answer_b: str,
                    max_chars: int = DEFAULT_MAX_ANSWER_CHARS) -> list[Message]:
     user = (f"Question:\n{question.strip()}\n\n"
-            f"[Answer A]\n{_cut(answer_a, max_chars)}\n[End of Answer A]\n\n"
-            f"[Answer B]\n{_cut(answer_b, max_chars)}\n[End of Answer B]\n\n"
+            f"[Answer A]\n{cut_answer(answer_a, max_chars)}\n[End of Answer A]\n\n"
+            f"[Answer B]\n{cut_answer(answer_b, max_chars)}\n[End of Answer B]\n\n"
             "Which answer is better? Reply with one word: A, B or tie.")
     return [Message("system", JUDGE_SYSTEM), Message("user", user)]
 
 
 def grade_messages(question: str, answer: str, max_chars: int = DEFAULT_MAX_ANSWER_CHARS) -> list[Message]:
-    user = (f"Question:\n{question.strip()}\n\n[Answer]\n{_cut(answer, max_chars)}\n[End of Answer]\n\n"
+    user = (f"Question:\n{question.strip()}\n\n[Answer]\n{cut_answer(answer, max_chars)}\n[End of Answer]\n\n"
             "Rate the answer from 1 to 9. Reply with the digit only.")
     return [Message("system", GRADE_SYSTEM), Message("user", user)]
 
@@ -306,18 +308,7 @@ class EngineJudge:
         prompt = self.engine.chat_prompt(self.role, messages)
         request = GenerateRequest(prompt=prompt, role=self.role, top_logprobs=top_logprobs,
                                   sampling=Sampling(temperature=0.0, max_tokens=max_tokens))
-        chunks: list[Chunk] = []
-        stream = self.engine.generate(request)
-        try:
-            async for chunk in stream:
-                chunks.append(chunk)
-                if chunk.finish is not None:
-                    break
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        return chunks
+        return await decode.chunks(self.engine, request)
 
 
 def chat_completions_url(url: str) -> str:
@@ -375,20 +366,21 @@ class OpenAIJudge:
         return {"content": content if isinstance(content, str) else "", "logprobs": choice.get("logprobs")}
 
     async def _ask(self, question: str, answer_a: str, answer_b: str, **extra: Any) -> dict[str, Any]:
-        return await self._send(judge_messages(question, answer_a, answer_b, self.max_chars), **extra)
+        return await self.send(judge_messages(question, answer_a, answer_b, self.max_chars), **extra)
 
     async def grade(self, question: str, answer: str) -> float | None:
         messages = grade_messages(question, answer, self.max_chars)
         if self.logprobs:
-            got = await self._send(messages, max_tokens=1, logprobs=True, top_logprobs=JUDGE_TOP_LOGPROBS)
+            got = await self.send(messages, max_tokens=1, logprobs=True, top_logprobs=JUDGE_TOP_LOGPROBS)
             top = first_top_logprobs(got["logprobs"])
             if top is not None:
                 return expected_grade(top)
             self.logprobs = False
             return parse_grade(str(got["content"]))
-        return parse_grade(str((await self._send(messages))["content"]))
+        return parse_grade(str((await self.send(messages))["content"]))
 
-    async def _send(self, messages: Sequence[Message], **extra: Any) -> dict[str, Any]:
+    async def send(self, messages: Sequence[Message], **extra: Any) -> dict[str, Any]:
+        """One chat completion ({content, logprobs}), retried on transport errors; JudgeError at the end."""
         for attempt in range(self.retries + 1):
             try:
                 return await asyncio.to_thread(self._post, messages, extra)

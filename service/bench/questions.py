@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TEXT_KEYS = ("request", "question", "prompt", "text")
 
@@ -63,15 +65,20 @@ def _read_csv(text: str, name: str) -> list[Question]:
     return out
 
 
-def _read_jsonl(text: str, name: str) -> list[Question]:
-    out: list[Question] = []
+def jsonl_objects(text: str, name: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line; QuestionSetError naming the line if not JSON."""
     for line, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            yield line, json.loads(raw)
         except json.JSONDecodeError as exc:
             raise QuestionSetError(f"{name}:{line}: not JSON ({exc.msg})") from None
+
+
+def _read_jsonl(text: str, name: str) -> list[Question]:
+    out: list[Question] = []
+    for line, obj in jsonl_objects(text, name):
         q: str | None
         if isinstance(obj, str):
             q = obj

@@ -55,6 +55,12 @@ def _signed(x: Any) -> str:
 def _method_note(method: str) -> str:
     """What the judging method means, for the report (service.bench.judge says why margins)."""
     notes = []
+    if "checklist grades" in method:
+        notes.append("Each answer is graded on its question's checklist (yes/no items a strong model wrote once): "
+                     "per item, the judge's probability of yes among yes and no at its first reply token; the "
+                     "answer's score is the mean over its items, 0 to 100. The mode's preference p = its score - "
+                     "direct's score on the same question; p above the tie band is a win, below its negative a "
+                     "loss, else a tie. A question without a checklist is unjudged.")
     if "single-answer grades" in method:
         notes.append("Each answer is graded alone from 1 to 9 (direct's once per question): the grade is the "
                      "probability-weighted digit of the judge's first reply token where it gives logprobs, else "
@@ -106,13 +112,24 @@ def render_markdown(result: dict[str, Any], plot_path: str | None = None, report
                    f"| {_x(d['speedup_median'])} | {_x(d['speedup_geomean'])} | {_routes(d['routes'])} |")
     out.append("")
 
+    out += _defects(modes)
+    if any(d.get("checklist_score") is not None for d in modes.values()):
+        out += ["## Checklist scores", "",
+                "| mode | graded | mean score (0-100) | net win rate vs direct |",
+                "| --- | ---: | ---: | ---: |"]
+        for name, d in modes.items():
+            net = "baseline" if name == "direct" else _pct(d.get("checklist_net_win_rate"))
+            out.append(f"| {name} | {d.get('checklist_n', 0)} | {_f(d.get('checklist_score'), 1)} | {net} |")
+        out.append("")
+
     judged = {k: v.get("quality") for k, v in modes.items() if k != "direct"}
-    graded = result.get("settings", {}).get("judge_mode") == "single"
-    title = "single-answer grades" if graded else "pairwise judge, both orders"
+    judge_mode = result.get("settings", {}).get("judge_mode")
+    title = {"single": "single-answer grades", "checklist": "checklist grades"}.get(
+        str(judge_mode), "pairwise judge, both orders")
     out += [f"## Quality against direct ({title})", ""]
     if any(judged.values()):
         prefs = any(q and "mean_preference" in q for q in judged.values())
-        unit = "grade points" if graded else "nats"
+        unit = {"single": "grade points", "checklist": "score points"}.get(str(judge_mode), "nats")
         extra = (f" mean preference ({unit}) |", " ---: |") if prefs else ("", "")
         out += ["| mode | judged | win / tie / lose | win rate | tie rate | lose rate | net win rate |" + extra[0],
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + extra[1]]
@@ -175,6 +192,17 @@ def render_markdown(result: dict[str, Any], plot_path: str | None = None, report
     return "\n".join(out)
 
 
+def _defects(modes: dict[str, dict[str, Any]]) -> list[str]:
+    """Empty and short points per skeleton mode (a direct answer has no points)."""
+    rows = [(name, d) for name, d in modes.items() if d.get("points")]
+    if not rows:
+        return []
+    out = ["## Point defects", "",
+           "| mode | points | empty (no words) | short (under 8 words) |", "| --- | ---: | ---: | ---: |"]
+    out += [f"| {name} | {d['points']} | {d['empty_points']} | {d['short_points']} |" for name, d in rows]
+    return out + ["", "A point counts once, with the text it ended with (a failed point with its partial text).", ""]
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """A few lines for stdout: one per mode, then the router."""
     lines = []
@@ -184,8 +212,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         if q and q.get("n"):
             quality = f", net win {_pct(q['net_win_rate'])} (W/T/L {_wtl(q)})"
             if q.get("mean_preference") is not None:
-                unit = "grade points" if result.get("settings", {}).get("judge_mode") == "single" else "nats"
+                unit = {"single": "grade points", "checklist": "score points"}.get(
+                    str(result.get("settings", {}).get("judge_mode")), "nats")
                 quality += f", mean preference {_signed(q['mean_preference'])} {unit}"
+        if d.get("checklist_score") is not None:
+            quality += f", checklist {d['checklist_score']:.1f}"
+        if d.get("points"):
+            quality += f", points {d['points']} ({d['empty_points']} empty, {d['short_points']} short)"
         lines.append(f"{name:>6}: median {_f(d['median_s'])} s (p90 {_f(d['p90_s'])} s), "
                      f"TTFT {_f(d['ttft_median_s'])} s, "
                      f"{_f(d['tokens_median'], 0)} tokens, {_f(d['tokens_per_s_median'], 1)} tok/s, "
@@ -255,7 +288,9 @@ def write_plot(result: dict[str, Any], path: str) -> dict[str, Any]:
     left.set_xlim(x_min, x_max)
     left.set_ylim(-1.05, 1.05)
     left.set_xlabel("speed-up over direct (median per question)")
-    left.set_ylabel("net win rate vs direct (judge)")
+    how = {"checklist": "checklist judge", "single": "single grades"}.get(
+        str(result.get("settings", {}).get("judge_mode")), "judge")
+    left.set_ylabel(f"net win rate vs direct ({how})")
     left.set_title("faster →  and  better ↑")
     left.grid(alpha=0.3)
 

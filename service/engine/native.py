@@ -13,6 +13,7 @@ the context (the worker), never from the event loop.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -96,6 +97,17 @@ class Model:
         """The token's text; a piece that splits a UTF-8 character shows U+FFFD for the part it holds."""
         return self.piece(token).decode(errors="replace")
 
+    @functools.cached_property
+    def end_tokens(self) -> np.ndarray:
+        """Every end-of-generation token id (Sampling.min_tokens keeps them out of a reply's first tokens)."""
+        return np.asarray([t for t in range(self.n_vocab) if self.is_eog(t)], dtype=np.int64)
+
+    @functools.cached_property
+    def line_break_tokens(self) -> np.ndarray:
+        """Every token id whose text holds a line break (Sampling.min_tokens keeps them out of a reply
+        until its first word). Computed once, on first use."""
+        return np.asarray([t for t in range(self.n_vocab) if b"\n" in self.piece(t)], dtype=np.int64)
+
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
@@ -177,6 +189,12 @@ class Context:
 
     def logits(self, index: int) -> ctypes.Array[ctypes.c_float]:
         return llama_cpp.llama_get_logits_ith(self.ptr, index)
+
+    def ban(self, index: int, tokens: np.ndarray) -> None:
+        """Make `tokens` impossible at batch `index`: their logits become -inf in llama.cpp's own buffer,
+        which every sampler reads next (log_probs, read earlier, still shows the model's own view)."""
+        row = np.ctypeslib.as_array(self.logits(index), shape=(self.model.n_vocab,))
+        row[tokens] = -np.inf
 
     def log_probs(self, index: int) -> np.ndarray:
         """Log-softmax of the raw logits at batch `index` (n_vocab float64s, a copy).

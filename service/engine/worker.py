@@ -77,6 +77,7 @@ class Job:
     spec_mode: SpecMode = SpecMode.OFF
     history: list[int] = field(default_factory=list)  # prompt + generated; last = the pending token
     top_logprobs: int = 0  # > 0: each emitted token carries its TokenLogprobs
+    said_word: bool = False  # a token with a letter or digit has been emitted (Sampling.min_tokens)
 
 
 @dataclass(eq=False)
@@ -316,11 +317,22 @@ class ContextWorker:
     def _sample(self, job: Job, index: int) -> None:
         assert job.sampler is not None
         row = self.ctx.log_probs(index) if job.top_logprobs > 0 else None  # read before the sampler runs
+        self._ban_openers(job, index, job.seq.generated)
         token = job.sampler.sample(self.ctx, index)
         logprobs = self._token_logprobs(row, token, job.top_logprobs) if row is not None else None
         if self._take(job, token, logprobs):
             self.sched.accept(job.seq, token)
             job.history.append(token)
+
+    def _ban_openers(self, job: Job, index: int, generated: int) -> None:
+        """Under Sampling.min_tokens: no end of generation among the first min_tokens tokens, and no line
+        break before the reply's first word (after it, a code block or a list may start a new line)."""
+        if job.sampling.min_tokens <= 0:
+            return
+        if generated < job.sampling.min_tokens:
+            self.ctx.ban(index, self.model.end_tokens)
+        if not job.said_word:
+            self.ctx.ban(index, self.model.line_break_tokens)
 
     def _token_logprobs(self, row: np.ndarray, token: int, n: int) -> TokenLogprobs:
         """The sampled token's log-probability and the n likeliest tokens (ties by token id), from a
@@ -337,7 +349,10 @@ class ContextWorker:
         if self.model.is_eog(token):
             self._end(job, FinishReason.STOP)
             return False
-        text = job.text.push(self.model.piece(token))
+        piece = self.model.piece(token)
+        if not job.said_word and job.sampling.min_tokens > 0:
+            job.said_word = any(c.isalnum() for c in piece.decode("utf-8", errors="ignore"))
+        text = job.text.push(piece)
         self._emit(job, text, 1, logprobs)
         if job.text.stopped:
             self._end(job, FinishReason.STOP)
@@ -383,6 +398,7 @@ class ContextWorker:
         base = seq.n_past - len(drafts) - 1  # its position
         kept = 0
         for j in range(len(drafts) + 1):
+            self._ban_openers(job, first + j, seq.generated)
             token = job.sampler.sample(self.ctx, first + j)
             if not self._take(job, token):
                 self.spec.record(seq.key, proposal.source, len(drafts), kept)

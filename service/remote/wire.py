@@ -73,6 +73,9 @@ def completion_body(prompt: str | Sequence[int], sampling: Sampling, model: str 
         body["seed"] = sampling.seed  # greedy decoding needs none; a seed would only vary by server
     if sampling.stop:
         body["stop"] = list(sampling.stop)
+    if sampling.min_tokens:
+        # vLLM honours it; llama-server ignores it (the planner then retries an empty point instead)
+        body["min_tokens"] = sampling.min_tokens
     return body
 
 

@@ -207,8 +207,8 @@ def test_a_renamed_field_in_the_proto_text_fails(tmp_path: Path, current: FDP) -
 
 
 def test_a_new_field_in_the_proto_text_passes(tmp_path: Path, current: FDP) -> None:
-    edited = compile_edited(tmp_path, "  NodePart part = 6;\n}",
-                            "  NodePart part = 6;\n  // A note.\n  string note = 7;\n}")
+    edited = compile_edited(tmp_path, "  uint32 max_tokens = 7;\n}",
+                            "  uint32 max_tokens = 7;\n  // A note.\n  string note = 8;\n}")
     assert compat.breaking_changes(current, edited) == []
 
 

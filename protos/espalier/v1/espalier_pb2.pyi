@@ -115,20 +115,22 @@ class GenerationSettings(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., point_max_tokens: _Optional[int] = ..., answer_max_tokens: _Optional[int] = ..., max_points: _Optional[int] = ..., speculation: _Optional[_Union[Speculation, str]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "title", "depends_on", "difficulty", "model_role", "part")
+    __slots__ = ("id", "title", "depends_on", "difficulty", "model_role", "part", "max_tokens")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     MODEL_ROLE_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     id: int
     title: str
     depends_on: _containers.RepeatedScalarFieldContainer[int]
     difficulty: Difficulty
     model_role: ModelRole
     part: NodePart
-    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., depends_on: _Optional[_Iterable[int]] = ..., difficulty: _Optional[_Union[Difficulty, str]] = ..., model_role: _Optional[_Union[ModelRole, str]] = ..., part: _Optional[_Union[NodePart, str]] = ...) -> None: ...
+    max_tokens: int
+    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., depends_on: _Optional[_Iterable[int]] = ..., difficulty: _Optional[_Union[Difficulty, str]] = ..., model_role: _Optional[_Union[ModelRole, str]] = ..., part: _Optional[_Union[NodePart, str]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class Graph(_message.Message):
     __slots__ = ("nodes", "route")

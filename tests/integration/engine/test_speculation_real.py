@@ -99,6 +99,24 @@ async def test_prompt_lookup_gives_plain_greedy_output(lookup_engine: LlamaEngin
     await wait_empty(lookup_engine, Role.SMALL)
 
 
+async def test_a_minimum_length_holds_under_speculation_too(lookup_engine: LlamaEngine) -> None:
+    # pre-filled with a list's first line, the small model ends at once: the defect min_tokens prevents
+    text = lookup_engine.chat_prompt(Role.SMALL, [Message("user", "List three fruits, one per line.")]) + "1. Apple"
+
+    async def run(min_tokens: int, speculation: str) -> str:
+        # the model's next line is the list's next item: a stop there ends the reply empty
+        req = GenerateRequest(text, Role.SMALL, Sampling(max_tokens=12, min_tokens=min_tokens, stop=("\n2",)),
+                              speculation=speculation)
+        async with asyncio.timeout(120):
+            return "".join([c.text async for c in lookup_engine.generate(req)])
+
+    assert await run(0, "off") == ""
+    plain = await run(4, "off")
+    assert plain.strip() and "\n" not in plain
+    assert await run(4, "on") == plain  # verified drafts obey the same ban, row by row
+    await wait_empty(lookup_engine, Role.SMALL)
+
+
 async def test_logprob_requests_are_never_speculated(lookup_engine: LlamaEngine) -> None:
     text = prompt(lookup_engine, Role.SMALL, ECHO[0])
     before = lookup_engine.stats().role(Role.SMALL)

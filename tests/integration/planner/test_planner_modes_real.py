@@ -1,4 +1,5 @@
-"""The four modes on the real small model: each gives a non-empty answer, with well-formed events.
+"""The modes on the real small model: each gives a non-empty answer, with well-formed events; and the
+defects a reader saw in skeleton answers, provoked: points that end at once, points asked for code.
 
 Needs the `small_engine` fixture (an Engine with only the small role loaded, from tests/conftest.py);
 skipped when it is not provided. Budgets are short so the test stays fast on a 2-core CPU. Runs on the
@@ -9,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import re
 from contextlib import aclosing
 from pathlib import Path
 
 import pytest
 
-from planner import pipeline
-from planner.engine import Engine, Role
+from planner import pipeline, prompts
+from planner.decode import collect
+from planner.engine import Engine, FinishReason, GenerateRequest, Role, Sampling
 from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
-from planner.plan import Mode, Route
+from planner.plan import Mode, Node, Part, Plan, Route
 from planner.settings import PlannerSettings
 
 pytestmark = pytest.mark.model
@@ -75,5 +78,68 @@ async def test_mode_answers(engine: Engine, mode: Mode, question: str) -> None:
     t = done.timings
     assert t.first_token_s is not None and t.plan_s <= t.first_token_s <= t.total_s
     if plan.route is not Route.DIRECT:
-        assert len(plan.points) >= 2 and len(plan.nodes) == len(plan.points) + 2  # and the opening and closing
+        assert len(plan.points) >= 2 and len(plan.nodes) == len(plan.points) + 1  # and the opening
         assert "1. **" in done.text
+        texts = {e.node_id: e.text for e in events if isinstance(e, NodeFinished)}
+        assert all(any(c.isalnum() for c in texts[n.id]) for n in plan.points), texts  # no empty point
+
+
+# A question whose points are questions themselves: the small model, pre-filled with "3. What is the
+# meaning of life?", ends the point at once (an empty point, as a reader saw in sgd answers) unless
+# the first tokens may not end it (Sampling.min_tokens).
+PHILOSOPHY = "What are some of the deepest philosophical questions? Attempt to provide answers to them as well."
+PHILOSOPHY_PLAN = Plan.validated([Node(1, "What is the nature of reality?"), Node(2, "Does free will exist?"),
+                                  Node(3, "What is the meaning of life?")], Route.PARALLEL)
+
+
+async def _point_text(engine: Engine, min_tokens: int) -> tuple[str, FinishReason | None]:
+    rendered = prompts.point_prompt(engine, Role.SMALL, PHILOSOPHY, PHILOSOPHY_PLAN, 3)
+    sampling = Sampling(max_tokens=24, min_tokens=min_tokens, stop=prompts.point_stop(PHILOSOPHY_PLAN, 3))
+    out = await collect(engine, GenerateRequest(rendered.full, Role.SMALL, sampling))
+    return out.text, out.finish
+
+
+async def test_a_point_that_would_end_at_once_writes_text_first(engine: Engine) -> None:
+    async with asyncio.timeout(240):
+        bare, finish = await _point_text(engine, 0)
+        assert bare.strip() == "" and finish is FinishReason.STOP  # the defect, provoked
+        text, _ = await _point_text(engine, 4)
+        assert len(text.split()) >= 4 and "\n" not in text.strip()[:1]
+        # the planner's defaults (and its retry, were the first attempt still empty) give every point text
+        settings = PlannerSettings(point_max_tokens=24)
+        async with aclosing(pipeline.expand(engine, PHILOSOPHY, PHILOSOPHY_PLAN, settings)) as stream:
+            events = [e async for e in stream]
+        done = events[-1]
+        assert isinstance(done, AnswerDone) and done.failed == ()
+        finished = [e for e in events if isinstance(e, NodeFinished)]
+        assert len(finished) == 3 and all(len(e.text.split()) >= 4 for e in finished), finished
+        # with no minimum, the empty first attempt is retried (insisting on text) and then holds up
+        events = []
+        bare_settings = settings.replace(point_min_tokens=0)
+        async with aclosing(pipeline.expand(engine, PHILOSOPHY, PHILOSOPHY_PLAN, bare_settings)) as stream:
+            events = [e async for e in stream]
+        third = next(e for e in events if isinstance(e, NodeFinished) and e.node_id == 3)
+        assert len(third.text.split()) >= 4
+
+
+async def test_a_point_asked_for_code_carries_a_code_block_and_stops_at_the_next_point(engine: Engine) -> None:
+    question = "Compare bubble sort and insertion sort, and show me an easy Python code example for each one."
+    settings = PlannerSettings(long_point_max_tokens=160)
+    # the second title as a skeleton wrote it: pre-filled with it, a model starts the code block at once
+    points = [pipeline.budgeted(Node(i, t), question, settings)
+              for i, t in ((1, "Bubble sort"), (2, "Here is an example of insertion sort in Python"))]
+    assert all(n.max_tokens == 160 for n in points)  # the question asks for code: each point may say more
+    plan = Plan.validated(points, Route.PARALLEL)
+    async with asyncio.timeout(480):
+        async with aclosing(pipeline.expand(engine, question, plan, settings)) as stream:
+            events = [e async for e in stream]
+    done = events[-1]
+    assert isinstance(done, AnswerDone)
+    assert "```" in done.text, done.text
+    # code over several lines, each statement on its own (not squeezed onto the heading's line)
+    assert re.search(r"^\s*def \w+\(", done.text, re.MULTILINE), done.text
+    for e in events:
+        if isinstance(e, NodeFinished) and plan.node(e.node_id).part is Part.POINT:
+            # a point never runs on into the next numbered part of the outline
+            assert not re.search(r"^\s*\d+\.\s", e.text.strip(), re.MULTILINE) or "```" in e.text, e.text
+

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from service.bench.answers import RunResult
+from service.bench.checklist import Graded
 
 
 class StubRunner:
@@ -69,3 +70,17 @@ class StubGrader(StubJudge):
     async def grade(self, question: str, answer: str) -> float | None:
         self.graded.append(answer)
         return self.grade_of(answer)
+
+
+class StubChecklistJudge:
+    """Checklist grades from a function of (answer, item) -> P(yes) or None; records every answer graded."""
+
+    name = "stub checklist judge"
+
+    def __init__(self, grade: Callable[[str, str], float | None]) -> None:
+        self.grade_of = grade
+        self.graded: list[tuple[str, tuple[str, ...]]] = []
+
+    async def grade_items(self, question: str, answer: str, items: Sequence[str]) -> Graded:
+        self.graded.append((answer, tuple(items)))
+        return Graded(tuple(self.grade_of(answer, item) for item in items))

@@ -188,7 +188,7 @@ def skeleton_judge(prompt: str) -> str:
 async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) -> None:
     engine = FakeEngine(default_reply="Some helpful text about it.", delay=0.002)
     engine.script("[Answer A]", skeleton_judge)
-    engine.script("(needs: 2, 3; hard)", GRAPH_SKELETON)  # only the graph skeleton prompt has this example
+    engine.script("(needs: 2", GRAPH_SKELETON)  # only the graph skeleton prompt has this example
     engine.script("You are an organizer", SKELETON)
     settings = PlannerSettings(point_max_tokens=16, direct_max_tokens=32)
     runner = EmbeddedRunner(engine, settings)
@@ -210,7 +210,14 @@ async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) ->
         assert modes[m]["median_s"] is not None and modes[m]["median_s"] > 0
         assert modes[m]["speedup_median"] is not None and modes[m]["tokens_median"] > 0
     row = result["questions"][0]
-    assert "Breathe slowly" in row["modes"]["sot"]["answer"] and row["modes"]["sot"]["nodes"] == 3 + 2  # and the frame
+    assert "Breathe slowly" in row["modes"]["sot"]["answer"] and row["modes"]["sot"]["nodes"] == 3 + 1  # and the opening
+    # each point's own text, for the defect counts: five words, so every point is short, none empty
+    assert row["modes"]["sot"]["points"] == ["Some helpful text about it."] * 3 and row["modes"]["direct"]["points"] == []
+    assert (modes["sot"]["points"], modes["sot"]["empty_points"], modes["sot"]["short_points"]) == (6, 0, 6)
+    assert (modes["direct"]["points"], modes["direct"]["empty_points"]) == (0, 0)
+    # the plan's shape is kept for reading: the skeleton as written and its dependency stages
+    assert row["modes"]["sot"]["skeleton"].startswith("1. Breathe slowly") and modes["sot"]["stages_median"] == 1
+    assert modes["direct"]["stages_median"] == 1
     assert row["modes"]["direct"]["answer"].startswith("Some helpful text")
     # auto answered the math question directly: identical to direct, a tie without asking the judge
     assert result["questions"][1]["judge"]["auto"] == {"outcome": "tie", "note": "identical answers"}
@@ -291,11 +298,13 @@ async def test_a_setting_variant_changes_that_setting_only() -> None:
     engine = FakeEngine()
     engine.script("You are an organizer", GRAPH_SKELETON)  # point 1 easy, point 2 hard
     runner = EmbeddedRunner(engine, PlannerSettings(point_max_tokens=8))
-    result = await runner.answer("What are the most effective ways to deal with stress?", "sgd:easy_role=large")
+    result = await runner.answer("What are the most effective ways to deal with stress?", "sgd:easy_role=small")
     assert result.ok
-    points = [c for c in engine.calls if "Outline of the answer" in c.full_prompt]
-    assert len(points) == 2 + 2 and all(c.request.role is Role.LARGE for c in points)  # the easy point too
-    assert all(c.request.sampling.max_tokens == 8 for c in points)
+    points = {c.full_prompt.rsplit("\n", 1)[-1]: c for c in engine.calls if "Outline of the answer" in c.full_prompt}
+    assert len(points) == 2 + 1  # and the opening
+    assert {h: c.request.role for h, c in points.items()} == {"Opening:": Role.LARGE, "1. Breathe slowly:": Role.SMALL,
+                                                              "2. Take a walk:": Role.LARGE}
+    assert all(c.request.sampling.max_tokens == 8 for h, c in points.items() if h != "Opening:")
 
 
 async def test_rejudge_judges_saved_answers_and_keeps_the_speeds(tmp_path: Path) -> None:

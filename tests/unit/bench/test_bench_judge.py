@@ -297,3 +297,25 @@ async def test_openai_judge_grades(endpoint: str) -> None:
         assert "[Answer]\nan answer" in _Handler.seen[-1]["body"]["messages"][1]["content"]
     finally:
         _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": " B"}}]}
+
+
+async def test_an_endpoint_grades_checklist_items_by_its_top_logprobs(endpoint: str) -> None:
+    from service.bench.checklist import EndpointChecklistJudge
+
+    _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": "Yes"}, "logprobs": {
+        "content": [{"token": "Yes", "logprob": math.log(0.6), "top_logprobs": [
+            {"token": "Yes", "logprob": math.log(0.6)}, {"token": "No", "logprob": math.log(0.2)},
+            {"token": "The", "logprob": math.log(0.1)}]}]}}]}
+    try:
+        judge = EndpointChecklistJudge(OpenAIJudge(endpoint, "big-model"))
+        graded = await judge.grade_items("Q?", "An answer.", ["Does it say X?", "Does it say Y?"])
+        assert graded.grades == pytest.approx((0.75, 0.75)) and judge.name == "big-model at " + endpoint
+        body = _Handler.seen[-1]["body"]
+        assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
+        user = body["messages"][1]["content"]
+        assert "[Answer]\nAn answer." in user and "Does it say Y?" in user and "\u2060" not in user  # no split mark
+        _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": "Yes"}}]}  # no logprobs
+        with pytest.raises(JudgeError, match="top_logprobs"):
+            await judge.grade_items("Q?", "An answer.", ["Does it say X?"])
+    finally:
+        _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": " B"}}]}

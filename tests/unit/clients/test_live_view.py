@@ -72,3 +72,17 @@ def test_the_opening_and_closing_are_paragraphs_without_a_number():
     view.finish()
     assert out.getvalue().startswith("In short:\n\n1. Causes\nHeat.\n\n2. Effects\nIce.\n\nSo it goes.\n")
     assert "| 2 point(s) |" in out.getvalue()
+
+
+def test_wrapping_keeps_line_breaks_lists_and_code_blocks() -> None:
+    from clients.python.live_view import wrap_text
+
+    text = ("Bubble sort swaps neighbours until the list is sorted, which takes quadratic time on average.\n"
+            "```cpp\nvoid sort(std::vector<int>& v) {   // a line longer than the width stays whole\n}\n```\n"
+            "\n- first item of a list that is long enough to wrap onto a second line\n- second")
+    lines = wrap_text(text, 40)
+    assert lines[0].startswith("Bubble sort") and all(len(x) <= 40 for x in lines if "//" not in x)
+    assert "void sort(std::vector<int>& v) {   // a line longer than the width stays whole" in lines
+    assert "```cpp" in lines and "" in lines  # the fence and the blank line are kept
+    item = lines.index("- first item of a list that is long")
+    assert lines[item + 1].startswith("  ") and lines[-1] == "- second"  # a wrapped item hangs under its text

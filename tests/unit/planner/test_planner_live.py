@@ -110,7 +110,9 @@ async def test_a_forced_skeleton_mode_prefills_the_skeleton_prompt_instead() -> 
         await sp.end()
     (opened,) = engine.prefix_opens
     assert opened.role is Role.SMALL
-    skeleton = prompts.skeleton_prompt(engine, Role.SMALL, Route.GRAPH, S1 + S2 + S3)
+    # the skeleton prompt the plan will use: one model for every point, so no difficulty ratings
+    skeleton = prompts.skeleton_prompt(engine, Role.SMALL, Route.GRAPH, S1 + S2 + S3,
+                                       difficulty=settings.rates_difficulty)
     assert skeleton.startswith(opened.text) and opened.text.endswith("It closes at five.")
 
 

@@ -182,3 +182,14 @@ def test_deterministic() -> None:
     assert all(parse_skeleton(text) == first for _ in range(5))
     assert first is not None
     Plan.validated(first, Route.GRAPH)
+
+
+def test_a_point_that_repeats_an_earlier_one_in_other_words_is_merged_into_it() -> None:
+    text = ("1. Avoiding eye contact\n2. Using filler words\n3. Avoiding direct eye contact (needs: 2)\n"
+            "4. Python's syntax\n5. JavaScript's syntax\n6. Cost\n7. Cost of living (needs: 3)")
+    nodes = parse_skeleton(text, graph=True)
+    assert nodes is not None
+    # 3 says what 1 said; 4 and 5 differ in a word; a one-word title is never taken for a repeat
+    assert [n.title for n in nodes] == ["Avoiding eye contact", "Using filler words", "Python's syntax",
+                                        "JavaScript's syntax", "Cost", "Cost of living"]
+    assert nodes[5].depends_on == (1,)  # a reference to the repeat points at its first occurrence

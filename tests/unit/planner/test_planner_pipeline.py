@@ -25,7 +25,7 @@ PLAIN_SKELETON = " Thrill of fear\n2. Brain chemistry\n3. Personality difference
 
 def engine_with_skeletons(**kw: object) -> FakeEngine:
     engine = FakeEngine(**kw)  # type: ignore[arg-type]
-    engine.script("(needs: 2, 3; hard)", GRAPH_SKELETON)  # only in the graph skeleton prompt (its example)
+    engine.script("(needs: 2", GRAPH_SKELETON)  # only in the graph skeleton prompt (its example)
     engine.script("You are an organizer", PLAIN_SKELETON)
     return engine
 
@@ -52,8 +52,7 @@ async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
         (1, "Thrill of fear", (), Difficulty.EASY, Part.POINT),
         (2, "Brain chemistry", (1,), Difficulty.HARD, Part.POINT),
         (3, "Personality differences", (1,), Difficulty.HARD, Part.POINT),  # (1, 2) cut to two stages
-        (5, "Closing", (), Difficulty.HARD, Part.CLOSING),
-    ]
+    ]  # no closing unless asked for (planner.closing)
     assert plan.reason.endswith("; 3 points")
     deeper = await run(lambda: pipeline.make_plan(engine_with_skeletons(), OPEN_Q, Mode.SGD,
                                                   PlannerSettings(max_depth=3)))
@@ -63,6 +62,11 @@ async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
     assert call.request.role is Role.LARGE and call.request.sampling.stop == ("\n\n",)
     assert call.full_prompt.endswith(OPEN_Q + "<|im_end|>\n<|im_start|>assistant\n1.")
     assert "Now the answer" not in plan.skeleton  # the stop string ended the list
+    # easy and hard points go to one model by default, so the skeleton is not asked to rate them
+    assert "easy or hard" not in call.full_prompt and "(easy)" not in call.full_prompt
+    rated = engine_with_skeletons()
+    await run(lambda: pipeline.make_plan(rated, OPEN_Q, Mode.SGD, PlannerSettings(easy_role=Role.SMALL)))
+    assert "easy or hard" in rated.calls[0].full_prompt and "(needs: 2; hard)" in rated.calls[0].full_prompt
 
 
 async def test_sot_mode_plans_independent_hard_points() -> None:
@@ -71,7 +75,10 @@ async def test_sot_mode_plans_independent_hard_points() -> None:
     assert plan.route is Route.PARALLEL
     assert all(n.depends_on == () and n.difficulty is Difficulty.HARD for n in plan.nodes)
     assert len(plan.points) == 3 and "needs:" not in engine.calls[0].full_prompt
-    assert [n.part for n in plan.nodes] == [Part.OPENING, Part.POINT, Part.POINT, Part.POINT, Part.CLOSING]
+    assert [n.part for n in plan.nodes] == [Part.OPENING, Part.POINT, Part.POINT, Part.POINT]
+    closed = await run(lambda: pipeline.make_plan(engine_with_skeletons(), OPEN_Q, "sot",
+                                                  PlannerSettings(closing=True)))
+    assert [n.part for n in closed.nodes] == [Part.OPENING, Part.POINT, Part.POINT, Part.POINT, Part.CLOSING]
     bare = await run(lambda: pipeline.make_plan(engine_with_skeletons(), OPEN_Q, "sot", PlannerSettings(frame=False)))
     assert [n.id for n in bare.nodes] == [1, 2, 3] and bare.points == bare.nodes
 
@@ -150,9 +157,9 @@ async def test_answer_in_every_mode(mode: Mode) -> None:
     t = done.timings
     assert t.route_s <= t.plan_s <= (t.first_token_s or 0) <= t.total_s
     if mode not in (Mode.DIRECT, Mode.LIVE):
-        # the opening, the points with bold titles a blank line apart, the closing
-        opening, first, _, third, closing = done.text.split("\n\n")
-        assert opening == closing == "Some helpful text."
+        # the opening, then the points with bold titles a blank line apart (no closing by default)
+        opening, first, _, third = done.text.split("\n\n")
+        assert opening == "Some helpful text."
         assert first.startswith("1. **Thrill of fear**: ") and third.startswith("3. **Personality differences**: ")
         assert done.usage.role(Role.LARGE).calls >= 1
 
@@ -218,3 +225,24 @@ async def test_cancel_while_planning_frees_the_skeleton_sequence() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert engine.open_sequences == 0 and engine.calls[0].closed
+
+
+@pytest.mark.parametrize(("question", "title", "long"), [
+    ("Compare six sorting algorithms and show me an easy C++ code example for each one.", "Bubble sort", True),
+    ("How do I reverse a list? Give a snippet.", "Slicing", True),
+    ("What are the main differences between Python and JavaScript?", "Python code example", True),
+    ("What are the most effective ways to deal with stress?", "Exercise regularly", False),
+    ("What are the functions of the liver?", "Filtering the blood", False),
+])
+def test_a_point_that_carries_code_gets_the_long_budget(question: str, title: str, long: bool) -> None:
+    settings = PlannerSettings(long_point_max_tokens=700)
+    got = pipeline.budgeted(Node(1, title), question, settings)
+    assert got.max_tokens == (700 if long else 0)
+    assert pipeline.budgeted(Node(1, title, max_tokens=50), question, settings).max_tokens == 50  # the caller's own
+
+
+async def test_a_code_question_plans_points_with_their_own_budget() -> None:
+    engine = engine_with_skeletons()
+    plan = await run(lambda: pipeline.make_plan(engine, "Show me Python code for three sorting algorithms.", "sot"))
+    assert {n.max_tokens for n in plan.points} == {PlannerSettings().long_point_max_tokens}
+    assert {n.max_tokens for n in plan.nodes if n.part is not Part.POINT} == {0}  # the frame stays one sentence

@@ -122,3 +122,9 @@ def test_max_depth_cuts_chains_keeping_shallow_parents() -> None:
     assert [n.depends_on for n in cut.nodes] == [(), (1,), (), (3,), (1,)]
     assert [n.depends_on for n in chain.with_max_depth(1).nodes] == [()] * 5
     assert chain.with_max_depth(4) == chain
+
+
+def test_depth_counts_the_stages_of_the_longest_chain() -> None:
+    plan = Plan.validated([Node(1, "a"), Node(2, "b", (1,)), Node(3, "c", (2,)), Node(4, "d")], Route.GRAPH)
+    assert plan.depth() == 3 and plan.with_max_depth(2).depth() == 2
+    assert Plan.direct().depth() == 1

@@ -9,6 +9,7 @@ from planner import prompts
 from planner.engine import Role
 from planner.pipeline import resident_prefixes
 from planner.plan import Difficulty, Node, Part, Plan, PointLength, Route, framed
+from planner.settings import PlannerSettings
 
 QUESTIONS = [
     "How can I improve my time management skills?",
@@ -61,14 +62,16 @@ def test_point_prompts_share_the_question_and_outline_prefix(engine: FakeEngine)
     q = QUESTIONS[0]
     shared = prompts.point_shared_prefix(engine, Role.LARGE, q, PLAN)
     assert shared.endswith("\n") and q in shared
-    assert "1. Set goals\n2. Plan the week\n3. Review: what worked?\n" in shared
+    assert "1. Set goals\n2. Plan the week\n3. Review: what worked?" in shared
+    # the instructions sit in the system message, before the question: the resident, fixed part
+    assert shared.index(prompts.POINT_INSTRUCTIONS[PointLength.DETAILED]) < shared.index(q.strip())
     parents = [(1, PLAN.node(1), "Write down three goals.\n\nKeep them small.")]
     for node_id in (1, 2, 3):
         r = prompts.point_prompt(engine, Role.LARGE, q, PLAN, node_id, parents if node_id == 2 else ())
         assert r.prefix == shared and r.full.startswith(shared)
         assert r.tail and not r.tail[0].isspace()
         assert r.tail.endswith(prompts.heading(PLAN.position(node_id), PLAN.node(node_id).title))
-        assert prompts.POINT_INSTRUCTION in shared  # said once, in the shared part
+        assert prompts.POINT_INSTRUCTIONS[PointLength.DETAILED] in shared  # said once, in the shared part
     two = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2, parents)
     # forwarded as the start of the answer, after the prefix, then this point's heading
     assert two.tail == "1. Set goals: Write down three goals. Keep them small.\n2. Plan the week:"
@@ -80,9 +83,14 @@ def test_the_opening_and_closing_share_the_prefix_and_are_named_by_their_prefill
     q = QUESTIONS[0]
     plan = Plan.validated(framed(PLAN.nodes), PLAN.route)
     shared = prompts.point_shared_prefix(engine, Role.LARGE, q, plan)
-    assert "Opening\n1. Set goals\n2. Plan the week\n3. Review: what worked?\nClosing\n" in shared
-    assert prompts.FRAME_INSTRUCTION in shared and prompts.FRAME_INSTRUCTION not in prompts.point_shared_prefix(
-        engine, Role.LARGE, q, PLAN)  # said only when the plan has a frame
+    assert "Opening\n1. Set goals\n2. Plan the week\n3. Review: what worked?\nClosing" in shared
+    # said in the fixed part with or without a frame (a plan without one never asks for it); the closing
+    # is named only where the plan has one (told of a closing, points ran on into one)
+    assert shared.index(prompts.FRAME_INSTRUCTION) < shared.index(q)
+    assert shared.index(prompts.CLOSING_INSTRUCTION) < shared.index(q)
+    unclosed = prompts.point_shared_prefix(engine, Role.LARGE, q, Plan.validated(framed(PLAN.nodes, closing=False),
+                                                                                 PLAN.route))
+    assert prompts.FRAME_INSTRUCTION in unclosed and prompts.CLOSING_INSTRUCTION not in unclosed
     tails = {n.id: prompts.point_prompt(engine, Role.LARGE, q, plan, n.id) for n in plan.nodes}
     assert all(r.prefix == shared for r in tails.values())
     assert [tails[n.id].tail for n in plan.nodes] == [
@@ -126,7 +134,7 @@ def test_resident_prefixes_cover_every_prompt_kind(engine: FakeEngine) -> None:
     assert {r for r, _ in residents} == {Role.LARGE, Role.SMALL}
     q = QUESTIONS[0]
     for prompt in [
-        prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q),
+        prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q, difficulty=False),  # one role for all points
         prompts.skeleton_prompt(engine, Role.LARGE, Route.PARALLEL, q),
         prompts.router_prompt(engine, Role.SMALL, q),
         prompts.point_prompt(engine, Role.SMALL, q, PLAN, 2).full,
@@ -134,6 +142,12 @@ def test_resident_prefixes_cover_every_prompt_kind(engine: FakeEngine) -> None:
     ]:
         assert any(prompt.startswith(t) for t in texts), prompt[:80]
     assert all(t.endswith("\n") for t in texts)
+    closed = {t for _, t in resident_prefixes(engine, PlannerSettings(closing=True))}
+    framed_prompt = prompts.point_prompt(engine, Role.LARGE, q, Plan.validated(framed(PLAN.nodes), PLAN.route), 2).full
+    assert any(framed_prompt.startswith(t) for t in closed) and not any(framed_prompt.startswith(t) for t in texts)
+    rated = {t for _, t in resident_prefixes(engine, PlannerSettings(easy_role=Role.SMALL))}
+    graph = prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q)
+    assert any(graph.startswith(t) for t in rated) and not any(graph.startswith(t) for t in texts)
 
 
 def test_resident_prefixes_with_one_role_loaded() -> None:
@@ -143,8 +157,8 @@ def test_resident_prefixes_with_one_role_loaded() -> None:
 
 def test_point_length_picks_the_instruction_in_the_shared_part(engine: FakeEngine) -> None:
     q = QUESTIONS[0]
-    brief = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2)
-    detailed = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2, length=PointLength.DETAILED)
+    brief = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2, length=PointLength.BRIEF)
+    detailed = prompts.point_prompt(engine, Role.LARGE, q, PLAN, 2)  # detailed by default
     assert prompts.POINT_INSTRUCTIONS[PointLength.BRIEF] in brief.prefix
     assert prompts.POINT_INSTRUCTIONS[PointLength.DETAILED] in detailed.prefix
     assert brief.tail == detailed.tail  # only the shared part differs

@@ -11,11 +11,12 @@ from engine_fakes import FakeEngine
 from planner import prompts, runner
 from planner.engine import EngineFault, FinishReason, InvalidRequest, Role
 from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
-from planner.plan import Difficulty, Node, Part, Plan, PlanInvalid, PointLength, Route, framed
+from planner.plan import Difficulty, Node, Plan, PlanInvalid, PointLength, Route, framed
 from planner.settings import PlannerSettings
 
 E, H = Difficulty.EASY, Difficulty.HARD
 Q = "How can I improve my time management skills?"
+EASY_SMALL = PlannerSettings(easy_role=Role.SMALL)  # easy points to the small model (large by default)
 
 
 def graph(*nodes: Node, route: Route = Route.GRAPH) -> Plan:
@@ -111,20 +112,26 @@ async def test_forwarding_and_shared_prefix() -> None:
     assert "2. Plan the week: Block time for each goal." in three.request.prompt
     (one,) = engine.calls_for_point(1)
     assert one.request.prompt == "1. Set goals:"  # only the heading is prefilled per point
-    assert one.request.sampling.stop == ("\n",)  # a point is one line
+    # a detailed point may take several lines: it ends where another part of the outline starts
+    assert "\n" not in one.request.sampling.stop and "\n2" in one.request.sampling.stop
+    assert " 2. " in one.request.sampling.stop and "\nClosing" in one.request.sampling.stop
     assert one.request.sampling.max_tokens == PlannerSettings().point_max_tokens
+    assert one.request.sampling.min_tokens == PlannerSettings().point_min_tokens > 0
 
 
 async def test_difficulty_picks_the_role_and_single_role_fallback() -> None:
     plan = graph(Node(1, "Easy one", (), E), Node(2, "Hard one", (), H), Node(3, "Easy two", (), E))
     engine = FakeEngine()
-    events = await collect(engine, plan)
+    events = await collect(engine, plan)  # by default every point is the large model's
+    assert {e.role for e in events if isinstance(e, NodeStarted)} == {Role.LARGE}
+    engine = FakeEngine()
+    events = await collect(engine, plan, EASY_SMALL)
     roles = {e.node_id: e.role for e in events if isinstance(e, NodeStarted)}
     assert roles == {1: Role.SMALL, 2: Role.LARGE, 3: Role.SMALL}
     assert [p.role for p in engine.prefix_opens] == [Role.SMALL]  # the large role runs one point: no prefix
     assert engine.calls_for_point(2)[0].request.prefix is None
     engine = FakeEngine(roles=[Role.SMALL])
-    events = await collect(engine, plan)
+    events = await collect(engine, plan, EASY_SMALL)
     assert {e.role for e in events if isinstance(e, NodeStarted)} == {Role.SMALL}
     done = events[-1]
     assert isinstance(done, AnswerDone)
@@ -153,14 +160,17 @@ async def test_one_node_failing_keeps_the_others() -> None:
     failed = [e for e in events if isinstance(e, NodeFailed)]
     assert len(failed) == 1 and failed[0].node_id == 2
     assert failed[0].error == "EngineFault" and "injected" in failed[0].reason
-    assert failed[0].partial_text == "Half of the"
+    # tried twice: the second attempt continued the text the first one streamed, and failed too
+    _, second = engine.calls_for_point(2)
+    assert second.full_prompt.endswith("2. Beta:Half of the") and second.request.request_id == ""
+    assert failed[0].partial_text == "Half of the text and then"
     starts = {e.node_id: e for e in events if isinstance(e, NodeStarted)}
     assert starts[3].parents == ()  # a failed parent forwards nothing, but its child still runs
     done = events[-1]
     assert isinstance(done, AnswerDone) and done.failed == (2,)
     lines = done.text.split("\n\n")
     assert lines[0] == "1. **Alpha**: Some helpful text."
-    assert lines[1] == "2. **Beta**: Half of the [point 2 failed: decoder fault injected]"
+    assert lines[1] == "2. **Beta**: Half of the text and then [point 2 failed: decoder fault injected]"
     assert lines[2] == "3. **Gamma**: Some helpful text."
     assert engine.open_sequences == 0
 
@@ -174,20 +184,26 @@ async def test_the_opening_and_closing_run_with_the_points_and_frame_the_answer(
     check_event_grammar(events, plan)
     # the opening starts with the first wave of points (it needs nothing), not after them
     assert index(events, NodeStarted, 3) < index(events, NodeFinished, 1)
+    # the closing starts once every point is done and is shown their text, so it sums up what they say
+    closing = next(e for e in events if isinstance(e, NodeStarted) and e.node_id == 4)
+    assert closing.parents == (1, 2) and index(events, NodeFinished, 2) < index(events, NodeStarted, 4)
+    first_try = engine.calls_for_point("Closing:")[0]
+    assert "1. Alpha: Some helpful text.\n2. Beta: Some helpful text.\nClosing:" in first_try.full_prompt
     done = events[-1]
     assert isinstance(done, AnswerDone) and done.failed == (4,)
     assert done.text.split("\n\n") == [
         "Here is how.",
         "1. **Alpha**: Some helpful text.",
         "2. **Beta**: Some helpful text.",
-        "Half a [closing failed: decoder fault injected]",
+        "Half a sum [closing failed: decoder fault injected]",  # tried twice, the second one continued
     ]
     assert {c.request.role for c in engine.calls_for_point("Opening:")} == {Role.LARGE}
-    # an opening that writes nothing leaves no gap
+    # an opening that writes nothing, twice, is reported failed but leaves no gap in the answer
     quiet = FakeEngine()
     quiet.script_point("Opening:", "")
     events = await collect(quiet, plan)
     assert events[-1].text.startswith("1. **Alpha**: ")  # type: ignore[union-attr]
+    assert [e.node_id for e in events if isinstance(e, NodeFailed)] == [3]
 
 
 async def test_engine_reported_error_finish_is_a_failure() -> None:
@@ -201,7 +217,7 @@ async def test_engine_reported_error_finish_is_a_failure() -> None:
 
 async def test_length_finish_is_a_normal_finish() -> None:
     engine = FakeEngine()
-    engine.script(prompts.POINT_INSTRUCTION, "one two three four five six")
+    engine.script(prompts.POINT_INSTRUCTIONS[PointLength.DETAILED], "one two three four five six")
     events = await collect(engine, graph(Node(1, "A"), Node(2, "B")), PlannerSettings(point_max_tokens=2))
     finished = [e for e in events if isinstance(e, NodeFinished)]
     assert [(e.text, e.finish, e.tokens) for e in finished] == [("one two", FinishReason.LENGTH, 2)] * 2
@@ -286,7 +302,7 @@ async def test_direct_plan_is_one_plain_node() -> None:
 
 async def test_usage_and_timings() -> None:
     engine = FakeEngine(delay=0.001)
-    events = await collect(engine, graph(Node(1, "A", (), E), Node(2, "B"), Node(3, "C")))
+    events = await collect(engine, graph(Node(1, "A", (), E), Node(2, "B"), Node(3, "C")), EASY_SMALL)
     done = events[-1]
     assert isinstance(done, AnswerDone)
     large, small = done.usage.role(Role.LARGE), done.usage.role(Role.SMALL)
@@ -346,3 +362,67 @@ async def test_point_length_reaches_every_point_prompt() -> None:
     assert prompts.POINT_INSTRUCTIONS[PointLength.DETAILED] in p.text
     with pytest.raises(InvalidRequest, match="planner.point_length"):
         PlannerSettings(point_length="long").validate()  # type: ignore[arg-type]
+
+
+async def test_an_empty_point_is_retried_once_and_then_reported_failed() -> None:
+    engine = FakeEngine()
+    replies = iter(["  ", "Now it says something."])
+    engine.script_point(1, lambda prompt: next(replies))  # empty (only blanks) the first time
+    engine.script_point(2, "")  # empty both times
+    events = await collect(engine, graph(Node(1, "Alpha"), Node(2, "Beta"), Node(3, "Gamma")))
+    first, second = engine.calls_for_point(1)
+    # the retry insists harder on text before the point may end
+    assert second.request.sampling.min_tokens > first.request.sampling.min_tokens > 0
+    finished = {e.node_id: e for e in events if isinstance(e, NodeFinished)}
+    assert finished[1].text.strip() == "Now it says something."
+    (failed,) = [e for e in events if isinstance(e, NodeFailed)]
+    assert (failed.node_id, failed.error) == (2, "empty") and len(engine.calls_for_point(2)) == 2
+    assert "2. **Beta**: [point 2 failed: the point came back empty twice]" in events[-1].text  # type: ignore[union-attr]
+    assert len(engine.calls_for_point(3)) == 1  # a point that wrote text is not retried
+
+
+async def test_an_invalid_request_is_not_retried() -> None:
+    engine = FakeEngine()
+    engine.script_point(1, "x", fail_after=0, error=InvalidRequest("prompt too long", field="prompt"))
+    events = await collect(engine, graph(Node(1, "A"), Node(2, "B")))
+    (failed,) = [e for e in events if isinstance(e, NodeFailed)]
+    assert failed.error == "InvalidRequest" and len(engine.calls_for_point(1)) == 1
+
+
+async def test_the_opening_ends_at_its_first_sentence() -> None:
+    engine = FakeEngine()
+    engine.script_point("Opening:", " Time is the one thing you cannot buy back. So here is how to spend it.")
+    plan = graph(*framed([Node(1, "Alpha"), Node(2, "Beta")], closing=False))
+    events = await collect(engine, plan)
+    check_event_grammar(events, plan)
+    opening = next(e for e in events if isinstance(e, NodeFinished) and e.node_id == 3)
+    assert opening.text == " Time is the one thing you cannot buy back." and opening.finish is FinishReason.STOP
+    assert events[-1].text.startswith("Time is the one thing you cannot buy back.\n\n1. **Alpha**")  # type: ignore[union-attr]
+    (call,) = engine.calls_for_point("Opening:")
+    assert call.request.sampling.stop == ("\n",) and call.request.sampling.max_tokens == prompts.FRAME_MAX_TOKENS
+
+
+async def test_a_node_budget_wins_over_the_point_budget() -> None:
+    engine = FakeEngine()
+    plan = graph(Node(1, "Bubble sort in C++", max_tokens=700), Node(2, "Summary"))
+    await collect(engine, plan, PlannerSettings(point_max_tokens=100))
+    assert engine.calls_for_point(1)[0].request.sampling.max_tokens == 700
+    assert engine.calls_for_point(2)[0].request.sampling.max_tokens == 100
+    with pytest.raises(PlanInvalid, match="max_tokens"):
+        graph(Node(1, "Too long", max_tokens=10**6))
+
+
+async def test_a_brief_point_is_one_line() -> None:
+    engine = FakeEngine()
+    await collect(engine, graph(Node(1, "A"), Node(2, "B")), PlannerSettings(point_length=PointLength.BRIEF))
+    assert {c.request.sampling.stop for c in engine.calls} == {("\n",)}
+
+
+async def test_a_point_that_opens_with_code_or_a_list_starts_under_its_heading() -> None:
+    engine = FakeEngine()
+    engine.script_point(1, "```python\nprint('hi')\n```")
+    engine.script_point(2, "- one\n- two")
+    engine.script_point(3, "Plain text.")
+    events = await collect(engine, graph(Node(1, "Code"), Node(2, "List"), Node(3, "Prose")))
+    assert events[-1].text.split("\n\n") == [  # type: ignore[union-attr]
+        "1. **Code**:\n```python\nprint('hi')\n```", "2. **List**:\n- one\n- two", "3. **Prose**: Plain text."]

@@ -181,3 +181,12 @@ def test_realistic_prompt_in_sentences() -> None:
     assert pieces[-6:] == ["\nQuestion: which is right?", "\nA) 3.14", "\nB) v1.2.3", "\nC) J. R. R. Tolkien",
                            "\nD) none", "\nAnswer with the letter only."]
     assert complete_prefix(prompt) == len(prompt) - len(pieces[-1])
+
+
+def test_the_first_sentence_ends_once_the_next_one_has_begun() -> None:
+    from planner.sentences import first_sentence_end
+
+    assert first_sentence_end("Time is short.") == 0  # not proven yet: "short.com" could follow
+    text = "Time is short, e.g. for Dr. Smith. So plan it."
+    assert text[:first_sentence_end(text)] == "Time is short, e.g. for Dr. Smith."
+    assert first_sentence_end("") == 0

@@ -12,13 +12,13 @@ from service.remote.wire import StreamEvent, WireError, completion_body, parse_e
 
 def test_sampling_maps_to_request_fields() -> None:
     s = Sampling(temperature=0.7, top_p=0.9, top_k=20, min_p=0.05, repeat_penalty=1.1, seed=42, max_tokens=33,
-                 stop=("\n\n", "3."))
+                 stop=("\n\n", "3."), min_tokens=4)
     body = completion_body("Hi", s, "qwen")
     assert body == {
         "prompt": "Hi", "model": "qwen", "stream": True, "stream_options": {"include_usage": True},
         "max_tokens": 33, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
         "repeat_penalty": 1.1, "repetition_penalty": 1.1, "seed": 42, "stop": ["\n\n", "3."],
-        "cache_prompt": True,
+        "min_tokens": 4, "cache_prompt": True,
     }
 
 
@@ -27,7 +27,7 @@ def test_greedy_defaults_send_explicit_offs_and_nothing_else() -> None:
     # llama-server's own defaults (top_k 40, min_p 0.05) would change greedy output: send the offs
     assert body["top_k"] == 0 and body["min_p"] == 0.0 and body["top_p"] == 1.0 and body["temperature"] == 0.0
     assert body["prompt"] == [1, 2, 3]
-    assert not {"model", "seed", "stop", "repeat_penalty", "repetition_penalty"} & set(body)
+    assert not {"model", "seed", "stop", "repeat_penalty", "repetition_penalty", "min_tokens"} & set(body)
     json.dumps(body)
 
 

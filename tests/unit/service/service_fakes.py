@@ -31,7 +31,7 @@ PLAIN_SKELETON = " Thrill of fear\n2. Brain chemistry\n3. Personality difference
 
 def engine_with_skeletons(**kw: Any) -> FakeEngine:
     engine = FakeEngine(**kw)
-    engine.script("(needs: 2, 3; hard)", GRAPH_SKELETON)  # only in the graph skeleton prompt (its example)
+    engine.script("(needs: 2", GRAPH_SKELETON)  # only in the graph skeleton prompt (its example)
     engine.script("You are an organizer", PLAIN_SKELETON)
     return engine
 

@@ -17,6 +17,7 @@ from service import convert
 LIMITS = convert.Limits(max_question_chars=100, max_tokens=64)
 BASE = PlannerSettings()
 BOTH = frozenset({Role.LARGE, Role.SMALL})
+EASY_SMALL = PlannerSettings(easy_role=Role.SMALL)  # so that roles differ (every point is large by default)
 
 
 def node(i: int, title: str = "", deps: tuple[int, ...] = (), difficulty: int = pb.DIFFICULTY_HARD,
@@ -27,7 +28,7 @@ def node(i: int, title: str = "", deps: tuple[int, ...] = (), difficulty: int = 
 def test_plan_to_graph_and_back_is_the_same_plan() -> None:
     plan = Plan.validated((Node(1, "Thrill", (), Difficulty.EASY), Node(2, "Brain", (1,)),
                            Node(3, "People", (1, 2))), Route.GRAPH, reason="r")
-    graph = convert.graph_to_pb(plan, BASE, BOTH)
+    graph = convert.graph_to_pb(plan, EASY_SMALL, BOTH)
     assert graph.route == pb.ROUTE_GRAPH
     assert [n.model_role for n in graph.nodes] == [pb.MODEL_ROLE_SMALL, pb.MODEL_ROLE_LARGE, pb.MODEL_ROLE_LARGE]
     wire = pb.Graph.FromString(graph.SerializeToString())
@@ -38,6 +39,18 @@ def test_plan_to_graph_and_back_is_the_same_plan() -> None:
     # small-only servers report the role a node will really run on
     assert {n.model_role for n in convert.graph_to_pb(plan, BASE, frozenset({Role.SMALL})).nodes} == {
         pb.MODEL_ROLE_SMALL}
+
+
+def test_a_node_budget_travels_both_ways_and_is_bounded() -> None:
+    plan = Plan.validated((Node(1, "Bubble sort in C++", max_tokens=50), Node(2, "Summary")), Route.PARALLEL)
+    graph = convert.graph_to_pb(plan, BASE, BOTH)
+    assert [n.max_tokens for n in graph.nodes] == [50, 0]
+    back = convert.plan_from_graph(pb.Graph.FromString(graph.SerializeToString()), 10, BOTH, LIMITS.max_tokens)
+    assert [n.max_tokens for n in back.nodes] == [50, 0]
+    too_big = pb.Graph(nodes=[pb.Node(id=1, title="a", max_tokens=65), node(2)])
+    with pytest.raises(PlanInvalid, match="at most 64") as err:
+        convert.plan_from_graph(too_big, 10, BOTH, LIMITS.max_tokens)
+    assert err.value.field == "graph.nodes[0].max_tokens"
 
 
 def test_the_opening_and_closing_keep_their_part_both_ways() -> None:
@@ -186,7 +199,7 @@ def test_events_convert_to_answer_events() -> None:
         ev.NodeFinished(2, "hi", 1, FinishReason.LENGTH, 0.1), ev.NodeFailed(1, "boom", "EngineFault", "par"),
         ev.AnswerDone("1. A\n2. B hi", Route.GRAPH, usage, ev.Timings(0.1, 0.5, None, 0.9), (1,)),
     ]
-    out = [convert.event_to_pb(e, BASE, BOTH) for e in events]
+    out = [convert.event_to_pb(e, EASY_SMALL, BOTH) for e in events]
     assert [o.WhichOneof("event") for o in out] == ["plan_ready", "node_started", "node_delta", "node_finished",
                                                     "node_failed", "answer_done"]
     assert out[0].plan_ready.reason == "why" and out[0].plan_ready.graph.nodes[1].model_role == pb.MODEL_ROLE_SMALL

@@ -46,17 +46,15 @@ async def test_plan_then_expand_an_edited_graph_then_stream() -> None:
         plan = await call
         assert (errors.REQUEST_ID_KEY, "client-id-1") in tuple(await call.initial_metadata())
         assert plan.graph.route == pb.ROUTE_GRAPH and [n.title for n in plan.graph.nodes] == [
-            "Opening", "Thrill of fear", "Brain chemistry", "Personality differences", "Closing"]
-        assert [n.part for n in plan.graph.nodes] == [pb.NODE_PART_OPENING] + [pb.NODE_PART_POINT] * 3 + [
-            pb.NODE_PART_CLOSING]
+            "Opening", "Thrill of fear", "Brain chemistry", "Personality differences"]  # no closing by default
+        assert [n.part for n in plan.graph.nodes] == [pb.NODE_PART_OPENING] + [pb.NODE_PART_POINT] * 3
         assert plan.skeleton.startswith("1. Thrill") and plan.timings.plan_s > 0
-        assert [n.model_role for n in plan.graph.nodes] == [pb.MODEL_ROLE_LARGE, pb.MODEL_ROLE_SMALL, pb.MODEL_ROLE_LARGE,
-                                                            pb.MODEL_ROLE_LARGE, pb.MODEL_ROLE_LARGE]
+        # every point on the large model by default, the easy one too
+        assert [n.model_role for n in plan.graph.nodes] == [pb.MODEL_ROLE_LARGE] * 4
 
         graph = pb.Graph()
         graph.CopyFrom(plan.graph)
-        del graph.nodes[4]  # edit: drop the closing and the last point, rename one
-        del graph.nodes[3]
+        del graph.nodes[3]  # edit: drop the last point, rename one
         graph.nodes[2].title = "How the brain reacts"
         call = srv.stub.Expand(pb.ExpandRequest(question=QUESTION, graph=graph))
         events = await collect(call)
@@ -98,7 +96,7 @@ async def test_an_engine_fault_fails_that_request_with_internal_and_the_server_k
             assert words in info.value.details() and "secret" not in info.value.details()
             assert "-3" not in info.value.details()
         ok = await srv.stub.Plan(pb.PlanRequest(question=QUESTION, mode=pb.MODE_SOT))
-        assert len(ok.graph.nodes) == 3 + 2  # and the opening and closing
+        assert len(ok.graph.nodes) == 3 + 1  # and the opening
         health = await srv.health.Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         await idle(srv.servicer, engine)
@@ -173,7 +171,7 @@ async def test_a_full_admission_queue_is_resource_exhausted_with_a_retry_hint() 
         assert int(retry) > 0
         hold.set()
         for plan in await asyncio.gather(*held):
-            assert [n.title for n in plan.graph.nodes] == ["Opening", "A", "B", "Closing"]
+            assert [n.title for n in plan.graph.nodes] == ["Opening", "A", "B"]
         await idle(srv.servicer, engine)
         assert srv.servicer.admission.stats().rejected == 1
 

@@ -89,6 +89,7 @@ def test_small_only_runs_every_planner_role_on_the_small_model() -> None:
     (["--tls-client-ca", "/x.pem"], {}, "tls_client_ca (mutual TLS) needs tls_cert"),
     (["--auth-token", "has space"], {}, "auth_token must be printable"),
     (["--metrics-port", "50051"], {}, "metrics_port and port are both 50051"),
+    (["--max-tokens", "256"], {}, "planner.long_point_max_tokens (512) must not exceed max_tokens (256)"),
 ])
 def test_bad_values_name_the_setting_and_where_it_came_from(argv: list[str], env: dict[str, str],
                                                              words: str) -> None:
