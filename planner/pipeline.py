@@ -9,18 +9,19 @@ an error), `expand` (run a plan, possibly edited by the caller, through the DAG 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 from planner import prompts, router, runner
-from planner.decode import collect, resolve_role
+from planner.decode import cancel_and_wait, collect, resolve_role
 from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Role
-from planner.events import Event, Meter
+from planner.events import Event, Meter, NodePlanned
 from planner.plan import Mode, Node, Plan, PlanInvalid, Route, framed
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
-from planner.skeleton_parser import parse_skeleton
+from planner.skeleton_parser import OutlineReader, parse_skeleton
 
 
 def _check_question(question: str) -> str:
@@ -44,11 +45,13 @@ async def make_plan(
     *,
     meter: Meter | None = None,
     request_id: str = "",
+    on_planned: Callable[[NodePlanned], None] | None = None,
 ) -> Plan:
     """Decide the route and, unless direct, write and parse a skeleton.
 
     Raises InvalidRequest for an empty question or unknown mode, and lets engine errors propagate;
-    an unusable skeleton yields a direct plan whose `reason` says so.
+    an unusable skeleton yields a direct plan whose `reason` says so. on_planned: called with each
+    point as soon as its line of the skeleton is complete (the outline as it is written).
     """
     question = _check_question(question)
     mode = _check_mode(mode)
@@ -74,12 +77,26 @@ async def make_plan(
         request_id=f"{request_id}/skeleton" if request_id else "",
         speculation=settings.speculation,
     )
-    out = await collect(engine, request, meter)
+    outline = OutlineReader(graph=route is Route.GRAPH, max_nodes=settings.max_nodes, min_nodes=settings.min_nodes,
+                            max_depth=settings.max_depth)
+    outline.feed(prompts.SKELETON_PREFILL)
+
+    def read(text: str) -> None:
+        for node in outline.feed(text):
+            if on_planned is not None:
+                on_planned(NodePlanned(node, node.id, meter.elapsed()))
+
+    out = await collect(engine, request, meter, on_text=read)
+    if out.finish is not FinishReason.LENGTH:
+        read("\n")  # the skeleton ended (a stop or the end token): its last line is complete
     skeleton = prompts.SKELETON_PREFILL + out.text
     nodes = _parse(skeleton, route, settings, truncated=out.finish is FinishReason.LENGTH)
     if nodes is None:
         return Plan.direct(f"{reason}; skeleton unusable, answering directly")
     counted = f"{reason}; {len(nodes)} points"  # the points alone, before the frame joins them
+    if outline.skipped:
+        counted += f"; {len(outline.skipped)} skeleton line(s) skipped ({outline.skipped[0][1]}: " \
+                   f"{outline.skipped[0][0].strip()[:60]!r})"
     nodes = tuple(budgeted(n, question, settings) for n in nodes)
     if settings.frame:
         nodes = framed(nodes, closing=settings.closing)
@@ -159,9 +176,31 @@ async def answer(
     *,
     request_id: str = "",
 ) -> AsyncGenerator[Event, None]:
-    """Route, plan and expand in one stream; timings in AnswerDone cover all of it."""
+    """Route, plan and expand in one stream: NodePlanned as each point of the skeleton is written, then
+    what expand yields. Timings in AnswerDone cover all of it."""
     meter = Meter()
-    plan = await make_plan(engine, question, mode, settings, meter=meter, request_id=request_id)
+    planned: list[NodePlanned] = []
+    arrived = asyncio.Event()
+
+    def note(event: NodePlanned) -> None:
+        planned.append(event)
+        arrived.set()
+
+    planning = asyncio.create_task(make_plan(engine, question, mode, settings, meter=meter,
+                                             request_id=request_id, on_planned=note))
+    try:
+        while True:
+            waiter = asyncio.create_task(arrived.wait())
+            await asyncio.wait({planning, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            arrived.clear()
+            while planned:
+                yield planned.pop(0)
+            if planning.done():
+                break
+        plan = planning.result()
+    finally:
+        await cancel_and_wait(planning)  # a consumer that left early frees the skeleton's sequence
     async with aclosing(
         expand(engine, question, plan, settings, meter=meter, request_id=request_id)
     ) as events:

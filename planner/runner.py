@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, Callable
 
 from planner import prompts
 from planner.answer import assemble
-from planner.decode import aclose_quietly, resolve_role
+from planner.decode import aclose_quietly, cancel_and_wait, resolve_role
 from planner.engine import (
     Chunk,
     Engine,
@@ -87,26 +87,7 @@ async def run(
             yield item  # type: ignore[misc]
         driver.result()  # re-raise the driver's own error, if any
     finally:
-        await _cancel_and_wait(driver)
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel the driver and wait until all its nodes have unwound (their sequences freed).
-
-    If we are cancelled ourselves while waiting, keep waiting (the wait is bounded by the nodes'
-    own unwinding) and re-raise the cancellation afterwards: never swallowed.
-    """
-    task.cancel()  # no-op if it is done
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            interrupted = True
-    if not task.cancelled():
-        task.exception()  # retrieved: the consumer left early, nobody is left to receive it
-    if interrupted:
-        raise asyncio.CancelledError
+        await cancel_and_wait(driver)  # every node unwound, its sequences freed
 
 
 RETRY_MIN_TOKENS = 8  # a retried point's first line holds at least this many tokens
@@ -117,10 +98,10 @@ def _has_words(text: str) -> bool:
     return any(c.isalnum() for c in text)
 
 
-def role_for(node: Node, plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) -> Role:
+def role_for(node: Node, route: Route, settings: PlannerSettings, loaded: frozenset[Role]) -> Role:
     if node.role is not None:
         wanted = node.role  # the caller's choice (an edited graph) wins over difficulty
-    elif plan.route is Route.DIRECT:
+    elif route is Route.DIRECT:
         wanted = settings.direct_role
     else:
         wanted = settings.easy_role if node.difficulty is Difficulty.EASY else settings.hard_role
@@ -158,7 +139,7 @@ class _Expansion:
         plan = self.plan
         self.emit(PlanReady(plan, self.meter.mark_planned()))
         loaded = self.engine.roles()
-        self.roles = {n.id: role_for(n, plan, self.settings, loaded) for n in plan.nodes}
+        self.roles = {n.id: role_for(n, plan.route, self.settings, loaded) for n in plan.nodes}
         per_role = Counter(self.roles.values())
         async with contextlib.AsyncExitStack() as stack:
             for role in sorted(per_role):

@@ -13,9 +13,14 @@
 const FRAME_PARTS = new Set(['NODE_PART_OPENING', 'NODE_PART_CLOSING']);
 
 class GroupedPrinter {
-  /** @param {{write(s: string): unknown}} out  @param {object} [graph] the Plan's graph, for order and titles */
+  /**
+   * @param {{write(s: string): unknown}} out
+   * @param {object} [graph] the Plan's graph, for order and titles; without one, planReady brings it and
+   *   a "plan:" line is printed then (an answer() call)
+   */
   constructor(out, graph) {
     this._out = out;
+    this._reportPlan = !graph;
     this._points = new Map(); // node id -> { title, held, status: 'waiting'|'live'|'ended' }
     this._order = [];
     this._current = 0; // index in _order of the point followed live
@@ -38,8 +43,17 @@ class GroupedPrinter {
   /** Feed one AnswerEvent. Returns the AnswerDone when this event ends the answer. */
   onEvent(event) {
     switch (event.event) {
+      case 'nodePlanned':
+        // the outline as the skeleton is written, a line a point, before any point's text
+        this._out.write(`outline: ${event.nodePlanned.position}. ${event.nodePlanned.node.title}\n`);
+        break;
       case 'planReady':
         this._setGraph(event.planReady.graph);
+        if (this._reportPlan) {
+          const graph = event.planReady.graph;
+          const points = graph.nodes.filter((n) => !FRAME_PARTS.has(n.part)).length;
+          this._out.write(`plan: ${graph.route}, ${points} points (${event.planReady.reason})\n`);
+        }
         break;
       case 'nodeDelta':
         this._delta(event.nodeDelta.nodeId, event.nodeDelta.text);

@@ -48,7 +48,10 @@ class AnswerState:
 
     def apply(self, event: pb.AnswerEvent) -> None:
         kind = event.WhichOneof("event")
-        if kind == "plan_ready":
+        if kind == "node_planned":  # the outline grows as the skeleton is written
+            n = event.node_planned.node
+            self.points[n.id] = PointState(n.id, n.title, tuple(n.depends_on), event.node_planned.position)
+        elif kind == "plan_ready":
             self.route = ROUTES.get(event.plan_ready.graph.route, "?")
             self.reason = event.plan_ready.reason
             self.points = {}
@@ -102,7 +105,7 @@ def wrap_text(text: str, width: int) -> list[str]:
     written (code must not be rewrapped)."""
     out: list[str] = []
     in_code = False
-    for line in text.split("\n"):
+    for line in text.split("\n") if text else []:
         if line.lstrip().startswith(("```", "~~~")):
             in_code = not in_code
             out.append(line)

@@ -10,7 +10,7 @@ from engine_fakes import FakeEngine
 
 from planner import pipeline
 from planner.engine import InvalidRequest, Role
-from planner.events import AnswerDone, Event, NodeFinished, NodeStarted, PlanReady
+from planner.events import AnswerDone, Event, NodeFinished, NodePlanned, NodeStarted, PlanReady
 from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.settings import PlannerSettings
 
@@ -139,8 +139,14 @@ async def test_answer_in_every_mode(mode: Mode) -> None:
     engine = engine_with_skeletons(delay=0.001)
     engine.script("sort questions", "A")
     events = await answer_events(engine, OPEN_Q, mode)
+    # the outline as the skeleton is written, a point a line, then the plan
+    outline = [e for e in events if isinstance(e, NodePlanned)]
+    assert all(isinstance(e, NodePlanned) for e in events[:len(outline)])
+    events = events[len(outline):]
     assert isinstance(events[0], PlanReady) and isinstance(events[-1], AnswerDone)
     plan = events[0].plan
+    assert [(e.position, e.node.title) for e in outline] == [(plan.position(n.id), n.title) for n in plan.points
+                                                            if plan.route is not Route.DIRECT]
     done = events[-1]
     assert done.text and done.failed == ()
     started = [e for e in events if isinstance(e, NodeStarted)]
@@ -246,3 +252,39 @@ async def test_a_code_question_plans_points_with_their_own_budget() -> None:
     plan = await run(lambda: pipeline.make_plan(engine, "Show me Python code for three sorting algorithms.", "sot"))
     assert {n.max_tokens for n in plan.points} == {PlannerSettings().long_point_max_tokens}
     assert {n.max_tokens for n in plan.nodes if n.part is not Part.POINT} == {0}  # the frame stays one sentence
+
+
+async def test_the_outline_arrives_before_the_skeleton_ends_and_a_bad_line_is_skipped() -> None:
+    engine = FakeEngine(delay=0.01)
+    engine.script("You are an organizer", " Thrill of fear\nnot a point, just chatter\n2. Brain chemistry\n"
+                                          "3. Personality differences\n")
+    events: list[Event] = []
+    async with asyncio.timeout(5):
+        async with aclosing(pipeline.answer(engine, OPEN_Q, Mode.SOT, ROUTED)) as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, NodePlanned) and event.position == 1:
+                    (skeleton,) = engine.calls  # the skeleton is still being written
+                    assert not skeleton.closed
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:4] == ["NodePlanned"] * 3 + ["PlanReady"]
+    plan = events[3].plan  # type: ignore[union-attr]
+    assert [n.title for n in plan.points] == ["Thrill of fear", "Brain chemistry", "Personality differences"]
+    assert "1 skeleton line(s) skipped (not a numbered point: 'not a point, just chatter')" in plan.reason
+    assert isinstance(events[-1], AnswerDone) and not events[-1].failed
+
+
+async def test_closing_the_answer_while_the_skeleton_is_written_frees_its_sequence() -> None:
+    engine = FakeEngine(delay=0.05)
+    engine.script("You are an organizer", " One\n2. Two\n3. Three\n4. Four\n5. Five\n")
+
+    async def first_point() -> None:
+        async with aclosing(pipeline.answer(engine, OPEN_Q, Mode.SOT, ROUTED)) as stream:
+            async for event in stream:
+                if isinstance(event, NodePlanned):
+                    return
+
+    async with asyncio.timeout(5):
+        await first_point()
+    assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
