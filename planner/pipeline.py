@@ -84,7 +84,7 @@ async def make_plan(
     def read(text: str) -> None:
         for node in outline.feed(text):
             if on_planned is not None:
-                on_planned(NodePlanned(node, node.id, meter.elapsed()))
+                on_planned(NodePlanned(budgeted(node, question, settings), node.id, meter.elapsed()))
 
     out = await collect(engine, request, meter, on_text=read)
     if out.finish is not FinishReason.LENGTH:
@@ -160,11 +160,7 @@ def expand(
     The question and plan are checked now (InvalidRequest / PlanInvalid raised by this call, before
     any event); close the iterator (contextlib.aclosing) to cancel the expansion.
     """
-    question = _check_question(question)
-    settings.validate()
-    plan = Plan.validated(
-        plan.nodes, plan.route, max_nodes=settings.max_nodes, reason=plan.reason, skeleton=plan.skeleton
-    )
+    question, plan = _checked(question, plan, settings)
     return runner.run(engine, question, plan, settings, meter=meter, request_id=request_id)
 
 
@@ -179,33 +175,54 @@ async def answer(
     """Route, plan and expand in one stream: NodePlanned as each point of the skeleton is written, then
     what expand yields. Timings in AnswerDone cover all of it."""
     meter = Meter()
-    planned: list[NodePlanned] = []
+    pending: list[Event] = []
     arrived = asyncio.Event()
 
-    def note(event: NodePlanned) -> None:
-        planned.append(event)
+    def emit(event: Event) -> None:
+        pending.append(event)
         arrived.set()
 
+    budget, why = runner.early_budget(engine, settings)
+    early = runner.EarlyStarts(engine, question, settings, meter, emit, budget, request_id)
+
+    def planned(event: NodePlanned) -> None:
+        emit(event)
+        early.planned(event.node)
+
     planning = asyncio.create_task(make_plan(engine, question, mode, settings, meter=meter,
-                                             request_id=request_id, on_planned=note))
+                                             request_id=request_id, on_planned=planned))
     try:
         while True:
             waiter = asyncio.create_task(arrived.wait())
             await asyncio.wait({planning, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             arrived.clear()
-            while planned:
-                yield planned.pop(0)
+            while pending:
+                yield pending.pop(0)
             if planning.done():
                 break
         plan = planning.result()
+        if plan.route is not Route.DIRECT:
+            started = len(early.started)
+            plan = dataclasses.replace(plan, reason=f"{plan.reason}; {started} point(s) started while the skeleton "
+                                                     f"was written (at most {budget}: {why})")
+        question, plan = _checked(question, plan, settings)
+        async with aclosing(runner.run(engine, question, plan, settings, meter=meter, request_id=request_id,
+                                       early=early)) as events:
+            async for event in events:
+                yield event
     finally:
         await cancel_and_wait(planning)  # a consumer that left early frees the skeleton's sequence
-    async with aclosing(
-        expand(engine, question, plan, settings, meter=meter, request_id=request_id)
-    ) as events:
-        async for event in events:
-            yield event
+        await early.aclose()  # and any point started while the skeleton was written
+
+
+def _checked(question: str, plan: Plan, settings: PlannerSettings) -> tuple[str, Plan]:
+    """The question and plan as a run takes them: checked by the same rules whether the plan was made
+    here or sent by a caller (InvalidRequest / PlanInvalid naming the field)."""
+    question = _check_question(question)
+    settings.validate()
+    return question, Plan.validated(plan.nodes, plan.route, max_nodes=settings.max_nodes, reason=plan.reason,
+                                    skeleton=plan.skeleton)
 
 
 def resident_prefixes(

@@ -73,6 +73,8 @@ class _Call:
     code: grpc.StatusCode = grpc.StatusCode.OK
     first_token: float | None = None
     usage: ev.Usage | None = None
+    planned: bool = False  # PlanReady went out
+    early_points: int = 0  # points started before it (while the skeleton was written)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -80,6 +82,10 @@ class _Call:
     def saw(self, event: ev.Event) -> None:
         if isinstance(event, ev.NodeDelta) and self.first_token is None:
             self.first_token = self.elapsed()
+        elif isinstance(event, ev.NodeStarted) and not self.planned:
+            self.early_points += 1
+        elif isinstance(event, ev.PlanReady):
+            self.planned = True
         elif isinstance(event, ev.AnswerDone):
             self.usage = event.usage
 
@@ -166,6 +172,8 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
         self.metrics.record_request(call.method, call.code.name, elapsed)
         if call.first_token is not None:
             self.metrics.record_first_token(call.method, call.first_token)
+        if call.early_points:
+            self.metrics.record_early_points(call.method, call.early_points)
         tokens = 0
         if call.usage is not None:
             for u in call.usage.roles:

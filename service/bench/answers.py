@@ -254,7 +254,8 @@ class EmbeddedRunner:
         done: AnswerDone | None = None
         nodes = 0
         reason = ""
-        points: dict[int, str] = {}  # point id -> text, in skeleton order
+        texts: dict[int, str] = {}  # node id -> its text (a point may end before the plan is ready)
+        point_ids: list[int] = []  # the plan's points, in skeleton order
         skeleton, stages = "", 0
         visible: float | None = None
         name, settings = self._mode_and_settings(mode)
@@ -269,9 +270,9 @@ class EmbeddedRunner:
                         nodes, reason = len(event.plan.nodes), event.plan.reason
                         skeleton, stages = event.plan.skeleton, event.plan.depth()
                         if event.plan.route is not Route.DIRECT:
-                            points = {n.id: "" for n in event.plan.points}
-                    elif isinstance(event, NodeFinished | NodeFailed) and event.node_id in points:
-                        points[event.node_id] = event.text if isinstance(event, NodeFinished) else event.partial_text
+                            point_ids = [n.id for n in event.plan.points]
+                    elif isinstance(event, NodeFinished | NodeFailed):
+                        texts[event.node_id] = event.text if isinstance(event, NodeFinished) else event.partial_text
                     elif isinstance(event, AnswerDone):
                         done = event
         except (EngineError, OSError, RuntimeError, ValueError) as exc:
@@ -280,7 +281,8 @@ class EmbeddedRunner:
         if done is None:
             return RunResult(seconds, first, error="the stream ended without an answer")
         return RunResult(seconds, first, visible, done.usage.completion_tokens, done.text, done.route.value, nodes,
-                         len(done.failed), reason, points=list(points.values()), skeleton=skeleton, stages=stages)
+                         len(done.failed), reason, points=[texts.get(i, "") for i in point_ids], skeleton=skeleton,
+                         stages=stages)
 
     async def route(self, question: str) -> tuple[str, str]:
         decision = await router.route(self.engine, question, self.settings)
@@ -307,7 +309,8 @@ class TargetRunner:
         t0 = self.clock()
         first: float | None = None
         done: Any = None
-        points: dict[int, str] = {}
+        texts: dict[int, str] = {}
+        point_ids: list[int] = []
         visible: float | None = None
         nodes = 0
         reason = ""
@@ -321,12 +324,12 @@ class TargetRunner:
                 elif kind == "plan_ready":
                     nodes, reason = len(event.plan_ready.graph.nodes), getattr(event.plan_ready, "reason", "")
                     if len(event.plan_ready.graph.nodes) > 1:  # a direct plan is its one node
-                        points = {n.id: "" for n in event.plan_ready.graph.nodes
-                                  if n.part in (_PB_PART_UNSPECIFIED, _PB_PART_POINT)}
-                elif kind == "node_finished" and event.node_finished.node_id in points:
-                    points[event.node_finished.node_id] = event.node_finished.text
-                elif kind == "node_failed" and event.node_failed.node_id in points:
-                    points[event.node_failed.node_id] = event.node_failed.partial_text
+                        point_ids = [n.id for n in event.plan_ready.graph.nodes
+                                     if n.part in (_PB_PART_UNSPECIFIED, _PB_PART_POINT)]
+                elif kind == "node_finished":  # a point may end before the plan is ready
+                    texts[event.node_finished.node_id] = event.node_finished.text
+                elif kind == "node_failed":
+                    texts[event.node_failed.node_id] = event.node_failed.partial_text
                 elif kind == "answer_done":
                     done = event.answer_done
         except grpc.aio.AioRpcError as err:
@@ -339,7 +342,7 @@ class TargetRunner:
             self._routes[normalize(question)] = route
         tokens = sum(int(u.completion_tokens) for u in done.usage)
         return RunResult(seconds, first, visible, tokens, done.text, route, nodes, len(done.failed_node_ids),
-                         reason, points=list(points.values()))
+                         reason, points=[texts.get(i, "") for i in point_ids])
 
     async def route(self, question: str) -> tuple[str, str]:
         known = self._routes.get(normalize(question))

@@ -96,8 +96,11 @@ func run(target string, mode espalierv1.Mode, pointTokens uint32, deadline time.
 		}
 		switch e := resp.Event.Event.(type) {
 		case *espalierv1.AnswerEvent_NodePlanned:
-			// the outline as the skeleton is written, a line a point
-			fmt.Printf("outline: %d. %s\n", e.NodePlanned.Position, e.NodePlanned.Node.GetTitle())
+			// the outline as the skeleton is written, a line a point; a point may start (and finish)
+			// before the plan is ready, so its header is known from here
+			n := e.NodePlanned.Node
+			fmt.Printf("outline: %d. %s\n", e.NodePlanned.Position, n.GetTitle())
+			headers[n.GetId()] = fmt.Sprintf("\n[%d] %s\n", n.GetId(), n.GetTitle())
 		case *espalierv1.AnswerEvent_PlanReady:
 			for _, n := range e.PlanReady.Graph.GetNodes() {
 				if n.Part == espalierv1.NodePart_NODE_PART_OPENING || n.Part == espalierv1.NodePart_NODE_PART_CLOSING {

@@ -93,3 +93,18 @@ test('without a graph up front, the outline and then the plan are printed as the
   assert.equal(out.text(), 'outline: 1. First\noutline: 2. Second\nplan: ROUTE_PARALLEL, 2 points (two points)\n' +
     '\n[1] First\na');
 });
+
+test('text of a point started while the skeleton is written waits for the plan, then prints in order', () => {
+  const out = sink();
+  const printer = new GroupedPrinter(out);
+  printer.onEvent({ event: 'nodePlanned', nodePlanned: { position: 1, node: { id: 1, title: 'First' } } });
+  printer.onEvent(delta(1, 'early '));
+  printer.onEvent(finished(1));
+  assert.equal(out.text(), 'outline: 1. First\n');
+  const framed = { route: 'ROUTE_PARALLEL', nodes: [{ id: 3, title: 'Opening', part: 'NODE_PART_OPENING' },
+    { id: 1, title: 'First' }, { id: 2, title: 'Second' }] };
+  printer.onEvent({ event: 'planReady', planReady: { graph: framed, reason: 'r' } });
+  printer.onEvent(delta(3, 'Intro.'));
+  printer.onEvent(finished(3));
+  assert.equal(out.text(), 'outline: 1. First\nplan: ROUTE_PARALLEL, 2 points (r)\n\nIntro.\n\n[1] First\nearly \n');
+});

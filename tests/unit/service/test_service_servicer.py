@@ -291,3 +291,19 @@ async def test_answer_streams_the_outline_then_the_points_in_one_call() -> None:
         assert info.value.code() is C.INVALID_ARGUMENT
         await idle(srv.servicer, engine)
         assert 'espalier_requests_total{method="Answer",code="OK"} 1' in srv.parts.metrics.registry.render()
+
+
+async def test_points_started_while_the_skeleton_is_written_are_counted() -> None:
+    engine = engine_with_skeletons(delay=0.002)
+    engine.scripts.insert(0, engine.script("You are an organizer", " Thrill of fear\n2. Brain chemistry\n"
+                                           "3. Personality differences\n", delay=0.03))
+    engine.scripts.pop()
+    planner = settings().planner.replace(early_points=2)
+    async with running(settings(planner=planner), engine) as srv, asyncio.timeout(10):
+        events = [r.event async for r in srv.stub.Answer(pb.AnswerRequest(question=QUESTION, mode=pb.MODE_SOT))]
+        kinds_seen = [e.WhichOneof("event") for e in events]
+        ready = kinds_seen.index("plan_ready")
+        assert kinds_seen[:ready].count("node_started") == 2  # before the plan: the outline's first two points
+        assert "2 point(s) started while the skeleton was written" in events[ready].plan_ready.reason
+        await idle(srv.servicer, engine)
+        assert 'espalier_points_started_early_total{method="Answer"} 2' in srv.parts.metrics.registry.render()
