@@ -7,7 +7,8 @@ frees the sequence).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from planner.engine import Chunk, Engine, FinishReason, GenerateRequest, Role, RoleNotLoaded
@@ -52,8 +53,11 @@ async def chunks(engine: Engine, request: GenerateRequest) -> list[Chunk]:
     return out
 
 
-async def collect(engine: Engine, request: GenerateRequest, meter: Meter | None = None) -> Collected:
-    """Decode a whole sequence; EngineError propagates, the sequence is freed either way."""
+async def collect(engine: Engine, request: GenerateRequest, meter: Meter | None = None,
+                  on_text: Callable[[str], None] | None = None) -> Collected:
+    """Decode a whole sequence; EngineError propagates, the sequence is freed either way.
+
+    on_text: called with each piece of text as it arrives (a skeleton read while it is written)."""
     parts: list[str] = []
     tokens = 0
     last: Chunk | None = None
@@ -62,6 +66,8 @@ async def collect(engine: Engine, request: GenerateRequest, meter: Meter | None 
         async for chunk in stream:
             parts.append(chunk.text)
             tokens += chunk.tokens
+            if on_text is not None and chunk.text:
+                on_text(chunk.text)
             last = chunk
             if chunk.finish is not None:
                 break
@@ -75,3 +81,23 @@ async def collect(engine: Engine, request: GenerateRequest, meter: Meter | None 
                 completion_tokens=tokens,
             )
     return Collected("".join(parts), last.finish if last else None, tokens)
+
+
+async def cancel_and_wait(task: asyncio.Task[object]) -> None:
+    """Cancel a task and wait until it has unwound (its sequences freed).
+
+    If we are cancelled ourselves while waiting, keep waiting (the wait is bounded by the task's own
+    unwinding) and re-raise the cancellation afterwards: never swallowed. The task's own error, if it
+    had one, is retrieved: whoever would have received it has left.
+    """
+    task.cancel()  # no-op if it is done
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            interrupted = True
+    if not task.cancelled():
+        task.exception()
+    if interrupted:
+        raise asyncio.CancelledError

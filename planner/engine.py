@@ -254,6 +254,10 @@ class RoleStats:
     spec_drafted: int = 0  # drafted tokens verified so far
     spec_accepted: int = 0  # of those, kept
     verify_cost: tuple[tuple[int, float], ...] = ()  # (k, measured cost of a k-token batch / 1 token)
+    # (n, measured cost of a decode step of n sequences / one sequence), measured at start-up on this
+    # hardware: what running more sequences beside one costs it (a planner's scheduling input). Empty
+    # when unknown (a remote server).
+    batch_cost: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,13 @@
 """The event vocabulary of one answer, shared by the planner and the gRPC stream.
 
-Owns the frozen event types (PlanReady, NodeStarted, NodeDelta, NodeFinished, NodeFailed,
-AnswerDone) and the usage/timing records AnswerDone carries, plus `Meter`, the accumulator
+Owns the frozen event types (NodePlanned, PlanReady, NodeStarted, NodeDelta, NodeFinished,
+NodeFailed, AnswerDone) and the usage/timing records AnswerDone carries, plus `Meter`, the accumulator
 that fills those records while a request runs.
 
-Order guarantees of a stream: PlanReady first; then per node exactly one NodeStarted, any number
-of NodeDelta and exactly one NodeFinished or NodeFailed (a node starts only after every node it
-depends on has finished or failed); AnswerDone last. A cancelled request simply stops.
+Order guarantees of a stream: NodePlanned for each point as the skeleton is written (answers that
+write one), then PlanReady; then per node exactly one NodeStarted, any number of NodeDelta and
+exactly one NodeFinished or NodeFailed (a node starts only after every node it depends on has
+finished or failed); AnswerDone last. A cancelled request simply stops.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from planner.engine import FinishReason, Role
-from planner.plan import Plan, Route
+from planner.plan import Node, Plan, Route
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlanned:
+    """A point of the skeleton became known while the skeleton is still being written (its line is
+    complete), so a client can draw the outline as it grows. PlanReady, which follows, has the final
+    graph: a later line may still merge into a point, and the frame and budgets are added there."""
+
+    node: Node
+    position: int  # 1-based number of the point in the answer
+    elapsed_s: float  # since the request started
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +112,7 @@ class AnswerDone:
     failed: tuple[int, ...] = ()  # ids of nodes that failed
 
 
-Event = PlanReady | NodeStarted | NodeDelta | NodeFinished | NodeFailed | AnswerDone
+Event = NodePlanned | PlanReady | NodeStarted | NodeDelta | NodeFinished | NodeFailed | AnswerDone
 
 
 class Meter:

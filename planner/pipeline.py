@@ -9,18 +9,19 @@ an error), `expand` (run a plan, possibly edited by the caller, through the DAG 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 from planner import prompts, router, runner
-from planner.decode import collect, resolve_role
+from planner.decode import cancel_and_wait, collect, resolve_role
 from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Role
-from planner.events import Event, Meter
+from planner.events import Event, Meter, NodePlanned
 from planner.plan import Mode, Node, Plan, PlanInvalid, Route, framed
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
-from planner.skeleton_parser import parse_skeleton
+from planner.skeleton_parser import OutlineReader, parse_skeleton
 
 
 def _check_question(question: str) -> str:
@@ -44,11 +45,13 @@ async def make_plan(
     *,
     meter: Meter | None = None,
     request_id: str = "",
+    on_planned: Callable[[NodePlanned], None] | None = None,
 ) -> Plan:
     """Decide the route and, unless direct, write and parse a skeleton.
 
     Raises InvalidRequest for an empty question or unknown mode, and lets engine errors propagate;
-    an unusable skeleton yields a direct plan whose `reason` says so.
+    an unusable skeleton yields a direct plan whose `reason` says so. on_planned: called with each
+    point as soon as its line of the skeleton is complete (the outline as it is written).
     """
     question = _check_question(question)
     mode = _check_mode(mode)
@@ -74,12 +77,26 @@ async def make_plan(
         request_id=f"{request_id}/skeleton" if request_id else "",
         speculation=settings.speculation,
     )
-    out = await collect(engine, request, meter)
+    outline = OutlineReader(graph=route is Route.GRAPH, max_nodes=settings.max_nodes, min_nodes=settings.min_nodes,
+                            max_depth=settings.max_depth)
+    outline.feed(prompts.SKELETON_PREFILL)
+
+    def read(text: str) -> None:
+        for node in outline.feed(text):
+            if on_planned is not None:
+                on_planned(NodePlanned(budgeted(node, question, settings), node.id, meter.elapsed()))
+
+    out = await collect(engine, request, meter, on_text=read)
+    if out.finish is not FinishReason.LENGTH:
+        read("\n")  # the skeleton ended (a stop or the end token): its last line is complete
     skeleton = prompts.SKELETON_PREFILL + out.text
     nodes = _parse(skeleton, route, settings, truncated=out.finish is FinishReason.LENGTH)
     if nodes is None:
         return Plan.direct(f"{reason}; skeleton unusable, answering directly")
     counted = f"{reason}; {len(nodes)} points"  # the points alone, before the frame joins them
+    if outline.skipped:
+        counted += f"; {len(outline.skipped)} skeleton line(s) skipped ({outline.skipped[0][1]}: " \
+                   f"{outline.skipped[0][0].strip()[:60]!r})"
     nodes = tuple(budgeted(n, question, settings) for n in nodes)
     if settings.frame:
         nodes = framed(nodes, closing=settings.closing)
@@ -143,11 +160,7 @@ def expand(
     The question and plan are checked now (InvalidRequest / PlanInvalid raised by this call, before
     any event); close the iterator (contextlib.aclosing) to cancel the expansion.
     """
-    question = _check_question(question)
-    settings.validate()
-    plan = Plan.validated(
-        plan.nodes, plan.route, max_nodes=settings.max_nodes, reason=plan.reason, skeleton=plan.skeleton
-    )
+    question, plan = _checked(question, plan, settings)
     return runner.run(engine, question, plan, settings, meter=meter, request_id=request_id)
 
 
@@ -159,14 +172,57 @@ async def answer(
     *,
     request_id: str = "",
 ) -> AsyncGenerator[Event, None]:
-    """Route, plan and expand in one stream; timings in AnswerDone cover all of it."""
+    """Route, plan and expand in one stream: NodePlanned as each point of the skeleton is written, then
+    what expand yields. Timings in AnswerDone cover all of it."""
     meter = Meter()
-    plan = await make_plan(engine, question, mode, settings, meter=meter, request_id=request_id)
-    async with aclosing(
-        expand(engine, question, plan, settings, meter=meter, request_id=request_id)
-    ) as events:
-        async for event in events:
-            yield event
+    pending: list[Event] = []
+    arrived = asyncio.Event()
+
+    def emit(event: Event) -> None:
+        pending.append(event)
+        arrived.set()
+
+    budget, why = runner.early_budget(engine, settings)
+    early = runner.EarlyStarts(engine, question, settings, meter, emit, budget, request_id)
+
+    def planned(event: NodePlanned) -> None:
+        emit(event)
+        early.planned(event.node)
+
+    planning = asyncio.create_task(make_plan(engine, question, mode, settings, meter=meter,
+                                             request_id=request_id, on_planned=planned))
+    try:
+        while True:
+            waiter = asyncio.create_task(arrived.wait())
+            await asyncio.wait({planning, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            arrived.clear()
+            while pending:
+                yield pending.pop(0)
+            if planning.done():
+                break
+        plan = planning.result()
+        if plan.route is not Route.DIRECT:
+            started = len(early.started)
+            plan = dataclasses.replace(plan, reason=f"{plan.reason}; {started} point(s) started while the skeleton "
+                                                     f"was written (at most {budget}: {why})")
+        question, plan = _checked(question, plan, settings)
+        async with aclosing(runner.run(engine, question, plan, settings, meter=meter, request_id=request_id,
+                                       early=early)) as events:
+            async for event in events:
+                yield event
+    finally:
+        await cancel_and_wait(planning)  # a consumer that left early frees the skeleton's sequence
+        await early.aclose()  # and any point started while the skeleton was written
+
+
+def _checked(question: str, plan: Plan, settings: PlannerSettings) -> tuple[str, Plan]:
+    """The question and plan as a run takes them: checked by the same rules whether the plan was made
+    here or sent by a caller (InvalidRequest / PlanInvalid naming the field)."""
+    question = _check_question(question)
+    settings.validate()
+    return question, Plan.validated(plan.nodes, plan.route, max_nodes=settings.max_nodes, reason=plan.reason,
+                                    skeleton=plan.skeleton)
 
 
 def resident_prefixes(

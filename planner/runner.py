@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, Callable
 
 from planner import prompts
 from planner.answer import assemble
-from planner.decode import aclose_quietly, resolve_role
+from planner.decode import aclose_quietly, cancel_and_wait, resolve_role
 from planner.engine import (
     Chunk,
     Engine,
@@ -66,6 +66,7 @@ async def run(
     meter: Meter | None = None,
     request_id: str = "",
     direct_prompt: str | None = None,
+    early: EarlyStarts | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Expand a validated plan: PlanReady, then node events as they happen, then AnswerDone.
 
@@ -73,10 +74,14 @@ async def run(
     An error that is not a node's own (e.g. no model role loaded) is raised from the iterator.
     direct_prompt: the whole prompt of a direct plan's answer, when the caller built its own (live
     mode adds the notes it wrote while the question arrived); by default the plain direct prompt.
+    early: points started while the skeleton was written (EarlyStarts): their events so far were
+    sent already; this run sends the rest of them and runs every other node.
     """
     queue: asyncio.Queue[object] = asyncio.Queue()
+    if early is not None:
+        early.redirect(queue.put_nowait)  # before any await: no early event can fall between two sinks
     expansion = _Expansion(engine, question, plan, settings, meter or Meter(), request_id, queue.put_nowait,
-                           direct_prompt)
+                           direct_prompt, early)
     driver = asyncio.create_task(expansion.drive(), name=f"espalier-expand-{request_id or id(expansion)}")
     driver.add_done_callback(lambda _: queue.put_nowait(_DONE))
     try:
@@ -87,26 +92,7 @@ async def run(
             yield item  # type: ignore[misc]
         driver.result()  # re-raise the driver's own error, if any
     finally:
-        await _cancel_and_wait(driver)
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel the driver and wait until all its nodes have unwound (their sequences freed).
-
-    If we are cancelled ourselves while waiting, keep waiting (the wait is bounded by the nodes'
-    own unwinding) and re-raise the cancellation afterwards: never swallowed.
-    """
-    task.cancel()  # no-op if it is done
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            interrupted = True
-    if not task.cancelled():
-        task.exception()  # retrieved: the consumer left early, nobody is left to receive it
-    if interrupted:
-        raise asyncio.CancelledError
+        await cancel_and_wait(driver)  # every node unwound, its sequences freed
 
 
 RETRY_MIN_TOKENS = 8  # a retried point's first line holds at least this many tokens
@@ -117,10 +103,10 @@ def _has_words(text: str) -> bool:
     return any(c.isalnum() for c in text)
 
 
-def role_for(node: Node, plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) -> Role:
+def role_for(node: Node, route: Route, settings: PlannerSettings, loaded: frozenset[Role]) -> Role:
     if node.role is not None:
         wanted = node.role  # the caller's choice (an edited graph) wins over difficulty
-    elif plan.route is Route.DIRECT:
+    elif route is Route.DIRECT:
         wanted = settings.direct_role
     else:
         wanted = settings.easy_role if node.difficulty is Difficulty.EASY else settings.hard_role
@@ -138,6 +124,7 @@ class _Expansion:
         request_id: str,
         emit: Callable[[Event], None],
         direct_prompt: str | None = None,
+        early: EarlyStarts | None = None,
     ) -> None:
         self.engine = engine
         self.question = question
@@ -153,12 +140,14 @@ class _Expansion:
         self.prefixes: dict[Role, Prefix] = {}
         self.limits: dict[Role, asyncio.Semaphore] = {}
         self.direct_prompt = direct_prompt
+        self.early = early
 
     async def drive(self) -> None:
         plan = self.plan
         self.emit(PlanReady(plan, self.meter.mark_planned()))
+        adopted = self.early.adopt(plan) if self.early is not None else {}
         loaded = self.engine.roles()
-        self.roles = {n.id: role_for(n, plan, self.settings, loaded) for n in plan.nodes}
+        self.roles = {n.id: role_for(n, plan.route, self.settings, loaded) for n in plan.nodes}
         per_role = Counter(self.roles.values())
         async with contextlib.AsyncExitStack() as stack:
             for role in sorted(per_role):
@@ -168,7 +157,8 @@ class _Expansion:
                     await self._open_prefix(stack, role)
             async with asyncio.TaskGroup() as group:
                 for node in plan.nodes:
-                    group.create_task(self._run_node(node), name=f"espalier-node-{node.id}")
+                    run = self._take_over(adopted[node.id]) if node.id in adopted else self._run_node(node)
+                    group.create_task(run, name=f"espalier-node-{node.id}")
         self.emit(
             AnswerDone(
                 text=assemble(plan, self.texts, self.failures),
@@ -187,6 +177,21 @@ class _Expansion:
             self.prefixes[role] = await stack.enter_async_context(self.engine.prefix(role, text))
         except EngineError:
             pass  # no sharing for this role: each point sends its whole prompt (slower, same text)
+
+    async def _take_over(self, started: _Started) -> None:
+        """A node started while the skeleton was written: wait for it and take its result as this
+        plan's (its events went out already, or go out now through the redirected sink)."""
+        node_id = started.node.id
+        try:
+            await asyncio.shield(started.task)
+        finally:
+            if node_id in started.expansion.texts:
+                self.texts[node_id] = started.expansion.texts[node_id]
+            elif node_id in started.expansion.failures:
+                self.failures[node_id] = started.expansion.failures[node_id]
+            else:  # cancelled before it ended: the whole answer is being cancelled
+                self.failures[node_id] = ("", "cancelled")
+            self.done[node_id].set()
 
     def _request(self, node: Node, role: Role, parents: list[tuple[int, Node, str]], written: str = "",
                  *, retry: bool = False) -> GenerateRequest:
@@ -326,3 +331,92 @@ class _Expansion:
     def _fail(self, node: Node, reason: str, error: str, partial: str) -> None:
         self.failures[node.id] = (partial, reason)
         self.emit(NodeFailed(node.id, reason, error, partial))
+
+
+# --- points started while the skeleton is written (Plato's pipelining) ----------------------------
+
+# A point may start beside its skeleton only while a decode step with it costs at most this much more
+# than the skeleton's step alone: each early point slows the skeleton, which every later point waits
+# for. On 2 CPU cores a second sequence costs about 1.9x (none start); on a GPU about 1.0x (many do).
+EARLY_SLOWDOWN = 1.25
+
+
+def early_budget(engine: Engine, settings: PlannerSettings) -> tuple[int, str]:
+    """How many points may start while the skeleton is still written, and why (for the plan's reason)."""
+    if settings.early_points >= 0:
+        return settings.early_points, "set"
+    role = resolve_role(settings.skeleton_role, engine.roles())
+    stats = engine.stats().role(role)
+    costs = dict(stats.batch_cost) if stats is not None else {}
+    if not costs:
+        return 0, "no measured batch cost"
+    fits = [n - 1 for n, cost in costs.items() if n >= 2 and cost <= EARLY_SLOWDOWN]
+    budget = min(max(fits, default=0), settings.max_concurrency)
+    second = costs.get(2)
+    return budget, (f"a second sequence costs the skeleton's step {second:.2f}x" if second is not None
+                    else "measured batch cost")
+
+
+@dataclasses.dataclass
+class _Started:
+    node: Node
+    expansion: _Expansion  # the outline as it stood when the node started (its prompt's)
+    task: asyncio.Task[None]
+
+
+class EarlyStarts:
+    """Points started while their skeleton is still written, at most `budget` of them.
+
+    A point starts as soon as its line is known (NodePlanned) if it needs no other point; its prompt
+    holds the outline as written so far (a later point is not in it). It runs like any node of the
+    runner (the same prompts, stops, retries and events), in an expansion of the partial outline; its
+    events go to `emit` until the final plan's run takes them (`redirect`) and the point (`adopt`).
+    `aclose` cancels every point still running (closing an answer mid-skeleton frees their slots).
+    """
+
+    def __init__(self, engine: Engine, question: str, settings: PlannerSettings, meter: Meter,
+                 emit: Callable[[Event], None], budget: int, request_id: str = "") -> None:
+        self.engine = engine
+        self.question = question
+        self.settings = settings
+        self.meter = meter
+        self.budget = budget
+        self.request_id = request_id
+        self._emit = emit
+        self._known: list[Node] = []
+        self.started: dict[int, _Started] = {}
+
+    def planned(self, node: Node) -> None:
+        """A point of the skeleton is known; start it now if the budget allows and it needs nothing."""
+        self._known.append(node)
+        if len(self.started) >= self.budget or node.depends_on:
+            return
+        outline = Plan(tuple(self._known), Route.GRAPH)  # the skeleton as it stands: its points so far
+        expansion = _Expansion(self.engine, self.question, outline, self.settings, self.meter, self.request_id,
+                               lambda event: self._emit(event))
+        role = role_for(node, Route.GRAPH, self.settings, self.engine.roles())
+        expansion.roles = {node.id: role}
+        expansion.limits = {role: asyncio.Semaphore(1)}
+        task = asyncio.create_task(expansion._run_node(node), name=f"espalier-early-{node.id}")
+        self.started[node.id] = _Started(node, expansion, task)
+
+    def redirect(self, emit: Callable[[Event], None]) -> None:
+        """From now on the started points' events go to `emit` (the final plan's run)."""
+        self._emit = emit
+
+    def adopt(self, plan: Plan) -> dict[int, _Started]:
+        """Hand the started points that the final plan holds (same id, same title) to its run. A started
+        point the plan dropped is cancelled and reported failed."""
+        emit = self._emit
+        kept: dict[int, _Started] = {}
+        for node_id, started in self.started.items():
+            if any(n.id == node_id and n.title == started.node.title for n in plan.points):
+                kept[node_id] = started
+            else:
+                started.task.cancel()
+                emit(NodeFailed(node_id, "the final plan dropped this point", "replanned"))
+        return kept
+
+    async def aclose(self) -> None:
+        for started in self.started.values():
+            await cancel_and_wait(started.task)  # type: ignore[arg-type]

@@ -83,6 +83,13 @@ class PlannerSettings:
         metadata=_m("with frame: end a skeleton answer with a sentence that sums up its points, written from "
                     "their text once they are all done (so it adds that wait, and no new content)"),
     )
+    early_points: int = field(
+        default=-1,
+        metadata=_m("points that may start while their skeleton is still being written (an answer's first text "
+                    "comes sooner; each point so started sees the outline so far): -1 lets the engine's measured "
+                    "batch cost decide (none where a sequence beside the skeleton slows it by over a quarter, "
+                    "as on a small CPU; many on a GPU), 0 never", -1, 64),
+    )
     direct_max_tokens: int = field(default=512, metadata=_m("token budget of a direct answer", 1, 32768))
     max_nodes: int = field(
         default=DEFAULT_MAX_NODES,

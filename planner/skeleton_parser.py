@@ -316,3 +316,68 @@ def _reaches(deps: dict[int, list[int]], start: int, goal: int) -> bool:
         seen.add(current)
         stack.extend(deps[current])
     return False
+
+
+class OutlineReader:
+    """Reads a skeleton while it is written: after each complete line, the points that became known.
+
+    Feed it the text as it arrives (starting with the pre-fill, "1."); `feed` returns the new points in
+    skeleton order, numbered as the whole skeleton will number them. Each complete prefix of the text
+    is parsed by the same rules as parse_skeleton, so a point once reported keeps its number and title
+    (a later line can only repeat it, which merges the later line, or add points). A complete line that
+    adds no point is remembered in `skipped` with the reason, never an error. Dependencies are those of
+    the text so far, cut to max_depth stages as the final plan's are. Nothing is reported before
+    min_nodes points are known: fewer make no plan (the answer goes direct), and a point reported
+    would then vanish.
+    """
+
+    def __init__(self, *, graph: bool, max_nodes: int = DEFAULT_MAX_NODES, min_nodes: int = 1,
+                 max_depth: int = 64) -> None:
+        self._graph = graph
+        self._max_nodes = max_nodes
+        self._min_nodes = min_nodes
+        self._max_depth = max_depth
+        self._text = ""
+        self._lines = 0  # complete lines read
+        self._parsed: tuple[Node, ...] = ()  # the points of the complete lines
+        self.known: list[Node] = []
+        self.skipped: list[tuple[str, str]] = []  # (line, why it added no point)
+
+    def feed(self, text: str) -> list[Node]:
+        self._text += text
+        lines = self._text.split("\n")[:-1]  # the last piece is unfinished
+        nodes: tuple[Node, ...] = self._parsed
+        for i in range(self._lines, len(lines)):  # line by line: a line that adds no point is named
+            parsed = parse_skeleton("\n".join(lines[:i + 1]), max_nodes=self._max_nodes, min_nodes=1,
+                                    graph=self._graph) or ()
+            line = lines[i]
+            if len(parsed) == len(nodes) and line.strip() and not _ANNOTATION_ONLY.match(line):
+                self.skipped.append((line, _why_skipped(line, self._max_nodes, len(nodes))))
+            nodes = parsed
+        self._lines = len(lines)
+        self._parsed = nodes
+        if len(nodes) < self._min_nodes:
+            return []
+        new = list(_cut_depth(nodes, self._max_depth)[len(self.known):])
+        self.known.extend(new)
+        return new
+
+
+def _cut_depth(nodes: tuple[Node, ...], max_depth: int) -> tuple[Node, ...]:
+    """Dependencies cut to max_depth stages, as Plan.with_max_depth cuts them (nodes come in skeleton
+    order and depend only on earlier ones or on later ones without a cycle)."""
+    depth: dict[int, int] = {}
+    out = []
+    for node in nodes:
+        deps = tuple(d for d in node.depends_on if depth.get(d, max_depth) < max_depth)
+        depth[node.id] = 1 + max((depth[d] for d in deps), default=0)
+        out.append(Node(node.id, node.title, deps, node.difficulty))
+    return tuple(out)
+
+
+def _why_skipped(line: str, max_nodes: int, known: int) -> str:
+    if parse_skeleton(line, min_nodes=1) is None:
+        return "not a numbered point"
+    if known >= max_nodes:
+        return f"beyond the {max_nodes} points a plan may have"
+    return "repeats an earlier point"

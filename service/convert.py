@@ -168,7 +168,8 @@ def planner_settings(msg: pb.GenerationSettings, base: PlannerSettings, limits: 
         raise InvalidRequest(str(exc), field=field) from None
 
 
-def plan_request(msg: pb.PlanRequest, base: PlannerSettings, limits: Limits) -> PlanCall:
+def plan_request(msg: pb.PlanRequest | pb.AnswerRequest, base: PlannerSettings, limits: Limits) -> PlanCall:
+    """A Plan request, or an Answer request (the same fields: question or messages, mode, settings)."""
     question = question_from(msg.question, msg.messages, limits)
     return PlanCall(question, mode_from(msg.mode), planner_settings(msg.settings, base, limits))
 
@@ -274,16 +275,19 @@ class PromptBuffer:
 
 
 def graph_to_pb(plan: Plan, settings: PlannerSettings, loaded: frozenset[Role]) -> pb.Graph:
-    nodes = []
-    for node in plan.nodes:
-        try:
-            role = _ROLES_OUT[role_for(node, plan, settings, loaded)]
-        except RoleNotLoaded:  # nothing loaded (not reachable while serving): let the server choose later
-            role = pb.MODEL_ROLE_UNSPECIFIED
-        nodes.append(pb.Node(id=node.id, title=node.title, depends_on=node.depends_on,
-                             difficulty=_DIFFICULTY_OUT[node.difficulty], model_role=role,
-                             part=_PART_OUT[node.part], max_tokens=node.max_tokens))
-    return pb.Graph(nodes=nodes, route=_ROUTES_OUT[plan.route])
+    return pb.Graph(nodes=[node_to_pb(n, plan.route, settings, loaded) for n in plan.nodes],
+                    route=_ROUTES_OUT[plan.route])
+
+
+def node_to_pb(node: Node, route: Route, settings: PlannerSettings, loaded: frozenset[Role]) -> pb.Node:
+    """A node with the model role it will run on (the one Expand keeps when the graph comes back)."""
+    try:
+        role = _ROLES_OUT[role_for(node, route, settings, loaded)]
+    except RoleNotLoaded:  # nothing loaded (not reachable while serving): let the server choose later
+        role = pb.MODEL_ROLE_UNSPECIFIED
+    return pb.Node(id=node.id, title=node.title, depends_on=node.depends_on,
+                   difficulty=_DIFFICULTY_OUT[node.difficulty], model_role=role, part=_PART_OUT[node.part],
+                   max_tokens=node.max_tokens)
 
 
 def timings_to_pb(t: ev.Timings) -> pb.Timings:
@@ -298,6 +302,10 @@ def plan_response(plan: Plan, timings: ev.Timings, settings: PlannerSettings,
 
 def event_to_pb(event: ev.Event, settings: PlannerSettings, loaded: frozenset[Role]) -> pb.AnswerEvent:
     match event:
+        case ev.NodePlanned(node=node, position=position, elapsed_s=elapsed):
+            # a skeleton's point: its role follows its difficulty (any skeleton route says the same)
+            return pb.AnswerEvent(node_planned=pb.NodePlanned(node=node_to_pb(node, Route.GRAPH, settings, loaded),
+                                                              position=position, elapsed_s=elapsed))
         case ev.PlanReady(plan=plan, elapsed_s=elapsed):
             return pb.AnswerEvent(plan_ready=pb.PlanReady(graph=graph_to_pb(plan, settings, loaded),
                                                           reason=plan.reason, elapsed_s=elapsed))

@@ -213,10 +213,16 @@ class ServiceMetrics:
                                        "Prompt tokens copied from a shared prefix instead of prefilled, per role.",
                                        ("role",))
         self.serving = r.gauge("espalier_serving", "1 when the health status is SERVING, else 0.")
+        self.early_points = r.counter("espalier_points_started_early_total",
+                                      "Points started while their skeleton was still being written (pipelined), "
+                                      "per RPC method.", ("method",))
 
     def record_request(self, method: str, code: str, duration_s: float) -> None:
         self.requests.inc(1, method, code)
         self.duration.observe(duration_s, method)
+
+    def record_early_points(self, method: str, count: int) -> None:
+        self.early_points.inc(count, method)
 
     def record_first_token(self, method: str, seconds: float) -> None:
         self.first_token.observe(seconds, method)

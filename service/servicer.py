@@ -1,4 +1,4 @@
-"""EspalierServicer: the gRPC face of the planner (Plan, Expand, Stream).
+"""EspalierServicer: the gRPC face of the planner (Plan, Expand, Answer, Stream).
 
 Owns the per-call flow, kept thin: request id (from `x-request-id` metadata or generated; sent back in
 initial metadata and set in the logging context), validation and translation (service.convert),
@@ -20,7 +20,7 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -30,7 +30,7 @@ from espalier.v1 import espalier_pb2_grpc as pb_grpc
 
 from planner import events as ev
 from planner import pipeline
-from planner.engine import Engine, InvalidRequest
+from planner.engine import Engine, InvalidRequest, Role
 from planner.events import Meter
 from planner.live import StreamedPrompt
 from planner.settings import PlannerSettings
@@ -73,6 +73,8 @@ class _Call:
     code: grpc.StatusCode = grpc.StatusCode.OK
     first_token: float | None = None
     usage: ev.Usage | None = None
+    planned: bool = False  # PlanReady went out
+    early_points: int = 0  # points started before it (while the skeleton was written)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -80,6 +82,10 @@ class _Call:
     def saw(self, event: ev.Event) -> None:
         if isinstance(event, ev.NodeDelta) and self.first_token is None:
             self.first_token = self.elapsed()
+        elif isinstance(event, ev.NodeStarted) and not self.planned:
+            self.early_points += 1
+        elif isinstance(event, ev.PlanReady):
+            self.planned = True
         elif isinstance(event, ev.AnswerDone):
             self.usage = event.usage
 
@@ -166,6 +172,8 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
         self.metrics.record_request(call.method, call.code.name, elapsed)
         if call.first_token is not None:
             self.metrics.record_first_token(call.method, call.first_token)
+        if call.early_points:
+            self.metrics.record_early_points(call.method, call.early_points)
         tokens = 0
         if call.usage is not None:
             for u in call.usage.roles:
@@ -207,11 +215,15 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             req = convert.expand_request(request, self._planner, self._limits, engine.roles())
             async with self._work():
                 events = pipeline.expand(engine, req.question, req.plan, req.settings, request_id=call.request_id)
-                async with aclosing(events):
-                    async for event in events:
-                        call.saw(event)
-                        await context.write(pb.ExpandResponse(
-                            event=convert.event_to_pb(event, req.settings, engine.roles())))
+                await _relay(events, call, context, req.settings, engine.roles(), pb.ExpandResponse)
+
+    async def Answer(self, request: pb.AnswerRequest, context: grpc.aio.ServicerContext) -> None:
+        async with self._call("Answer", context) as call:
+            engine = self._ready_engine()
+            req = convert.plan_request(request, self._planner, self._limits)
+            async with self._work():
+                events = pipeline.answer(engine, req.question, req.mode, req.settings, request_id=call.request_id)
+                await _relay(events, call, context, req.settings, engine.roles(), pb.AnswerResponse)
 
     async def Stream(self, request_iterator: AsyncIterator[pb.StreamRequest],
                      context: grpc.aio.ServicerContext) -> None:
@@ -323,6 +335,17 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
                     event=convert.event_to_pb(item, opened.settings, engine.roles())))  # type: ignore[arg-type]
         finally:
             await _cancel_and_wait(tasks)
+
+
+async def _relay(events: AsyncGenerator[ev.Event, None], call: _Call, context: grpc.aio.ServicerContext,
+                 settings: PlannerSettings, loaded: frozenset[Role],
+                 response: Callable[..., pb.ExpandResponse | pb.AnswerResponse]) -> None:
+    """Write a planner event stream to the caller, one response a event; closing the stream on the way
+    out (the caller left, or a write failed) cancels the answer and frees its slots."""
+    async with aclosing(events):
+        async for event in events:
+            call.saw(event)
+            await context.write(response(event=convert.event_to_pb(event, settings, loaded)))
 
 
 async def _forward_progress(live: StreamedPrompt, context: grpc.aio.ServicerContext) -> None:

@@ -106,6 +106,7 @@ class FakeEngine:
         self.prefix_opens: list[FakePrefix] = []
         self.prefix_closes: list[FakePrefix] = []
         self.fail_prefix = False
+        self.batch_cost: tuple[tuple[int, float], ...] = ()  # what stats() reports as measured
 
     # --- scripting -----------------------------------------------------------------------------
 
@@ -203,7 +204,8 @@ class FakeEngine:
     def stats(self) -> EngineStats:
         return EngineStats(
             tuple(
-                RoleStats(role, "fake", self.slots, self.in_flight[role], 0, 0, 0, 0, 0.0, 0)
+                RoleStats(role, "fake", self.slots, self.in_flight[role], 0, 0, 0, 0, 0.0, 0,
+                          batch_cost=self.batch_cost)
                 for role in sorted(self._roles)
             )
         )

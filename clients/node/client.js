@@ -134,7 +134,21 @@ class EspalierClient {
    */
   async *expand({ question, graph, settings }, { deadlineMs } = {}) {
     const { metadata, options } = this._call(deadlineMs);
-    const call = this._stub.expand({ question, graph, settings: generationSettings(settings) }, metadata, options);
+    yield* this._events(this._stub.expand({ question, graph, settings: generationSettings(settings) }, metadata,
+      options));
+  }
+
+  /**
+   * Plan and expand in one call, for callers that do not edit the graph: nodePlanned events as the
+   * skeleton is written (the outline growing), then planReady and the points' events, as expand().
+   */
+  async *answer(question, { mode = 'auto', settings, deadlineMs } = {}) {
+    const { metadata, options } = this._call(deadlineMs);
+    const request = { question, mode: modeName(mode), settings: generationSettings(settings) };
+    yield* this._events(this._stub.answer(request, metadata, options));
+  }
+
+  async *_events(call) {
     try {
       for await (const response of call) yield response.event;
     } catch (err) {

@@ -13,9 +13,15 @@
 const FRAME_PARTS = new Set(['NODE_PART_OPENING', 'NODE_PART_CLOSING']);
 
 class GroupedPrinter {
-  /** @param {{write(s: string): unknown}} out  @param {object} [graph] the Plan's graph, for order and titles */
+  /**
+   * @param {{write(s: string): unknown}} out
+   * @param {object} [graph] the Plan's graph, for order and titles; without one, planReady brings it and
+   *   a "plan:" line is printed then (an answer() call)
+   */
   constructor(out, graph) {
     this._out = out;
+    this._reportPlan = !graph;
+    this._ready = Boolean(graph); // without a graph, points' text waits for planReady (answer order)
     this._points = new Map(); // node id -> { title, held, status: 'waiting'|'live'|'ended' }
     this._order = [];
     this._current = 0; // index in _order of the point followed live
@@ -38,9 +44,29 @@ class GroupedPrinter {
   /** Feed one AnswerEvent. Returns the AnswerDone when this event ends the answer. */
   onEvent(event) {
     switch (event.event) {
-      case 'planReady':
-        this._setGraph(event.planReady.graph);
+      case 'nodePlanned':
+        // the outline as the skeleton is written, a line a point, before any point's text
+        this._out.write(`outline: ${event.nodePlanned.position}. ${event.nodePlanned.node.title}\n`);
         break;
+      case 'planReady': {
+        // Points that started while the skeleton was written are listed in the graph's order, their
+        // text held so far, and shown from here on as any other point's.
+        const early = this._points;
+        this._points = new Map();
+        this._order = [];
+        this._setGraph(event.planReady.graph);
+        for (const [id, { held, opened, ended, failure }] of early) {
+          Object.assign(this._point(id), { held, opened, ended, failure });
+        }
+        if (this._reportPlan) {
+          const graph = event.planReady.graph;
+          const points = graph.nodes.filter((n) => !FRAME_PARTS.has(n.part)).length;
+          this._out.write(`plan: ${graph.route}, ${points} points (${event.planReady.reason})\n`);
+        }
+        this._ready = true;
+        this._advance();
+        break;
+      }
       case 'nodeDelta':
         this._delta(event.nodeDelta.nodeId, event.nodeDelta.text);
         break;
@@ -65,12 +91,12 @@ class GroupedPrinter {
 
   _delta(id, text) {
     this._point(id).held += text;
-    if (this._order[this._current] === id) this._show(this._point(id));
+    if (this._ready && this._order[this._current] === id) this._show(this._point(id));
   }
 
   _end(id, failure) {
     Object.assign(this._point(id), { ended: true, failure });
-    this._advance();
+    if (this._ready) this._advance();
   }
 
   /** Write the live point's held text; while it has ended, close it and move on to the next. */

@@ -117,10 +117,18 @@ class EspalierClient:
         return self._events(lambda: self._stub.Stream(requests(), timeout=self._deadline(timeout_s),
                                                       metadata=self._metadata), retry=retry)
 
+    def answer(self, question: str, *, mode: str = "auto", generation: pb.GenerationSettings | None = None,
+               timeout_s: float | None = None) -> AsyncIterator[pb.AnswerEvent]:
+        """Plan and expand a whole question in one call (the Answer RPC): the outline as the skeleton is
+        written (node_planned), then plan_ready and the points' events."""
+        request = pb.AnswerRequest(question=question, mode=_mode(mode), settings=generation)
+        return self._events(lambda: self._stub.Answer(request, timeout=self._deadline(timeout_s),
+                                                      metadata=self._metadata))
+
     def ask(self, question: str, *, mode: str = "auto", generation: pb.GenerationSettings | None = None,
             timeout_s: float | None = None) -> AsyncIterator[pb.AnswerEvent]:
-        """Plan and expand a whole question in one call."""
-        return self.stream([question], mode=mode, generation=generation, timeout_s=timeout_s)
+        """The answer to a whole question, as `answer` gives it."""
+        return self.answer(question, mode=mode, generation=generation, timeout_s=timeout_s)
 
     async def health(self, timeout_s: float = 5.0, *, service: str = SERVICE_NAME) -> str:
         """SERVING, NOT_SERVING, ... of the Espalier service (or of `service`; "" = the whole server)."""

@@ -48,14 +48,20 @@ class AnswerState:
 
     def apply(self, event: pb.AnswerEvent) -> None:
         kind = event.WhichOneof("event")
-        if kind == "plan_ready":
+        if kind == "node_planned":  # the outline grows as the skeleton is written
+            n = event.node_planned.node
+            self.points[n.id] = PointState(n.id, n.title, tuple(n.depends_on), event.node_planned.position)
+        elif kind == "plan_ready":
             self.route = ROUTES.get(event.plan_ready.graph.route, "?")
             self.reason = event.plan_ready.reason
-            self.points = {}
+            # the final graph, in its order; a point started while the skeleton was written keeps its text
+            before, self.points = self.points, {}
             for n in event.plan_ready.graph.nodes:
                 frame = n.part in (pb.NODE_PART_OPENING, pb.NODE_PART_CLOSING)
                 number = 0 if frame else self.numbered() + 1
-                self.points[n.id] = PointState(n.id, n.title, tuple(n.depends_on), number)
+                point = before.get(n.id) or PointState(n.id, n.title, tuple(n.depends_on))
+                point.title, point.depends_on, point.number = n.title, tuple(n.depends_on), number
+                self.points[n.id] = point
         elif kind == "node_started":
             point = self._point(event.node_started.node_id)
             point.status, point.role = "writing", ROLES.get(event.node_started.model_role, "?")
@@ -102,7 +108,7 @@ def wrap_text(text: str, width: int) -> list[str]:
     written (code must not be rewrapped)."""
     out: list[str] = []
     in_code = False
-    for line in text.split("\n"):
+    for line in text.split("\n") if text else []:
         if line.lstrip().startswith(("```", "~~~")):
             in_code = not in_code
             out.append(line)

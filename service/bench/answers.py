@@ -40,7 +40,7 @@ from typing import Any, Protocol, TextIO
 
 from planner import pipeline, router
 from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
-from planner.events import AnswerDone, NodeDelta, NodeFailed, NodeFinished, PlanReady
+from planner.events import AnswerDone, NodeDelta, NodeFailed, NodeFinished, NodePlanned, PlanReady
 from planner.plan import Mode, PointLength, Route
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 from service.bench import judge as judging
@@ -190,6 +190,7 @@ class RunResult:
 
     seconds: float
     ttft_s: float | None = None  # first text of the answer (any point)
+    first_visible_s: float | None = None  # first thing a reader sees: an outline point or text
     tokens: int = 0  # generated tokens, every model role and stage (router, skeleton, points)
     answer: str = ""
     route: str = ""
@@ -253,21 +254,25 @@ class EmbeddedRunner:
         done: AnswerDone | None = None
         nodes = 0
         reason = ""
-        points: dict[int, str] = {}  # point id -> text, in skeleton order
+        texts: dict[int, str] = {}  # node id -> its text (a point may end before the plan is ready)
+        point_ids: list[int] = []  # the plan's points, in skeleton order
         skeleton, stages = "", 0
+        visible: float | None = None
         name, settings = self._mode_and_settings(mode)
         try:
             async with aclosing(pipeline.answer(self.engine, question, name, settings)) as events:
                 async for event in events:
                     if isinstance(event, NodeDelta | NodeFinished) and first is None and event.text:
                         first = self.clock() - t0
+                    if visible is None and (isinstance(event, NodePlanned) or first is not None):
+                        visible = self.clock() - t0
                     if isinstance(event, PlanReady):
                         nodes, reason = len(event.plan.nodes), event.plan.reason
                         skeleton, stages = event.plan.skeleton, event.plan.depth()
                         if event.plan.route is not Route.DIRECT:
-                            points = {n.id: "" for n in event.plan.points}
-                    elif isinstance(event, NodeFinished | NodeFailed) and event.node_id in points:
-                        points[event.node_id] = event.text if isinstance(event, NodeFinished) else event.partial_text
+                            point_ids = [n.id for n in event.plan.points]
+                    elif isinstance(event, NodeFinished | NodeFailed):
+                        texts[event.node_id] = event.text if isinstance(event, NodeFinished) else event.partial_text
                     elif isinstance(event, AnswerDone):
                         done = event
         except (EngineError, OSError, RuntimeError, ValueError) as exc:
@@ -275,8 +280,9 @@ class EmbeddedRunner:
         seconds = self.clock() - t0
         if done is None:
             return RunResult(seconds, first, error="the stream ended without an answer")
-        return RunResult(seconds, first, done.usage.completion_tokens, done.text, done.route.value, nodes,
-                         len(done.failed), reason, points=list(points.values()), skeleton=skeleton, stages=stages)
+        return RunResult(seconds, first, visible, done.usage.completion_tokens, done.text, done.route.value, nodes,
+                         len(done.failed), reason, points=[texts.get(i, "") for i in point_ids], skeleton=skeleton,
+                         stages=stages)
 
     async def route(self, question: str) -> tuple[str, str]:
         decision = await router.route(self.engine, question, self.settings)
@@ -303,7 +309,9 @@ class TargetRunner:
         t0 = self.clock()
         first: float | None = None
         done: Any = None
-        points: dict[int, str] = {}
+        texts: dict[int, str] = {}
+        point_ids: list[int] = []
+        visible: float | None = None
         nodes = 0
         reason = ""
         try:
@@ -311,15 +319,17 @@ class TargetRunner:
                 kind = event.WhichOneof("event")
                 if kind == "node_delta" and first is None and event.node_delta.text:
                     first = self.clock() - t0
+                if visible is None and (kind == "node_planned" or first is not None):
+                    visible = self.clock() - t0
                 elif kind == "plan_ready":
                     nodes, reason = len(event.plan_ready.graph.nodes), getattr(event.plan_ready, "reason", "")
                     if len(event.plan_ready.graph.nodes) > 1:  # a direct plan is its one node
-                        points = {n.id: "" for n in event.plan_ready.graph.nodes
-                                  if n.part in (_PB_PART_UNSPECIFIED, _PB_PART_POINT)}
-                elif kind == "node_finished" and event.node_finished.node_id in points:
-                    points[event.node_finished.node_id] = event.node_finished.text
-                elif kind == "node_failed" and event.node_failed.node_id in points:
-                    points[event.node_failed.node_id] = event.node_failed.partial_text
+                        point_ids = [n.id for n in event.plan_ready.graph.nodes
+                                     if n.part in (_PB_PART_UNSPECIFIED, _PB_PART_POINT)]
+                elif kind == "node_finished":  # a point may end before the plan is ready
+                    texts[event.node_finished.node_id] = event.node_finished.text
+                elif kind == "node_failed":
+                    texts[event.node_failed.node_id] = event.node_failed.partial_text
                 elif kind == "answer_done":
                     done = event.answer_done
         except grpc.aio.AioRpcError as err:
@@ -331,8 +341,8 @@ class TargetRunner:
         if mode == "auto":
             self._routes[normalize(question)] = route
         tokens = sum(int(u.completion_tokens) for u in done.usage)
-        return RunResult(seconds, first, tokens, done.text, route, nodes, len(done.failed_node_ids), reason,
-                         points=list(points.values()))
+        return RunResult(seconds, first, visible, tokens, done.text, route, nodes, len(done.failed_node_ids),
+                         reason, points=[texts.get(i, "") for i in point_ids])
 
     async def route(self, question: str) -> tuple[str, str]:
         known = self._routes.get(normalize(question))
@@ -444,6 +454,7 @@ def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in runs if r["error"] is None]
     secs = [r["seconds"] for r in ok]
     ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+    visible = [r["first_visible_s"] for r in ok if r.get("first_visible_s") is not None]
     toks = [r["tokens"] for r in ok]
     rates = [r["tokens"] / r["seconds"] for r in ok if r["seconds"] > 0]
     ups = [r["modes"][mode]["speedup"] for r in rows
@@ -454,6 +465,7 @@ def mode_summary(mode: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "median_s": _r(median(secs)), "p90_s": _r(percentile(secs, 90)),
         "mean_s": _r(statistics.fmean(secs)) if secs else None,
         "ttft_median_s": _r(median(ttft)), "ttft_p90_s": _r(percentile(ttft, 90)),
+        "first_visible_median_s": _r(median(visible)),
         "tokens_median": _r(median(toks), 1), "tokens_total": sum(toks),
         "tokens_per_s_median": _r(median(rates), 2),
         "speedup_median": _r(median(ups)), "speedup_geomean": _r(geomean(ups)),

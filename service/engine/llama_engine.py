@@ -29,7 +29,7 @@ from service.engine.config import ConfigError, ContextConfig, EngineConfig
 from service.engine.drafter import Drafter
 from service.engine.native import Context, ContextParams, Model
 from service.engine.scheduler import Scheduler
-from service.engine.spec_policy import DraftSource, SpecMode, SpecPolicy
+from service.engine.spec_policy import CostCurve, DraftSource, SpecMode, SpecPolicy
 from service.engine.speculator import Speculator
 from service.engine.worker import ContextWorker, Delivery, PrefixHolder
 
@@ -239,19 +239,21 @@ def _start_worker(role: Role, model: Model, cfg: ContextConfig, draft: Model | N
                            threads=cfg.n_threads, threads_batch=cfg.n_threads_batch, flash_attn=cfg.flash_attn)
     ctx = Context(model, params)
     try:
-        speculator = _speculator(model, ctx, cfg, draft, params) if cfg.speculates else None
+        # What a decode step of n tokens costs on this hardware, measured once (about a second): the
+        # speculation policy's input, and the batch cost the planner reads (RoleStats.batch_cost).
+        sample = model.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
+        curve = measure_curve(ctx, params.n_seq_max - 1, sample, max_tokens=64 if cfg.speculates else 16)
+        speculator = _speculator(model, ctx, cfg, draft, params, curve, sample) if cfg.speculates else None
     except BaseException:
         ctx.close()
         raise
-    return ContextWorker(role, model, ctx, sched, speculator)
+    return ContextWorker(role, model, ctx, sched, speculator, batch_cost=curve)
 
 
 def _speculator(model: Model, ctx: Context, cfg: ContextConfig, draft: Model | None,
-                params: ContextParams) -> Speculator:
-    """Measure this hardware's decode costs (a few seconds, once) and build the speculator."""
-    sample = model.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
+                params: ContextParams, target_curve: CostCurve, sample: list[int]) -> Speculator:
+    """Measure the draft's decode costs (the target's are measured already) and build the speculator."""
     scratch = params.n_seq_max - 1  # no sequence uses any slot before the worker starts
-    target_curve = measure_curve(ctx, scratch, sample)
     dctx = Context(draft, params) if draft is not None else None
     try:
         draft_curve = measure_curve(dctx, scratch, sample, max_tokens=max(16, cfg.slots)) if dctx else None

@@ -46,7 +46,7 @@ from service.engine.scheduler import (
     TooLong,
     common_prefix_len,
 )
-from service.engine.spec_policy import SpecMode, pack_verifies
+from service.engine.spec_policy import CostCurve, SpecMode, pack_verifies
 from service.engine.speculator import Offer, Proposal, Speculator
 from service.engine.textstream import TextStream
 
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _keys = itertools.count(1)
 _MIN_SHARE = 8  # fewest shared leading tokens worth a fork from an open prefix
+_BATCH_COST_NS = (1, 2, 3, 4, 6, 8, 12, 16)  # batch sizes whose relative cost stats() reports
 
 
 @dataclass(eq=False)
@@ -93,9 +94,11 @@ class ContextWorker:
     """One llama context, one thread. Public methods are safe to call from any thread."""
 
     def __init__(self, role: Role, model: Model, ctx: Context, scheduler: Scheduler,
-                 speculator: Speculator | None = None) -> None:
+                 speculator: Speculator | None = None, batch_cost: CostCurve | None = None) -> None:
         self.role = role
         self.spec = speculator
+        # relative step cost of n sequences, as measured at start-up (a frozen copy: read from any thread)
+        self._batch_cost = tuple(batch_cost.relative(_BATCH_COST_NS).items()) if batch_cost is not None else ()
         self.model = model
         self.ctx = ctx
         self.sched = scheduler
@@ -174,6 +177,7 @@ class ContextWorker:
             tokens_per_s=round(self._rate, 2), steps=self.steps,
             spec_k=spec.k if spec else -1, spec_drafted=spec.drafted if spec else 0,
             spec_accepted=spec.accepted if spec else 0, verify_cost=spec.verify_cost if spec else (),
+            batch_cost=self._batch_cost,
         )
 
     def free_slots(self) -> int:

@@ -1,5 +1,7 @@
-// Command expand asks Espalier a question: Plan, then Expand, printing each point under its title
-// as it finishes, then a summary line. A failed call prints its gRPC status code name and exits 1.
+// Command expand asks Espalier a question in one Answer call: it prints the outline as the skeleton
+// is written, then the plan, then each point under its title as it finishes, then a summary line.
+// (Plan, then Expand, is the way for a caller that edits the graph in between.) A failed call prints
+// its gRPC status code name and exits 1.
 //
 //	expand -target localhost:50051 "How can I improve my time management skills?"
 //
@@ -76,28 +78,14 @@ func run(target string, mode espalierv1.Mode, pointTokens uint32, deadline time.
 	if pointTokens > 0 {
 		settings.PointMaxTokens = &pointTokens
 	}
-	plan, err := client.Plan(ctx, &espalierv1.PlanRequest{Question: question, Mode: mode, Settings: settings})
+	stream, err := client.Answer(ctx, &espalierv1.AnswerRequest{Question: question, Mode: mode, Settings: settings})
 	if err != nil {
 		return err
 	}
 	// A node's header: "[id] title" for a point; the answer's opening and closing sentences are
-	// paragraphs of their own, without one.
+	// paragraphs of their own, without one. Known once the plan is ready.
 	headers := map[uint32]string{}
 	points := 0
-	for _, n := range plan.Graph.Nodes {
-		if n.Part == espalierv1.NodePart_NODE_PART_OPENING || n.Part == espalierv1.NodePart_NODE_PART_CLOSING {
-			headers[n.Id] = "\n"
-			continue
-		}
-		headers[n.Id] = fmt.Sprintf("\n[%d] %s\n", n.Id, n.Title)
-		points++
-	}
-	fmt.Printf("plan: %s, %d points (%s)\n", plan.Graph.Route, points, plan.Reason)
-
-	stream, err := client.Expand(ctx, &espalierv1.ExpandRequest{Question: question, Graph: plan.Graph, Settings: settings})
-	if err != nil {
-		return err
-	}
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -107,6 +95,22 @@ func run(target string, mode espalierv1.Mode, pointTokens uint32, deadline time.
 			return err
 		}
 		switch e := resp.Event.Event.(type) {
+		case *espalierv1.AnswerEvent_NodePlanned:
+			// the outline as the skeleton is written, a line a point; a point may start (and finish)
+			// before the plan is ready, so its header is known from here
+			n := e.NodePlanned.Node
+			fmt.Printf("outline: %d. %s\n", e.NodePlanned.Position, n.GetTitle())
+			headers[n.GetId()] = fmt.Sprintf("\n[%d] %s\n", n.GetId(), n.GetTitle())
+		case *espalierv1.AnswerEvent_PlanReady:
+			for _, n := range e.PlanReady.Graph.GetNodes() {
+				if n.Part == espalierv1.NodePart_NODE_PART_OPENING || n.Part == espalierv1.NodePart_NODE_PART_CLOSING {
+					headers[n.Id] = "\n"
+					continue
+				}
+				headers[n.Id] = fmt.Sprintf("\n[%d] %s\n", n.Id, n.Title)
+				points++
+			}
+			fmt.Printf("plan: %s, %d points (%s)\n", e.PlanReady.Graph.GetRoute(), points, e.PlanReady.Reason)
 		case *espalierv1.AnswerEvent_NodeFinished:
 			fmt.Printf("%s%s\n", header(headers, e.NodeFinished.NodeId), e.NodeFinished.Text)
 		case *espalierv1.AnswerEvent_NodeFailed:

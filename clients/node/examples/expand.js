@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 'use strict';
 /**
- * Ask Espalier a question: Plan, then Expand, printing each point's text as it is decoded, one
- * point after another in answer order, and a final summary line.
+ * Ask Espalier a question in one Answer call, printing the outline as the skeleton is written, then
+ * each point's text as it is decoded, one point after another in answer order, and a final summary
+ * line. (Plan, then Expand, is the way for a caller that edits the graph in between.)
  *
  *   node examples/expand.js --target localhost:50051 "How can I improve my time management skills?"
  *
@@ -74,11 +75,10 @@ async function main(argv) {
   }
   const client = connect(args.target, { token: args.token, deadlineMs: args.deadlineMs });
   try {
-    const plan = await client.plan(args.question, { mode: args.mode, settings: args.settings });
-    process.stdout.write(`plan: ${plan.graph.route}, ${plan.graph.nodes.length} points (${plan.reason})\n`);
-    const printer = new GroupedPrinter(process.stdout, plan.graph);
-    const events = client.expand({ question: args.question, graph: plan.graph, settings: args.settings });
-    for await (const event of events) printer.onEvent(event);
+    const printer = new GroupedPrinter(process.stdout);
+    for await (const event of client.answer(args.question, { mode: args.mode, settings: args.settings })) {
+      printer.onEvent(event);
+    }
     return 0;
   } catch (err) {
     process.stderr.write(`error: ${err.message}\n`);

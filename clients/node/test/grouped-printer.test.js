@@ -58,10 +58,10 @@ test('a failed point says so, and points missing from the plan are still shown',
 test('a plan_ready event supplies the order when no graph was given', () => {
   const out = sink();
   const printer = new GroupedPrinter(out);
-  printer.onEvent({ event: 'planReady', planReady: { graph: GRAPH } });
+  printer.onEvent({ event: 'planReady', planReady: { graph: GRAPH, reason: 'r' } });
   printer.onEvent(delta(2, 'b'));
   printer.onEvent(finished(2));
-  assert.equal(out.text(), '', 'point 2 waits for point 1');
+  assert.equal(out.text(), 'plan: ROUTE_PARALLEL, 2 points (r)\n', 'point 2 waits for point 1');
 });
 
 test('summaryLine copes with missing usage and timings', () => {
@@ -80,4 +80,31 @@ test('the opening and closing print as paragraphs, and only points are counted',
   printer.onEvent(DONE);
   assert.equal(out.text(), '\nHello.\n\n[1] First\na\n\nBye.\n' +
     'done: ROUTE_PARALLEL, 1 points, 0 failed, 7 tokens, first token 0.25 s, total 1.50 s\n');
+});
+
+test('without a graph up front, the outline and then the plan are printed as they arrive', () => {
+  const out = sink();
+  const printer = new GroupedPrinter(out);
+  const planned = (position, title) => ({ event: 'nodePlanned', nodePlanned: { position, node: { id: position, title } } });
+  printer.onEvent(planned(1, 'First'));
+  printer.onEvent(planned(2, 'Second'));
+  printer.onEvent({ event: 'planReady', planReady: { graph: GRAPH, reason: 'two points' } });
+  printer.onEvent(delta(1, 'a'));
+  assert.equal(out.text(), 'outline: 1. First\noutline: 2. Second\nplan: ROUTE_PARALLEL, 2 points (two points)\n' +
+    '\n[1] First\na');
+});
+
+test('text of a point started while the skeleton is written waits for the plan, then prints in order', () => {
+  const out = sink();
+  const printer = new GroupedPrinter(out);
+  printer.onEvent({ event: 'nodePlanned', nodePlanned: { position: 1, node: { id: 1, title: 'First' } } });
+  printer.onEvent(delta(1, 'early '));
+  printer.onEvent(finished(1));
+  assert.equal(out.text(), 'outline: 1. First\n');
+  const framed = { route: 'ROUTE_PARALLEL', nodes: [{ id: 3, title: 'Opening', part: 'NODE_PART_OPENING' },
+    { id: 1, title: 'First' }, { id: 2, title: 'Second' }] };
+  printer.onEvent({ event: 'planReady', planReady: { graph: framed, reason: 'r' } });
+  printer.onEvent(delta(3, 'Intro.'));
+  printer.onEvent(finished(3));
+  assert.equal(out.text(), 'outline: 1. First\nplan: ROUTE_PARALLEL, 2 points (r)\n\nIntro.\n\n[1] First\nearly \n');
 });

@@ -58,6 +58,24 @@ test('Plan then Expand: every point streams text, then the answer is done', { sk
   });
 });
 
+test('Answer in one call: the outline arrives before the plan, then every point streams text', { skip: SKIP },
+  async () => {
+    const client = connect(TARGET, { token: TOKEN });
+    try {
+      const kinds = [];
+      const outline = [];
+      for await (const event of client.answer(QUESTION, { mode: 'sot', settings: SHORT })) {
+        kinds.push(event.event);
+        if (event.event === 'nodePlanned') outline.push(event.nodePlanned.node.title);
+      }
+      assert.ok(outline.length >= 2, JSON.stringify(kinds));
+      assert.deepEqual(kinds.slice(0, outline.length + 1), [...outline.map(() => 'nodePlanned'), 'planReady']);
+      assert.equal(kinds.at(-1), 'answerDone');
+    } finally {
+      client.close();
+    }
+  });
+
 test('bad input is INVALID_ARGUMENT, naming the field', { skip: SKIP }, async () => {
   await withClient({}, async (client) => {
     await assert.rejects(client.plan('   '), expectCode('INVALID_ARGUMENT', (e) => assert.equal(e.field, 'question')));
@@ -100,7 +118,8 @@ test('the example prints every point under its header and a summary line', { ski
     execFile(process.execPath, args, { timeout: 120_000 }, (err, out, errOut) =>
       (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve({ stdout: out })));
   });
-  assert.match(stdout, /^plan: ROUTE_PARALLEL, \d+ points/);
+  // the outline as the skeleton is written, then the plan, then the points
+  assert.match(stdout, /^outline: 1\. .+\n(outline: \d+\. .+\n)*plan: ROUTE_PARALLEL, \d+ points/);
   assert.match(stdout, /\n\[1\] .+\n/);
   assert.match(stdout, /\n\[2\] .+\n/);
   assert.match(stdout, /\ndone: ROUTE_PARALLEL, \d+ points, 0 failed, [1-9]\d* tokens, first token [\d.]+ s, total [\d.]+ s\n$/);

@@ -194,6 +194,24 @@ class ExpandResponse(_message.Message):
     event: AnswerEvent
     def __init__(self, event: _Optional[_Union[AnswerEvent, _Mapping]] = ...) -> None: ...
 
+class AnswerRequest(_message.Message):
+    __slots__ = ("question", "messages", "mode", "settings")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    mode: Mode
+    settings: GenerationSettings
+    def __init__(self, question: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., mode: _Optional[_Union[Mode, str]] = ..., settings: _Optional[_Union[GenerationSettings, _Mapping]] = ...) -> None: ...
+
+class AnswerResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: AnswerEvent
+    def __init__(self, event: _Optional[_Union[AnswerEvent, _Mapping]] = ...) -> None: ...
+
 class StreamOpen(_message.Message):
     __slots__ = ("mode", "settings", "system")
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +251,16 @@ class StreamResponse(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     event: AnswerEvent
     def __init__(self, event: _Optional[_Union[AnswerEvent, _Mapping]] = ...) -> None: ...
+
+class NodePlanned(_message.Message):
+    __slots__ = ("node", "position", "elapsed_s")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    node: Node
+    position: int
+    elapsed_s: float
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., position: _Optional[int] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
 
 class PlanReady(_message.Message):
     __slots__ = ("graph", "reason", "elapsed_s")
@@ -331,7 +359,7 @@ class PromptProgress(_message.Message):
     def __init__(self, chars_received: _Optional[int] = ..., tokens_prefilled: _Optional[int] = ..., sentences: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class AnswerEvent(_message.Message):
-    __slots__ = ("plan_ready", "node_started", "node_delta", "node_finished", "node_failed", "answer_done", "prompt_progress")
+    __slots__ = ("plan_ready", "node_started", "node_delta", "node_finished", "node_failed", "answer_done", "prompt_progress", "node_planned")
     PLAN_READY_FIELD_NUMBER: _ClassVar[int]
     NODE_STARTED_FIELD_NUMBER: _ClassVar[int]
     NODE_DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -339,6 +367,7 @@ class AnswerEvent(_message.Message):
     NODE_FAILED_FIELD_NUMBER: _ClassVar[int]
     ANSWER_DONE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_PLANNED_FIELD_NUMBER: _ClassVar[int]
     plan_ready: PlanReady
     node_started: NodeStarted
     node_delta: NodeDelta
@@ -346,4 +375,5 @@ class AnswerEvent(_message.Message):
     node_failed: NodeFailed
     answer_done: AnswerDone
     prompt_progress: PromptProgress
-    def __init__(self, plan_ready: _Optional[_Union[PlanReady, _Mapping]] = ..., node_started: _Optional[_Union[NodeStarted, _Mapping]] = ..., node_delta: _Optional[_Union[NodeDelta, _Mapping]] = ..., node_finished: _Optional[_Union[NodeFinished, _Mapping]] = ..., node_failed: _Optional[_Union[NodeFailed, _Mapping]] = ..., answer_done: _Optional[_Union[AnswerDone, _Mapping]] = ..., prompt_progress: _Optional[_Union[PromptProgress, _Mapping]] = ...) -> None: ...
+    node_planned: NodePlanned
+    def __init__(self, plan_ready: _Optional[_Union[PlanReady, _Mapping]] = ..., node_started: _Optional[_Union[NodeStarted, _Mapping]] = ..., node_delta: _Optional[_Union[NodeDelta, _Mapping]] = ..., node_finished: _Optional[_Union[NodeFinished, _Mapping]] = ..., node_failed: _Optional[_Union[NodeFailed, _Mapping]] = ..., answer_done: _Optional[_Union[AnswerDone, _Mapping]] = ..., prompt_progress: _Optional[_Union[PromptProgress, _Mapping]] = ..., node_planned: _Optional[_Union[NodePlanned, _Mapping]] = ...) -> None: ...

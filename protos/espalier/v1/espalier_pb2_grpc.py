@@ -50,6 +50,11 @@ class EspalierServiceStub:
                 request_serializer=espalier_dot_v1_dot_espalier__pb2.StreamRequest.SerializeToString,
                 response_deserializer=espalier_dot_v1_dot_espalier__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.Answer = channel.unary_stream(
+                '/espalier.v1.EspalierService/Answer',
+                request_serializer=espalier_dot_v1_dot_espalier__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=espalier_dot_v1_dot_espalier__pb2.AnswerResponse.FromString,
+                _registered_method=True)
 
 
 class EspalierServiceServicer:
@@ -73,7 +78,15 @@ class EspalierServiceServicer:
 
     def Stream(self, request_iterator, context):
         """Stream takes the prompt in pieces (first an open message, then pieces, then an end marker),
-        and after the end plans and expands the answer, streaming the same events as Expand.
+        and after the end plans and expands the answer, streaming the same events as Answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Answer(self, request, context):
+        """Answer plans and expands in one call, for callers that do not edit the graph: the outline as the
+        skeleton is written (NodePlanned, a point a line), then PlanReady and the same events as Expand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +109,11 @@ def add_EspalierServiceServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=espalier_dot_v1_dot_espalier__pb2.StreamRequest.FromString,
                     response_serializer=espalier_dot_v1_dot_espalier__pb2.StreamResponse.SerializeToString,
+            ),
+            'Answer': grpc.unary_stream_rpc_method_handler(
+                    servicer.Answer,
+                    request_deserializer=espalier_dot_v1_dot_espalier__pb2.AnswerRequest.FromString,
+                    response_serializer=espalier_dot_v1_dot_espalier__pb2.AnswerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class EspalierService:
             '/espalier.v1.EspalierService/Stream',
             espalier_dot_v1_dot_espalier__pb2.StreamRequest.SerializeToString,
             espalier_dot_v1_dot_espalier__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Answer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/espalier.v1.EspalierService/Answer',
+            espalier_dot_v1_dot_espalier__pb2.AnswerRequest.SerializeToString,
+            espalier_dot_v1_dot_espalier__pb2.AnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,16 @@ import pytest
 from planner import pipeline, prompts
 from planner.decode import collect
 from planner.engine import Engine, FinishReason, GenerateRequest, Role, Sampling
-from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
+from planner.events import (
+    AnswerDone,
+    Event,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodePlanned,
+    NodeStarted,
+    PlanReady,
+)
 from planner.plan import Mode, Node, Part, Plan, Route
 from planner.settings import PlannerSettings
 
@@ -62,9 +71,14 @@ async def test_mode_answers(engine: Engine, mode: Mode, question: str) -> None:
     async with asyncio.timeout(240):
         async with aclosing(pipeline.answer(engine, question, mode, SETTINGS)) as stream:
             events = [e async for e in stream]
+    outline = [e for e in events if isinstance(e, NodePlanned)]  # a skeleton's points, as written
+    assert all(isinstance(e, NodePlanned) for e in events[:len(outline)])
+    events = events[len(outline):]
     first, done = events[0], events[-1]
     assert isinstance(first, PlanReady) and isinstance(done, AnswerDone)
     plan = first.plan
+    if outline:
+        assert [e.node.title for e in outline] == [n.title for n in plan.points]
     assert plan.route in ALLOWED[mode], plan.reason
     for node in plan.nodes:
         mine = [e for e in events[1:-1] if getattr(e, "node_id", None) == node.id]

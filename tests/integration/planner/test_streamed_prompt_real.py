@@ -6,6 +6,7 @@ import asyncio
 from contextlib import aclosing
 
 import pytest
+from kv_checks import kv_now, wait_back_to
 
 from planner import pipeline
 from planner.engine import Role
@@ -45,20 +46,6 @@ async def stream(sp: StreamedPrompt, pieces: list[str]) -> list[Progress]:
             async with asyncio.timeout(120):
                 seen.append(await sp.progress.get())
     return seen
-
-
-async def kv_now(engine) -> dict[str, list[int]]:
-    return await engine.kv_positions(Role.SMALL)
-
-
-async def wait_back_to(engine, before: dict[str, list[int]]) -> None:
-    """Every sequence id holds what it held before the test (resident prefixes of earlier tests stay)."""
-    def settled(now: dict[str, list[int]]) -> bool:  # each id as before, or emptied (late cleanup)
-        return all(a == b or a == -1 for ctx in now for a, b in zip(now[ctx], before[ctx], strict=True))
-
-    async with asyncio.timeout(20):
-        while engine.stats().slots_busy or not settled(await kv_now(engine)):
-            await asyncio.sleep(0.05)
 
 
 async def test_sentence_by_sentence_prefill_gives_the_whole_prompt_answer(small_engine) -> None:

@@ -218,6 +218,9 @@ async def test_end_to_end_over_the_planner_with_a_fake_engine(tmp_path: Path) ->
     # the plan's shape is kept for reading: the skeleton as written and its dependency stages
     assert row["modes"]["sot"]["skeleton"].startswith("1. Breathe slowly") and modes["sot"]["stages_median"] == 1
     assert modes["direct"]["stages_median"] == 1
+    # the first thing a reader sees: the outline of a skeleton answer, before any point's text
+    assert 0 < modes["sot"]["first_visible_median_s"] <= modes["sot"]["ttft_median_s"]
+    assert modes["direct"]["first_visible_median_s"] == modes["direct"]["ttft_median_s"]
     assert row["modes"]["direct"]["answer"].startswith("Some helpful text")
     # auto answered the math question directly: identical to direct, a tie without asking the judge
     assert result["questions"][1]["judge"]["auto"] == {"outcome": "tie", "note": "identical answers"}

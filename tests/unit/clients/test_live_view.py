@@ -86,3 +86,25 @@ def test_wrapping_keeps_line_breaks_lists_and_code_blocks() -> None:
     assert "```cpp" in lines and "" in lines  # the fence and the blank line are kept
     item = lines.index("- first item of a list that is long")
     assert lines[item + 1].startswith("  ") and lines[-1] == "- second"  # a wrapped item hangs under its text
+
+
+def test_the_outline_grows_before_the_plan_is_ready() -> None:
+    view = LiveView(io.StringIO(), live=False)
+    view.update(pb.AnswerEvent(node_planned=pb.NodePlanned(node=pb.Node(id=1, title="Causes"), position=1)))
+    assert [line for line in view.live_lines()[1:]] == [".. 1. Causes"]
+    view.update(pb.AnswerEvent(node_planned=pb.NodePlanned(node=pb.Node(id=2, title="Effects", depends_on=[1]),
+                                                           position=2)))
+    assert view.live_lines()[0].endswith("planning") and view.live_lines()[2] == ".. 2. Effects (after 1)"
+    for event in events():  # the plan replaces the outline with the final graph
+        view.update(event)
+    assert "1. Causes" in view.final_lines() and "2. Effects" in view.final_lines()
+
+
+def test_a_point_started_before_the_plan_keeps_its_text() -> None:
+    view = LiveView(io.StringIO(), live=False)
+    view.update(pb.AnswerEvent(node_planned=pb.NodePlanned(node=pb.Node(id=1, title="Causes"), position=1)))
+    view.update(pb.AnswerEvent(node_started=pb.NodeStarted(node_id=1, model_role=pb.MODEL_ROLE_LARGE)))
+    view.update(pb.AnswerEvent(node_delta=pb.NodeDelta(node_id=1, text="Heat ", tokens=1)))
+    view.update(events()[0])  # plan_ready
+    point = view.state.points[1]
+    assert (point.status, point.text, point.number, point.role) == ("writing", "Heat ", 1, "large")

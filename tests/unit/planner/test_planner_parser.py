@@ -193,3 +193,25 @@ def test_a_point_that_repeats_an_earlier_one_in_other_words_is_merged_into_it() 
     assert [n.title for n in nodes] == ["Avoiding eye contact", "Using filler words", "Python's syntax",
                                         "JavaScript's syntax", "Cost", "Cost of living"]
     assert nodes[5].depends_on == (1,)  # a reference to the repeat points at its first occurrence
+
+
+def test_the_outline_reader_reports_each_point_once_its_line_is_complete() -> None:
+    from planner.skeleton_parser import OutlineReader
+
+    reader = OutlineReader(graph=True, max_depth=2)
+    assert reader.feed("1.") == [] and reader.feed(" Set goals (easy)") == []  # the line is not complete
+    (first,) = reader.feed("\n2. Plan the")
+    assert (first.id, first.title, first.difficulty) == (1, "Set goals", Difficulty.EASY)
+    assert reader.feed(" week (needs: 1)") == []
+    second, third = reader.feed("\nSome chatter the parser cannot use\n3. Review (needs: 2)\n4. Set goals again\n")
+    assert (second.id, second.title, second.depends_on) == (2, "Plan the week", (1,))
+    # 1 -> 2 is two stages already: 3's need of 2 is cut, as the final plan cuts it (max_depth 2)
+    assert (third.id, third.depends_on) == (3, ()) and len(reader.known) == 3
+    assert reader.skipped == [("Some chatter the parser cannot use", "not a numbered point"),
+                              ("4. Set goals again", "repeats an earlier point")]
+    (fifth,) = reader.feed("5. Celebrate (needs: 3)\n")
+    assert (fifth.id, fifth.depends_on) == (4, (3,))  # numbered as the whole skeleton numbers it
+    # the reader's points are the final parse's points
+    final = parse_skeleton("1. Set goals (easy)\n2. Plan the week (needs: 1)\nSome chatter the parser cannot use\n"
+                           "3. Review (needs: 2)\n4. Set goals again\n5. Celebrate (needs: 3)\n", graph=True)
+    assert final is not None and [n.title for n in final] == [n.title for n in reader.known]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import pytest
@@ -10,7 +11,7 @@ from engine_fakes import FakeEngine
 
 from planner import pipeline
 from planner.engine import InvalidRequest, Role
-from planner.events import AnswerDone, Event, NodeFinished, NodeStarted, PlanReady
+from planner.events import AnswerDone, Event, NodeFinished, NodePlanned, NodeStarted, PlanReady
 from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.settings import PlannerSettings
 
@@ -139,8 +140,14 @@ async def test_answer_in_every_mode(mode: Mode) -> None:
     engine = engine_with_skeletons(delay=0.001)
     engine.script("sort questions", "A")
     events = await answer_events(engine, OPEN_Q, mode)
+    # the outline as the skeleton is written, a point a line, then the plan
+    outline = [e for e in events if isinstance(e, NodePlanned)]
+    assert all(isinstance(e, NodePlanned) for e in events[:len(outline)])
+    events = events[len(outline):]
     assert isinstance(events[0], PlanReady) and isinstance(events[-1], AnswerDone)
     plan = events[0].plan
+    assert [(e.position, e.node.title) for e in outline] == [(plan.position(n.id), n.title) for n in plan.points
+                                                            if plan.route is not Route.DIRECT]
     done = events[-1]
     assert done.text and done.failed == ()
     started = [e for e in events if isinstance(e, NodeStarted)]
@@ -246,3 +253,102 @@ async def test_a_code_question_plans_points_with_their_own_budget() -> None:
     plan = await run(lambda: pipeline.make_plan(engine, "Show me Python code for three sorting algorithms.", "sot"))
     assert {n.max_tokens for n in plan.points} == {PlannerSettings().long_point_max_tokens}
     assert {n.max_tokens for n in plan.nodes if n.part is not Part.POINT} == {0}  # the frame stays one sentence
+
+
+async def test_the_outline_arrives_before_the_skeleton_ends_and_a_bad_line_is_skipped() -> None:
+    engine = FakeEngine(delay=0.01)
+    engine.script("You are an organizer", " Thrill of fear\nnot a point, just chatter\n2. Brain chemistry\n"
+                                          "3. Personality differences\n")
+    events: list[Event] = []
+    async with asyncio.timeout(5):
+        async with aclosing(pipeline.answer(engine, OPEN_Q, Mode.SOT, ROUTED)) as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, NodePlanned) and event.position == 1:
+                    (skeleton,) = engine.calls  # the skeleton is still being written
+                    assert not skeleton.closed
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:4] == ["NodePlanned"] * 3 + ["PlanReady"]
+    plan = events[3].plan  # type: ignore[union-attr]
+    assert [n.title for n in plan.points] == ["Thrill of fear", "Brain chemistry", "Personality differences"]
+    assert "1 skeleton line(s) skipped (not a numbered point: 'not a point, just chatter')" in plan.reason
+    assert isinstance(events[-1], AnswerDone) and not events[-1].failed
+
+
+async def close_at(kind: type, answer: AsyncIterator[Event]) -> None:
+    """Read an answer until its first event of `kind`, then close it (a client that goes away)."""
+    async with asyncio.timeout(5), aclosing(answer) as stream:
+        async for event in stream:
+            if isinstance(event, kind):
+                return
+
+
+async def test_closing_the_answer_while_the_skeleton_is_written_frees_its_sequence() -> None:
+    engine = FakeEngine(delay=0.05)
+    engine.script("You are an organizer", " One\n2. Two\n3. Three\n4. Four\n5. Five\n")
+
+    await close_at(NodePlanned, pipeline.answer(engine, OPEN_Q, Mode.SOT, ROUTED))
+    assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+def early_events(events: list[Event]) -> tuple[list[int], list[int]]:
+    """(nodes started before PlanReady, nodes started after it)."""
+    ready = next(i for i, e in enumerate(events) if isinstance(e, PlanReady))
+    before = [e.node_id for e in events[:ready] if isinstance(e, NodeStarted)]
+    after = [e.node_id for e in events[ready:] if isinstance(e, NodeStarted)]
+    return before, after
+
+
+async def test_points_start_while_the_skeleton_is_written_within_the_budget() -> None:
+    engine = FakeEngine(delay=0.005)
+    engine.script("You are an organizer", " Thrill of fear\n2. Brain chemistry\n3. Personality differences\n"
+                                          "4. Culture and habit\n", delay=0.02)
+    settings = PlannerSettings(early_points=2)
+    events = await answer_events(engine, OPEN_Q, Mode.SOT, settings)
+    before, after = early_events(events)
+    assert before == [1, 2] and sorted(after) == [3, 4, 5]  # two points early, then the rest and the opening
+    plan = next(e.plan for e in events if isinstance(e, PlanReady))
+    assert "2 point(s) started while the skeleton was written (at most 2: set)" in plan.reason
+    # an early point saw the outline as it stood: the point started after line 1 knows no later title
+    (first,) = engine.calls_for_point(1)
+    assert "1. Thrill of fear" in first.full_prompt and "Brain chemistry" not in first.full_prompt
+    # every node started once and ended once; the answer holds all of them
+    for node in plan.nodes:
+        assert sum(isinstance(e, NodeStarted) and e.node_id == node.id for e in events) == 1
+        assert sum(isinstance(e, NodeFinished) and e.node_id == node.id for e in events) == 1
+    done = events[-1]
+    assert isinstance(done, AnswerDone) and done.failed == () and "4. **Culture and habit**" in done.text
+    assert engine.open_sequences == 0
+
+
+async def test_a_point_that_needs_another_never_starts_early() -> None:
+    engine = FakeEngine(delay=0.005)
+    engine.script("(needs: 2", " Thrill of fear\n2. Brain chemistry (needs: 1)\n3. Habit\n", delay=0.02)
+    events = await answer_events(engine, OPEN_Q, Mode.SGD, PlannerSettings(early_points=5))
+    before, _ = early_events(events)
+    assert before == [1, 3]
+
+
+async def test_the_budget_follows_the_measured_batch_cost() -> None:
+    from planner.runner import early_budget
+
+    engine = FakeEngine()
+    assert early_budget(engine, PlannerSettings()) == (0, "no measured batch cost")
+    engine.batch_cost = ((1, 1.0), (2, 1.9), (4, 2.5))  # a small CPU: a second sequence nearly doubles a step
+    assert early_budget(engine, PlannerSettings())[0] == 0
+    engine.batch_cost = ((1, 1.0), (2, 1.02), (4, 1.1), (8, 1.2), (16, 1.6))  # a GPU
+    budget, why = early_budget(engine, PlannerSettings())
+    assert budget == 7 and "1.02x" in why
+    assert early_budget(engine, PlannerSettings(early_points=1)) == (1, "set")
+    assert early_budget(engine, PlannerSettings(max_concurrency=3))[0] == 3
+
+
+async def test_closing_the_answer_mid_skeleton_frees_the_early_points_too() -> None:
+    engine = FakeEngine(delay=0.05)
+    engine.script("You are an organizer", " One\n2. Two\n3. Three\n4. Four\n5. Five\n", delay=0.05)
+
+    await close_at(NodeStarted, pipeline.answer(engine, OPEN_Q, Mode.SOT, PlannerSettings(early_points=3)))
+    assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
+    assert any(c.request.prompt.endswith("1. One:") or c.full_prompt.endswith("1. One:") for c in engine.calls)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

@@ -267,3 +267,43 @@ async def test_the_servers_own_time_limit_is_deadline_exceeded_and_frees_the_eng
             await collect(srv.stub.Expand(pb.ExpandRequest(question=QUESTION, graph=graph)))
         assert info.value.code() is C.DEADLINE_EXCEEDED and "max_request_s" in info.value.details()
         await idle(srv.servicer, engine)
+
+
+async def test_answer_streams_the_outline_then_the_points_in_one_call() -> None:
+    engine = engine_with_skeletons(delay=0.002)
+    async with running(settings(), engine) as srv, asyncio.timeout(10):
+        call = srv.stub.Answer(pb.AnswerRequest(question=QUESTION, mode=pb.MODE_SOT),
+                               metadata=((errors.REQUEST_ID_KEY, "answer-1"),))
+        events = [r.event async for r in call]
+        assert dict(await call.initial_metadata())[errors.REQUEST_ID_KEY] == "answer-1"
+        kinds_seen = [e.WhichOneof("event") for e in events]
+        assert kinds_seen[:4] == ["node_planned"] * 3 + ["plan_ready"] and kinds_seen[-1] == "answer_done"
+        outline = [e.node_planned for e in events[:3]]
+        assert [(p.position, p.node.title) for p in outline] == [
+            (1, "Thrill of fear"), (2, "Brain chemistry"), (3, "Personality differences")]
+        assert all(p.node.model_role == pb.MODEL_ROLE_LARGE and p.elapsed_s > 0 for p in outline)
+        points = [n for n in events[3].plan_ready.graph.nodes if n.part == pb.NODE_PART_POINT]
+        assert [(n.id, n.title) for n in points] == [(p.node.id, p.node.title) for p in outline]
+        assert "1. **Thrill of fear**" in events[-1].answer_done.text
+        # a bad request is refused before any work, as Plan refuses it
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await collect(srv.stub.Answer(pb.AnswerRequest(question="  ")))
+        assert info.value.code() is C.INVALID_ARGUMENT
+        await idle(srv.servicer, engine)
+        assert 'espalier_requests_total{method="Answer",code="OK"} 1' in srv.parts.metrics.registry.render()
+
+
+async def test_points_started_while_the_skeleton_is_written_are_counted() -> None:
+    engine = engine_with_skeletons(delay=0.002)
+    engine.scripts.insert(0, engine.script("You are an organizer", " Thrill of fear\n2. Brain chemistry\n"
+                                           "3. Personality differences\n", delay=0.03))
+    engine.scripts.pop()
+    planner = settings().planner.replace(early_points=2)
+    async with running(settings(planner=planner), engine) as srv, asyncio.timeout(10):
+        events = [r.event async for r in srv.stub.Answer(pb.AnswerRequest(question=QUESTION, mode=pb.MODE_SOT))]
+        kinds_seen = [e.WhichOneof("event") for e in events]
+        ready = kinds_seen.index("plan_ready")
+        assert kinds_seen[:ready].count("node_started") == 2  # before the plan: the outline's first two points
+        assert "2 point(s) started while the skeleton was written" in events[ready].plan_ready.reason
+        await idle(srv.servicer, engine)
+        assert 'espalier_points_started_early_total{method="Answer"} 2' in srv.parts.metrics.registry.render()
