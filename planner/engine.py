@@ -60,6 +60,10 @@ class Exhausted(EngineError):
     """All slots are busy and the waiting queue is full; retry later."""
 
 
+class NoEmbeddings(EngineError):
+    """The engine serving this role gives no embeddings (a remote server, for now)."""
+
+
 class EngineClosed(EngineError):
     """The engine is draining or closed and takes no new work."""
 
@@ -310,3 +314,38 @@ class Engine(Protocol):
     async def aclose(self, grace_s: float = 5.0) -> None:
         """Take no new work, let running sequences finish for up to grace_s, then end them and free resources."""
         ...
+
+
+class Pooling(enum.StrEnum):
+    """How one vector is made from a text's token states."""
+
+    MEAN = "mean"  # the average over every token
+    LAST = "last"  # the last token's state (after an instruction: what the model would answer next)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """Which weights a role runs: a classifier trained on one model's states fits only that model."""
+
+    name: str  # the model's file name
+    sha256: str
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """An optional engine capability: one vector per text from a loaded model's final hidden states,
+    computed apart from decoding (it never disturbs a sequence being generated)."""
+
+    async def embed(self, role: Role, texts: Sequence[str], pooling: Pooling,
+                    depth: float = 1.0) -> list[tuple[float, ...]]:
+        """One vector per text, in order, pooled from the states `depth` of the way through the model
+        (1.0: the final layer, after its norm; 0.75: the output of the layer three quarters down,
+        which a linear probe often reads better). InvalidRequest for an empty text, one longer than
+        the embedding context or a depth outside (0, 1]; RoleNotLoaded / EngineClosed as for
+        generate; cancellable between texts."""
+        ...
+
+    async def model_identity(self, role: Role) -> ModelIdentity:
+        """The role's model file name and sha256 (read from the download's stamp or hashed once)."""
+        ...
+

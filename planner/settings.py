@@ -46,6 +46,12 @@ class PlannerSettings:
         default=False,
         metadata=_m("ask the router model when the cheap rules do not decide (off: use router_default)"),
     )
+    router_weights: str = field(
+        default="",
+        metadata=_m("the learned router's weights: empty = those shipped for the default small model, a file "
+                    "from `espalier router train`, or none (rules only); weights of another model fall back "
+                    "to the rules, with a warning"),
+    )
     router_default: Route = field(
         default=Route.DIRECT,
         metadata=_m(
@@ -143,6 +149,8 @@ class PlannerSettings:
                 raise InvalidRequest(f"{name} must be one of {', '.join(Route)} (got {value!r})", field=name)
             if kind == "PointLength" and not isinstance(value, PointLength):
                 raise InvalidRequest(f"{name} must be one of {', '.join(PointLength)} (got {value!r})", field=name)
+            if kind == "str" and not isinstance(value, str):
+                raise InvalidRequest(f"{name} must be a string (got {value!r})", field=name)
             if kind == "bool" and not isinstance(value, bool):
                 raise InvalidRequest(f"{name} must be true or false (got {value!r})", field=name)
             if kind == "int":

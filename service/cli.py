@@ -12,6 +12,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("models", "service.engine.models_cli", "Fetch and list the default GGUF models"),
     ("bench", "service.bench_cli", "Benchmarks that print what they measured"),
     ("serve", "service.serve_cli", "Run the gRPC server"),
+    ("router", "service.router_cli", "Train and evaluate the learned router"),
     ("ask", "clients.python.ask_cli", "Ask a running server and watch the answer being built"),
 )
 

@@ -10,7 +10,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from planner.engine import Chunk, Engine, EngineStats, GenerateRequest, Message, Prefix, Role, RoleNotLoaded
+from planner.engine import (
+    Chunk,
+    Embedder,
+    Engine,
+    EngineStats,
+    GenerateRequest,
+    Message,
+    ModelIdentity,
+    NoEmbeddings,
+    Pooling,
+    Prefix,
+    Role,
+    RoleNotLoaded,
+)
 
 
 class MixedEngine:
@@ -46,6 +59,19 @@ class MixedEngine:
         """Passed to the role's engine when it keeps resident prefixes (see server.warm_up); else 0."""
         add = getattr(self._engine(role), "add_resident_prefix", None)
         return int(await add(role, text)) if add is not None else 0
+
+    async def embed(self, role: Role, texts: Sequence[str], pooling: Pooling,
+                    depth: float = 1.0) -> list[tuple[float, ...]]:
+        return await self._embedder(role).embed(role, texts, pooling, depth)
+
+    async def model_identity(self, role: Role) -> ModelIdentity:
+        return await self._embedder(role).model_identity(role)
+
+    def _embedder(self, role: Role) -> Embedder:
+        engine = self._engine(role)
+        if not isinstance(engine, Embedder):
+            raise NoEmbeddings(f"the {role.value} role's engine gives no embeddings")
+        return engine
 
     async def aclose(self, grace_s: float = 5.0) -> None:
         await asyncio.gather(*(engine.aclose(grace_s) for engine in self._engines))

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from planner.engine import (
     Chunk,
@@ -26,6 +27,8 @@ from planner.engine import (
     FinishReason,
     GenerateRequest,
     Message,
+    ModelIdentity,
+    Pooling,
     Prefix,
     PrefixBase,
     Role,
@@ -238,3 +241,24 @@ def _continued(prompt: str, reply: str) -> str:
 def _writes_point(prompt: str, position: int | str) -> bool:
     heading = position if isinstance(position, str) else f"{position}. "
     return prompt.rsplit("\n", 1)[-1].startswith(heading)
+
+
+class FakeEmbeddingEngine(FakeEngine):
+    """A FakeEngine that also embeds (planner.engine.Embedder): a text's vector is `featurize(text)`;
+    the model's identity is what `identity` says."""
+
+    def __init__(self, featurize: Callable[[str], Sequence[float]], identity: ModelIdentity, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.featurize = featurize
+        self.identity = identity
+        self.embedded: list[str] = []
+
+    async def embed(self, role: Role, texts: Sequence[str], pooling: Pooling,
+                    depth: float = 1.0) -> list[tuple[float, ...]]:
+        if role not in self._roles:
+            raise RoleNotLoaded(f"the {role.value} model is not loaded")
+        self.embedded.extend(texts)
+        return [tuple(float(x) for x in self.featurize(t)) for t in texts]
+
+    async def model_identity(self, role: Role) -> ModelIdentity:
+        return self.identity

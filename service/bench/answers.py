@@ -727,15 +727,19 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
         rbar = Progress(len(labelled), "router", stream)
         pairs: list[tuple[int, str, str]] = []
         details: list[dict[str, Any]] = []
+        route_seconds: list[float] = []
         for q in labelled:
+            t0 = time.perf_counter()
             route, how = await runner.route(q.text)
+            route_seconds.append(time.perf_counter() - t0)
             assert q.label is not None
             pairs.append((q.label, route, how))
             details.append({"question": q.text, "label": q.label, "route": route, "source": how,
                             "correct": (route != "direct") == (q.label == 1)})
             rbar.step(route)
         rbar.close()
-        router_result = {**router_score(pairs), "labelled_from": source, "questions": details}
+        router_result = {**router_score(pairs), "labelled_from": source, "questions": details,
+                         "seconds_median": _r(statistics.median(route_seconds), 4) if route_seconds else None}
 
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -226,7 +226,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                      f"routes {_routes(d['routes'])}, failures {d['failures']}")
     router = result.get("router")
     if router:
-        lines.append(f"router: accuracy {_f(router['accuracy'], 3)} on {router['n']} labelled question(s)")
+        lines.append(f"router: accuracy {_f(router['accuracy'], 3)} on {router['n']} labelled question(s), "
+                     f"{_f(router.get('seconds_median'), 3)} s median to route")
     return lines
 
 

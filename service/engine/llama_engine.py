@@ -14,10 +14,13 @@ from pathlib import Path
 from planner.engine import (
     Chunk,
     EngineClosed,
+    EngineFault,
     EngineStats,
     GenerateRequest,
     InvalidRequest,
     Message,
+    ModelIdentity,
+    Pooling,
     Prefix,
     PrefixBase,
     Role,
@@ -27,6 +30,7 @@ from planner.engine import (
 from service.engine.calibrate import measure_curve
 from service.engine.config import ConfigError, ContextConfig, EngineConfig
 from service.engine.drafter import Drafter
+from service.engine.embedder import RoleEmbedder
 from service.engine.native import Context, ContextParams, Model
 from service.engine.scheduler import Scheduler
 from service.engine.spec_policy import CostCurve, DraftSource, SpecMode, SpecPolicy
@@ -73,6 +77,8 @@ class LlamaEngine:
         self._models = models
         self._drafts = drafts or []
         self._closing = False
+        self._embedders: dict[Role, RoleEmbedder] = {}
+        self._identities: dict[Role, ModelIdentity] = {}
 
     @classmethod
     async def load(cls, config: EngineConfig) -> LlamaEngine:
@@ -170,6 +176,31 @@ class LlamaEngine:
             raise RoleNotLoaded(f"the {role.value} model is not loaded")
         return model.apply_chat_template([(m.role, m.content) for m in messages], add_generation_prompt)
 
+    async def embed(self, role: Role, texts: Sequence[str], pooling: Pooling,
+                    depth: float = 1.0) -> list[tuple[float, ...]]:
+        worker = self._worker(role)
+        try:
+            pooling = Pooling(pooling)
+        except ValueError:
+            raise InvalidRequest(f"pooling must be mean or last (got {pooling!r})", field="pooling") from None
+        embedder = self._embedders.get(role)
+        if embedder is None:
+            embedder = self._embedders[role] = RoleEmbedder(self._models[role], worker.ctx.params.threads)
+        return await embedder.embed(texts, pooling, depth)
+
+    async def model_identity(self, role: Role) -> ModelIdentity:
+        self._worker(role)
+        if role not in self._identities:
+            from service.engine.models import file_sha256
+
+            path = Path(self._models[role].path)
+            try:
+                digest = await asyncio.to_thread(file_sha256, path)
+            except OSError as exc:  # the file went away or became unreadable since it was loaded
+                raise EngineFault(f"cannot hash the {role.value} model file {path.name}: {exc}") from exc
+            self._identities[role] = ModelIdentity(path.name, digest)
+        return self._identities[role]
+
     def free_slots(self, role: Role) -> int:
         worker = self._workers.get(role)
         return worker.free_slots() if worker is not None else 0
@@ -200,6 +231,9 @@ class LlamaEngine:
             worker.stop(grace_s)
         for worker in self._workers.values():
             await asyncio.to_thread(worker.join)
+        for embedder in self._embedders.values():
+            await asyncio.to_thread(embedder.close)
+        self._embedders.clear()
         for model in {id(m): m for m in (*self._models.values(), *self._drafts)}.values():
             model.close()  # a model shared by two roles or as a draft is freed once
         self._workers.clear()

@@ -240,6 +240,21 @@ def _stamp_matches(spec: ModelSpec, path: Path, st: os.stat_result) -> bool:
     )
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of any model file: from its stamp when size and mtime still match, else hashed
+    once (seconds for a gigabyte) and stamped for next time."""
+    st = path.stat()
+    try:
+        stamp = json.loads(_stamp_path(path).read_text(encoding="utf-8"))
+        if stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns and stamp.get("sha256"):
+            return str(stamp["sha256"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    digest = _sha256_file(path)
+    _write_stamp(path, st, digest)
+    return digest
+
+
 def _write_stamp(path: Path, st: os.stat_result, sha256: str) -> None:
     """Record that `path`, as it was at `st`, hashed to `sha256`. Best effort: a read-only cache
     only costs a re-hash next time."""

@@ -157,6 +157,14 @@ _FLASH = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FL
           "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 
 
+def _init_context(model: Model, params: llama_cpp.llama_context_params, what: str) -> tuple[object, object]:
+    """A new llama_context and its memory handle, or NativeError naming `what` could not be made."""
+    ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+    if not ptr:
+        raise NativeError(f"llama.cpp could not create {what}")
+    return ptr, llama_cpp.llama_get_memory(ptr)
+
+
 class Context:
     """One llama_context with a unified KV cache shared by up to n_seq_max sequences."""
 
@@ -173,14 +181,10 @@ class Context:
         # per-sequence streams llama.cpp would copy whole buffers and ignore the position range.
         p.kv_unified = True
         p.no_perf = True
-        ptr = llama_cpp.llama_init_from_model(model.ptr, p)
-        if not ptr:
-            raise NativeError(f"llama.cpp could not create a context of {params.n_ctx} cells")
-        self.ptr = ptr
+        self.ptr, self.mem = _init_context(model, p, f"a context of {params.n_ctx} cells")
         self.model = model
         self.params = params
-        self.n_ctx: int = llama_cpp.llama_n_ctx(ptr)
-        self.mem = llama_cpp.llama_get_memory(ptr)
+        self.n_ctx: int = llama_cpp.llama_n_ctx(self.ptr)
         self.batch = Batch(params.n_batch)
 
     def decode(self) -> int:
@@ -218,6 +222,110 @@ class Context:
 
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self.mem, True)
+
+    def close(self) -> None:
+        if self.ptr:
+            self.batch.close()
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+
+class _LayerTap:
+    """Copies one layer's output as llama.cpp computes it, through ggml's eval callback: llama.cpp
+    names each layer's residual output `l_out-<layer>`, and the callback is asked about every tensor
+    of the graph; it observes only the one wanted. Through ggml's public tensor functions (name, size,
+    backend copy), so it works on any backend without knowing ggml's struct layout."""
+
+    def __init__(self, n_embd: int) -> None:
+        lib = llama_cpp.llama_cpp._lib  # libllama resolves the ggml symbols it links to
+        self._name = lib.ggml_get_name
+        self._name.restype, self._name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+        self._count = lib.ggml_nelements
+        self._count.restype, self._count.argtypes = ctypes.c_int64, [ctypes.c_void_p]
+        self._bytes = lib.ggml_nbytes
+        self._bytes.restype, self._bytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+        self._get = lib.ggml_backend_tensor_get
+        self._get.restype = None
+        self._get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        self.n_embd = n_embd
+        self.wanted: bytes | None = None
+        self.states: np.ndarray | None = None
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._observe)  # kept alive with self
+
+    def _observe(self, tensor: int, ask: bool, _user: int) -> bool:
+        if ask:
+            return self.wanted is not None and self._name(tensor) == self.wanted
+        n = self._count(tensor)
+        if self._bytes(tensor) == n * 4 and n % self.n_embd == 0:  # float32 rows of n_embd
+            out = np.empty(n, dtype=np.float32)
+            self._get(tensor, out.ctypes.data, 0, n * 4)
+            self.states = out.reshape(-1, self.n_embd)
+        return True
+
+
+class EmbeddingContext:
+    """A small llama_context of its own that returns every token's hidden state at the final layer
+    or at a chosen one (no KV sharing with decoding, so embedding a text never touches a sequence
+    being generated). One text at a time: the memory is cleared before each."""
+
+    def __init__(self, model: Model, *, n_ctx: int, threads: int) -> None:
+        self.n_embd: int = llama_cpp.llama_model_n_embd(model.ptr)
+        self.n_layer: int = llama_cpp.llama_model_n_layer(model.ptr)
+        self._tap = _LayerTap(self.n_embd)
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = n_ctx
+        p.n_ubatch = n_ctx
+        p.n_seq_max = 1
+        p.n_threads = threads
+        p.n_threads_batch = threads
+        p.embeddings = True
+        p.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE  # pooled by the caller: mean or last from one pass
+        p.cb_eval = self._tap.callback
+        p.no_perf = True
+        self.ptr, self.mem = _init_context(model, p, f"an embedding context of {n_ctx} cells")
+        self.model = model
+        self.n_ctx: int = llama_cpp.llama_n_ctx(self.ptr)
+        self.batch = Batch(self.n_ctx)
+        # The last text's tokens and states, per layer: a text that starts like the last one (the
+        # router's prompts share their instruction) decodes only what differs.
+        self._last: tuple[list[int], int | None, np.ndarray] | None = None
+
+    def hidden_states(self, tokens: Sequence[int], layer: int | None = None) -> np.ndarray:
+        """Every token's hidden state, shape (len(tokens), n_embd), float32 (a copy): after the final
+        norm (layer None), or the output of layer `layer` (0-based, below n_layer - 1)."""
+        tokens = list(tokens)
+        if not 0 < len(tokens) <= self.n_ctx:
+            raise ValueError(f"{len(tokens)} tokens do not fit an embedding context of {self.n_ctx}")
+        if layer is not None and not 0 <= layer < self.n_layer - 1:
+            raise ValueError(f"layer {layer} is not an inner layer of this model (0 to {self.n_layer - 2})")
+        shared, before = 0, None
+        if self._last is not None and self._last[1] == layer:
+            last, _, before = self._last
+            while shared < min(len(last), len(tokens) - 1) and last[shared] == tokens[shared]:
+                shared += 1  # at least the final token is decoded again
+        self._last = None  # until this decode has succeeded
+        llama_cpp.llama_memory_seq_rm(self.mem, 0, shared, -1)
+        new = self._decode(tokens[shared:], shared, layer)
+        states = np.concatenate([before[:shared], new]) if before is not None and shared else new
+        self._last = (tokens, layer, states)
+        return states.copy()
+
+    def _decode(self, tokens: list[int], pos: int, layer: int | None) -> np.ndarray:
+        self._tap.wanted = f"l_out-{layer}".encode() if layer is not None else None
+        self._tap.states = None
+        self.batch.clear()
+        self.batch.add(0, tokens, pos, True, logits_all=True)
+        rc = int(llama_cpp.llama_decode(self.ptr, self.batch.raw))
+        if rc != 0:
+            llama_cpp.llama_memory_clear(self.mem, True)
+            raise NativeError(f"llama_decode returned {rc} while embedding")
+        if layer is not None:
+            if self._tap.states is None or len(self._tap.states) != len(tokens):
+                raise NativeError(f"llama.cpp did not show layer {layer}'s output (l_out-{layer})")
+            return self._tap.states.copy()
+        out = llama_cpp.llama_get_embeddings(self.ptr)
+        return np.ctypeslib.as_array(out, shape=(len(tokens) * self.n_embd,)).reshape(len(tokens), -1).copy()
 
     def close(self) -> None:
         if self.ptr:
