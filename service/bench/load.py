@@ -211,6 +211,8 @@ class LoadRun:
             scenario = rng.choices(names, weights)[0]
             record = await self._with_busy_retries(scenario, rng, deadline)
             self.records.append(record)
+            if record.outcome == "gave_up_busy":
+                return  # told to come back after the run ends: this client is done
 
     async def _with_busy_retries(self, scenario: str, rng: random.Random, deadline: float) -> CallRecord:
         retries, waits = 0, []
@@ -288,8 +290,10 @@ class LoadRun:
         if plan is not None:  # Expand: the plan came from Plan; the stream starts at plan_ready
             check.planned = {n.id for n in plan.graph.nodes}
         stop_after = rng.randint(1, 5) if scenario == "cancel" else None
+        # A call refused before its first message may carry its metadata in the trailers only (grpc's
+        # trailers-only response): no id here then, and reading on raises the status.
         echoed = dict(await call.initial_metadata()).get(REQUEST_ID_KEY)
-        if echoed != request_id:
+        if echoed is not None and echoed != request_id:
             raise Problem(f"the call answered as request {echoed!r}, not {request_id!r}")
         try:
             await self._read(call, check, scenario, stop_after, t0, record)
@@ -301,6 +305,8 @@ class LoadRun:
             return
         if record.outcome == "expected_status":
             return
+        if echoed is None:
+            raise Problem(f"an answer came without the request id {request_id!r} in its metadata")
         if scenario == "stream-abandoned":
             raise Problem("a stream abandoned while typing was answered")
         check.complete()

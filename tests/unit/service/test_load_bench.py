@@ -70,3 +70,15 @@ def test_the_stream_check_catches_a_broken_stream(broken, words) -> None:
         for e in broken(whole_answer()):
             check.feed(e)
         check.complete()
+
+
+async def test_a_full_server_is_waited_for_as_it_asks_and_nothing_counts_as_lost() -> None:
+    # one request at a time and no queue: most calls are refused with a retry hint, some trailers-only
+    config = settings(max_in_flight=1, max_waiting=0)
+    async with running(config, engine_with_skeletons(delay=0.01)) as srv, asyncio.timeout(60):
+        run = LoadRun(LoadOptions(target="", clients=6, duration_s=3.0, mix={"answer:direct": 1, "answer:sot": 1},
+                                  seed=5), srv.channel, progress=lambda line: None)
+        summary = await run.run()
+    assert summary["busy_retries"] > 0 and summary["retry_after_ms_mean"] is not None
+    assert summary["failures"] == 0 and summary["lost_or_mixed"] == 0, summary["problems"]
+    assert summary["outcomes"].get("answered", 0) > 0
