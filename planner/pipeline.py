@@ -191,6 +191,7 @@ async def answer(
 
     planning = asyncio.create_task(make_plan(engine, question, mode, settings, meter=meter,
                                              request_id=request_id, on_planned=planned))
+    waiter: asyncio.Task[bool] | None = None
     try:
         while True:
             waiter = asyncio.create_task(arrived.wait())
@@ -212,6 +213,8 @@ async def answer(
             async for event in events:
                 yield event
     finally:
+        if waiter is not None:
+            waiter.cancel()  # closed while waiting for the outline: no task left behind
         await cancel_and_wait(planning)  # a consumer that left early frees the skeleton's sequence
         await early.aclose()  # and any point started while the skeleton was written
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -156,6 +157,53 @@ def _hardware_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (-1 = all)")
 
 
+def _load(args: argparse.Namespace) -> int:
+    from service.bench.load import DEFAULT_MIX, LoadOptions, ok, run_load, write_json
+
+    only = [name for name in (args.only or "").split(",") if name]
+    if any(name not in DEFAULT_MIX for name in only):
+        print(f"espalier bench load: --only takes names from {', '.join(DEFAULT_MIX)}", file=sys.stderr)
+        return 2
+    mix = {name: DEFAULT_MIX[name] for name in only} if only else dict(DEFAULT_MIX)
+    for item in filter(None, (args.mix or "").split(",")):
+        name, _, weight = item.partition("=")
+        if name not in DEFAULT_MIX or not weight.isdigit():
+            print(f"espalier bench load: --mix takes NAME=WEIGHT from {', '.join(DEFAULT_MIX)} (got {item!r})",
+                  file=sys.stderr)
+            return 2
+        mix[name] = int(weight)
+    options = LoadOptions(target=args.target or "", clients=args.clients, duration_s=args.duration_s,
+                          token=args.token, seed=args.seed, mix={k: v for k, v in mix.items() if v > 0},
+                          point_tokens=args.point_tokens, answer_tokens=args.answer_tokens,
+                          metrics_url=args.metrics_url or "")
+
+    async def main() -> dict[str, object]:
+        if args.target:
+            return await run_load(options)
+        from service.bench.load_server import embedded_server
+
+        async with embedded_server(args.server_args) as (port, metrics_port):
+            return await run_load(dataclasses.replace(
+                options, target=f"127.0.0.1:{port}", metrics_url=f"http://127.0.0.1:{metrics_port}/metrics"))
+
+    summary = asyncio.run(main())
+    if args.json:
+        write_json(summary, args.json)
+    lat = summary["latency_s"]
+    print(f"{summary['clients']} clients for {summary['duration_s']} s: {summary['calls']} calls, "
+          f"{summary['answers_per_minute_total']} answers/min; failures {summary['failures']}, lost or mixed "
+          f"{summary['lost_or_mixed']}, idle at end {summary['idle_at_end']}, still answers {summary['still_answers']}")
+    print(f"answers per minute: {summary['answers_per_minute']}")
+    for key in ("first_event", "first_token", "total"):
+        print(f"{key.replace('_', ' ')}: p50 {lat[key]['p50']} s, p90 {lat[key]['p90']} s, "  # type: ignore[index]
+              f"p99 {lat[key]['p99']} s")  # type: ignore[index]
+    print(f"outcomes: {summary['outcomes']}; busy retries {summary['busy_retries']} "
+          f"(retry-after mean {summary['retry_after_ms_mean']} ms)")
+    for problem in summary["problems"]:  # type: ignore[attr-defined]
+        print(f"  problem: {problem}")
+    return 0 if ok(summary) else 1
+
+
 def run(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="espalier bench", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -298,6 +346,24 @@ def run(argv: Sequence[str]) -> int:
                     help="verdicts on the *.direct-first.md files")
     ag.add_argument("--json", default=None, metavar="OUT", help="also write the agreement as JSON here")
     ag.set_defaults(func=_agree)
+    ld = sub.add_parser("load", help="many concurrent clients for a set time: every stream checked, faults mixed in",
+                        description="Concurrent clients against a running server (--target) or one started here "
+                                    "(--server-args), with answers in each mode, cancels, deadlines, streamed "
+                                    "prompts, slow readers and bad input; exits 1 on any failure.")
+    ld.add_argument("--target", help="HOST:PORT of a running server (default: start one here)")
+    ld.add_argument("--server-args", default="--small-only",
+                    help="flags of `espalier serve` for the server started here (default: --small-only)")
+    ld.add_argument("--metrics-url", help="the server's /metrics URL, for the idle check (with --target)")
+    ld.add_argument("--token", help="shared token of the server")
+    ld.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    ld.add_argument("--duration-s", type=float, default=60.0, help="how long clients start new calls (default 60)")
+    ld.add_argument("--seed", type=int, default=1, help="seed of the scenario choices")
+    ld.add_argument("--mix", help="scenario weights to change, NAME=WEIGHT,... (0 drops one)")
+    ld.add_argument("--only", help="run only these scenarios, NAME,... (for example answer:sgd: one kind of traffic)")
+    ld.add_argument("--point-tokens", type=int, default=48, help="token budget per point (default 48)")
+    ld.add_argument("--answer-tokens", type=int, default=96, help="token budget of a direct answer (default 96)")
+    ld.add_argument("--json", help="write the summary here")
+    ld.set_defaults(func=_load)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -11,7 +11,10 @@ reaches this module: cancellation propagates so that the work it interrupts free
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -119,6 +122,28 @@ def status_for(exc: Exception, request_id: str = "") -> Status:
         details = f"{what}; see the server log" + (f" for request {request_id}" if request_id else "")
         log.error("request %s failed with %s", request_id or "-", type(exc).__name__, exc_info=exc)
     return Status(code, details, tuple(trailers))
+
+
+# Before failing a call whose client is still sending: read and drop its messages for at most this
+# long, and at most this many of them.
+DRAIN_S = 0.5
+DRAIN_MAX = 1000
+
+
+async def drain_requests(messages: AsyncIterable[object]) -> None:
+    """Before failing a client-streaming call, read and drop what the client is still sending, briefly.
+
+    If the call ends while one of the client's writes is in flight, grpc's aio client reports that
+    write's failure (INTERNAL, "Internal error from Core") in place of our status. A client that sends
+    its messages and half-closes thus gets our status; one that keeps writing waits at most DRAIN_S.
+    """
+    with contextlib.suppress(Exception):  # the time running out, or the request side breaking
+        async with asyncio.timeout(DRAIN_S):
+            count = 0
+            async for _ in messages:
+                count += 1
+                if count >= DRAIN_MAX:
+                    return
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: Exception, request_id: str = "") -> NoReturn:

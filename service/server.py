@@ -17,14 +17,13 @@ import hmac
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from espalier.v1 import espalier_pb2 as pb
-from espalier.v1 import espalier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the aio health servicer (health.aio in the package)
 from grpc_reflection.v1alpha import reflection
@@ -32,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from planner import pipeline
 from planner.engine import Engine, EngineError
 from planner.settings import PlannerSettings
-from service import errors
+from service import errors, wire_decoding
 from service.metrics import ServiceMetrics, start_metrics_server
 from service.mixed_engine import MixedEngine
 from service.remote.remote_engine import RemoteEngine
@@ -72,7 +71,9 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that ends the call with UNAUTHENTICATED."""
 
-    async def deny(_request: object, context: grpc.aio.ServicerContext) -> None:
+    async def deny(request: object, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(request, AsyncIterable):  # a client-streaming call: let its writes land first
+            await errors.drain_requests(request)
         await errors.abort(context, errors.Unauthenticated(
             "this server needs metadata 'authorization: Bearer <token>' (missing or wrong)"))
 
@@ -132,7 +133,9 @@ async def build(settings: ServerSettings, engine: Engine | None = None,
     server = grpc.aio.server(interceptors=interceptors, options=options, maximum_concurrent_rpcs=ceiling)
 
     servicer = EspalierServicer(settings, metrics, engine)
-    pb_grpc.add_EspalierServiceServicer_to_server(servicer, server)
+    # as espalier_pb2_grpc.add_EspalierServiceServicer_to_server does, with requests that fail to decode turned into
+    # INVALID_ARGUMENT naming the field instead of UNKNOWN / INTERNAL (service/wire_decoding.py)
+    wire_decoding.add_servicer(servicer, server, pb.DESCRIPTOR.services_by_name["EspalierService"])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

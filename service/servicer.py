@@ -38,6 +38,7 @@ from service import convert, errors
 from service.admission import Admission
 from service.metrics import ServiceMetrics
 from service.settings import ServerSettings
+from service.wire_decoding import checked, checked_stream
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("espalier_request_id", default="-")
 _MAX_REQUEST_ID = 128
 _DEADLINE_SLACK_S = 0.1
-_DRAIN_S = 0.5
-_DRAIN_MAX = 1000
 
 
 def request_id_from(metadata: object) -> str:
@@ -197,6 +196,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
 
     async def Plan(self, request: pb.PlanRequest, context: grpc.aio.ServicerContext) -> pb.PlanResponse:
         async with self._call("Plan", context) as call:
+            request = checked(request)
             engine = self._ready_engine()
             req = convert.plan_request(request, self._planner, self._limits)
             meter = Meter()
@@ -211,6 +211,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
 
     async def Expand(self, request: pb.ExpandRequest, context: grpc.aio.ServicerContext) -> None:
         async with self._call("Expand", context) as call:
+            request = checked(request)
             engine = self._ready_engine()
             req = convert.expand_request(request, self._planner, self._limits, engine.roles())
             async with self._work():
@@ -219,6 +220,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
 
     async def Answer(self, request: pb.AnswerRequest, context: grpc.aio.ServicerContext) -> None:
         async with self._call("Answer", context) as call:
+            request = checked(request)
             engine = self._ready_engine()
             req = convert.plan_request(request, self._planner, self._limits)
             async with self._work():
@@ -228,7 +230,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
     async def Stream(self, request_iterator: AsyncIterator[pb.StreamRequest],
                      context: grpc.aio.ServicerContext) -> None:
         async with self._call("Stream", context) as call:
-            messages = aiter(request_iterator)
+            messages = aiter(checked_stream(request_iterator))
             live: StreamedPrompt | None = None
             try:
                 engine = self._ready_engine()
@@ -241,7 +243,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             except BaseException:
                 if live is not None:
                     await live.aclose()  # an abandoned or failed stream frees its prefix at once
-                await _drain(messages)
+                await errors.drain_requests(messages)
                 raise
             try:
                 async with self._work():
@@ -315,7 +317,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             try:
                 async for msg in messages:
                     kind = msg.WhichOneof("message") or "message"
-                    await _drain(messages)
+                    await errors.drain_requests(messages)
                     await out.put(InvalidRequest(f"{kind}: nothing may follow the end marker", field=kind))
                     return
             except Exception:
@@ -352,22 +354,6 @@ async def _forward_progress(live: StreamedPrompt, context: grpc.aio.ServicerCont
     """Write what the streamed prompt reports until it says it is done (None)."""
     while (item := await live.progress.get()) is not None:
         await context.write(pb.StreamResponse(event=convert.progress_to_pb(item)))
-
-
-async def _drain(messages: AsyncIterator[pb.StreamRequest]) -> None:
-    """Before failing a Stream, read and drop what the client is still sending, briefly.
-
-    If the call ends while one of the client's writes is in flight, grpc's aio client reports that
-    write's failure (INTERNAL) in place of our status. A client that sends its messages and half-
-    closes thus gets our status; one that keeps writing waits at most _DRAIN_S for it.
-    """
-    with contextlib.suppress(Exception):  # the time running out, or the request side breaking
-        async with asyncio.timeout(_DRAIN_S):
-            count = 0
-            async for _ in messages:
-                count += 1
-                if count >= _DRAIN_MAX:
-                    return
 
 
 async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
