@@ -333,3 +333,38 @@ async def test_health_is_not_serving_while_the_models_load(small_model: Path) ->
         stop.set()
         assert await task == 0
     assert loaded and not loaded[0].roles()  # shut down: the engine was drained and closed
+
+
+async def test_a_fault_inside_one_sequence_fails_that_request_alone(engine: LlamaEngine, monkeypatch) -> None:
+    """An exception while sampling one sequence (injected for the request with seed 4242) fails that
+    request's node, reported in its own stream (node_failed, then answer_done listing it: a failing
+    point never takes down a call); the requests decoding in the same batches finish untouched, and
+    the server goes on answering."""
+    from service.engine import worker
+
+    sample = worker.ContextWorker._sample
+
+    def faulty(self: Any, job: Any, index: int) -> None:
+        if job.sampling.seed == 4242:
+            raise RuntimeError("injected fault")
+        sample(self, job, index)
+
+    monkeypatch.setattr(worker.ContextWorker, "_sample", faulty)
+
+    def ask(seed: int) -> Any:
+        settings = pb.GenerationSettings(seed=seed, answer_max_tokens=24)
+        return read_all(live.stub.Answer(pb.AnswerRequest(question="Name a colour.", mode=pb.MODE_DIRECT,
+                                                          settings=settings), timeout=120))
+
+    async with serving(engine) as live, asyncio.timeout(180):
+        fine_1, faulted, fine_2 = await asyncio.gather(ask(1), ask(4242), ask(2))
+        kinds = [kind(r) for r in faulted]
+        assert "node_failed" in kinds and "node_finished" not in kinds, kinds
+        assert list(faulted[-1].event.answer_done.failed_node_ids) == [1]
+        for answer in (fine_1, fine_2):
+            assert "node_failed" not in [kind(r) for r in answer]
+            assert kind(answer[-1]) == "answer_done" and answer[-1].event.answer_done.text.strip()
+            assert not answer[-1].event.answer_done.failed_node_ids
+        again = await ask(3)
+        assert kind(again[-1]) == "answer_done" and not again[-1].event.answer_done.failed_node_ids
+        await settle(live, engine)
