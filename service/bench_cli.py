@@ -45,7 +45,12 @@ def _spec(args: argparse.Namespace) -> int:
     for row in result["results"]:  # type: ignore[union-attr]
         print(f"{row['sequences']} seq {row['mode']:>4}: plain {row['tokens_per_s_plain']:6.2f} tok/s, "
               f"spec {row['tokens_per_s_spec']:6.2f} tok/s ({row['speedup']:.2f}x), "
-              f"acceptance {row['acceptance_rate']}, k {row['chosen_k']}, identical {row['identical_greedy']}")
+              f"acceptance {row['acceptance_rate']}, k {row['chosen_k']}, identical {row['identical_greedy']}"
+              f" (plain repeatable {row['plain_repeatable']})")
+        if row["first_difference"]:
+            d = row["first_difference"]
+            print(f"    first difference: round {d['round']}, sequence {d['sequence']}, after {d['common']!r}: "
+                  f"plain {d['expected']!r}, {row['mode']} {d['got']!r}")
     print(f"verify cost (k tokens vs 1): {result['verify_cost']}")
     return 0
 

@@ -60,6 +60,19 @@ class _Run:
     ks: Counter[int]
 
 
+def first_difference(expected: list[_Run], got: list[_Run]) -> dict[str, object] | None:
+    """Where `got` first departs from `expected`, round by round and sequence by sequence: the round,
+    the sequence, the character offset and the text on each side around it (None when identical)."""
+    for round_, (a, b) in enumerate(zip(expected, got, strict=True)):
+        for seq, (x, y) in enumerate(zip(a.texts, b.texts, strict=True)):
+            if x == y:
+                continue
+            at = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+            return {"round": round_, "sequence": seq, "offset": at, "common": x[max(0, at - 40):at],
+                    "expected": x[at:at + 40], "got": y[at:at + 40]}
+    return None
+
+
 async def _run(engine: LlamaEngine, prompts: list[str], tokens: int, mode: Speculation) -> _Run:
     before = engine.stats().role(Role.LARGE)
     k_before = Counter(engine.speculation_choices(Role.LARGE))
@@ -129,6 +142,10 @@ async def run_spec_bench(s: SpecBenchSettings) -> dict[str, object]:
                     "acceptance_rate": round(accepted / drafted, 3) if drafted else None,
                     "drafted_tokens": drafted,
                     "identical_greedy": all(a.texts == b.texts for a, b in zip(spec, plain, strict=True)),
+                    # plain greedy decoding against itself, round by round: if it differs, the
+                    # difference above is not speculation's but the machine's (threads, batch shapes)
+                    "plain_repeatable": first_difference(plain[:1] * len(plain), plain) is None,
+                    "first_difference": first_difference(plain, spec),
                     "chosen_k": ks.most_common(1)[0][0] if ks else 0,
                     "k_histogram": dict(sorted(ks.items())),
                 })
