@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from planner.plan import DEFAULT_MAX_NODES, MAX_TITLE_CHARS, Difficulty, Node
+from planner.plan import DEFAULT_MAX_NODES, MAX_TITLE_CHARS, Difficulty, Node, Plan, Route
 
 _NUMBERED = re.compile(
     r"""^(?:\#{1,6}\s*)?(?:[*_]{1,3})?\s*
@@ -358,21 +358,11 @@ class OutlineReader:
         self._parsed = nodes
         if len(nodes) < self._min_nodes:
             return []
-        new = list(_cut_depth(nodes, self._max_depth)[len(self.known):])
+        # dependencies cut to max_depth stages exactly as the final plan's are
+        cut = Plan(nodes, Route.GRAPH).with_max_depth(self._max_depth).nodes
+        new = list(cut[len(self.known):])
         self.known.extend(new)
         return new
-
-
-def _cut_depth(nodes: tuple[Node, ...], max_depth: int) -> tuple[Node, ...]:
-    """Dependencies cut to max_depth stages, as Plan.with_max_depth cuts them (nodes come in skeleton
-    order and depend only on earlier ones or on later ones without a cycle)."""
-    depth: dict[int, int] = {}
-    out = []
-    for node in nodes:
-        deps = tuple(d for d in node.depends_on if depth.get(d, max_depth) < max_depth)
-        depth[node.id] = 1 + max((depth[d] for d in deps), default=0)
-        out.append(Node(node.id, node.title, deps, node.difficulty))
-    return tuple(out)
 
 
 def _why_skipped(line: str, max_nodes: int, known: int) -> str:
