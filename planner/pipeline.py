@@ -175,33 +175,23 @@ async def answer(
     """Route, plan and expand in one stream: NodePlanned as each point of the skeleton is written, then
     what expand yields. Timings in AnswerDone cover all of it."""
     meter = Meter()
-    pending: list[Event] = []
-    arrived = asyncio.Event()
-
-    def emit(event: Event) -> None:
-        pending.append(event)
-        arrived.set()
-
+    # As runner.run relays its nodes: events into a queue, the planning task's end marked in it.
+    queue: asyncio.Queue[object] = asyncio.Queue()
     budget, why = runner.early_budget(engine, settings)
-    early = runner.EarlyStarts(engine, question, settings, meter, emit, budget, request_id)
+    early = runner.EarlyStarts(engine, question, settings, meter, queue.put_nowait, budget, request_id)
 
     def planned(event: NodePlanned) -> None:
-        emit(event)
+        queue.put_nowait(event)
         early.planned(event.node)
 
     planning = asyncio.create_task(make_plan(engine, question, mode, settings, meter=meter,
                                              request_id=request_id, on_planned=planned))
-    waiter: asyncio.Task[bool] | None = None
+    planning.add_done_callback(lambda _: queue.put_nowait(_PLANNED))
     try:
-        while True:
-            waiter = asyncio.create_task(arrived.wait())
-            await asyncio.wait({planning, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            arrived.clear()
-            while pending:
-                yield pending.pop(0)
-            if planning.done():
-                break
+        while (item := await queue.get()) is not _PLANNED:
+            yield item  # type: ignore[misc]
+        while not queue.empty():  # early points' events that came after the plan
+            yield queue.get_nowait()  # type: ignore[misc]
         plan = planning.result()
         if plan.route is not Route.DIRECT:
             started = len(early.started)
@@ -213,10 +203,11 @@ async def answer(
             async for event in events:
                 yield event
     finally:
-        if waiter is not None:
-            waiter.cancel()  # closed while waiting for the outline: no task left behind
         await cancel_and_wait(planning)  # a consumer that left early frees the skeleton's sequence
         await early.aclose()  # and any point started while the skeleton was written
+
+
+_PLANNED = object()  # in answer()'s queue: the planning task has ended
 
 
 def _checked(question: str, plan: Plan, settings: PlannerSettings) -> tuple[str, Plan]:
