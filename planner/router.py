@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,24 +281,29 @@ def read_labels(path: str | Path) -> list[tuple[int, str]]:
         return [(int(row["label"]), row["request"]) for row in csv.DictReader(f, delimiter=";")]
 
 
+def scores(labels: Sequence[int], chosen: Sequence[bool]) -> dict[str, float | int]:
+    """Accuracy, precision, recall (of 'suits a skeleton'), balanced accuracy and the confusion counts
+    of `chosen` (a skeleton chosen) against `labels` (1 = suits a skeleton)."""
+    tp = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 1 and c)
+    tn = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 0 and not c)
+    fp = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 0 and c)
+    fn = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 1 and not c)
+    n = tp + tn + fp + fn
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    specificity = tn / (tn + fp) if tn + fp else 0.0
+    return {"n": n, "accuracy": round((tp + tn) / n, 4) if n else 0.0,
+            "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0, "recall": round(recall, 4),
+            "balanced_accuracy": round((recall + specificity) / 2, 4), "tp": tp, "tn": tn, "fp": fp, "fn": fn}
+
+
 def _score(pairs: Iterable[tuple[int, RouteDecision]]) -> dict[str, object]:
     pairs = list(pairs)
-    tp = sum(1 for label, d in pairs if label == 1 and d.route is not Route.DIRECT)
-    tn = sum(1 for label, d in pairs if label == 0 and d.route is Route.DIRECT)
-    fp = sum(1 for label, d in pairs if label == 0 and d.route is not Route.DIRECT)
-    fn = sum(1 for label, d in pairs if label == 1 and d.route is Route.DIRECT)
     by_source: dict[str, list[int]] = {}
     for label, d in pairs:
         ok = int((d.route is not Route.DIRECT) == (label == 1))
         by_source.setdefault(d.source, []).append(ok)
-    n = len(pairs)
     return {
-        "n": n,
-        "accuracy": round((tp + tn) / n, 4) if n else 0.0,
-        "tp": tp,
-        "tn": tn,
-        "fp": fp,
-        "fn": fn,
+        **scores([label for label, _ in pairs], [d.route is not Route.DIRECT for _, d in pairs]),
         "routes": {r.value: sum(1 for _, d in pairs if d.route is r) for r in Route},
         "by_source": {
             s: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for s, v in sorted(by_source.items())

@@ -21,7 +21,7 @@ import numpy as np
 
 from planner.engine import Embedder, Engine, ModelIdentity, Pooling, Role
 from planner.plan import Route
-from planner.router import read_labels, route, rules_only_route
+from planner.router import read_labels, route, rules_only_route, scores
 from planner.router_model import FEATURE_INSTRUCTION, RouterWeights, feature_prompt
 from planner.settings import PlannerSettings
 
@@ -110,20 +110,6 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, c: float, folds: int = FOLDS) -> n
         coef, bias = fit_logistic((x[~held] - mean) / scale, y[~held], c)
         p[held] = _probabilities(x[held], mean, scale, coef, bias)
     return p
-
-
-def scores(labels: Sequence[int], chosen: Sequence[bool]) -> dict[str, float | int]:
-    """Accuracy, precision, recall (of 'suits a skeleton'), balanced accuracy and the confusion counts."""
-    tp = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 1 and c)
-    tn = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 0 and not c)
-    fp = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 0 and c)
-    fn = sum(1 for y, c in zip(labels, chosen, strict=True) if y == 1 and not c)
-    n = tp + tn + fp + fn
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    specificity = tn / (tn + fp) if tn + fp else 0.0
-    return {"n": n, "accuracy": round((tp + tn) / n, 4) if n else 0.0,
-            "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0, "recall": round(recall, 4),
-            "balanced_accuracy": round((recall + specificity) / 2, 4), "tp": tp, "tn": tn, "fp": fp, "fn": fn}
 
 
 def _best_threshold(y: np.ndarray, p: np.ndarray) -> float:

@@ -7,9 +7,10 @@ import pytest
 from engine_fakes import FakeEmbeddingEngine, FakeEngine
 
 from planner.engine import ModelIdentity, Role
+from planner.router import scores
 from planner.router_model import RouterWeights, feature_prompt
 from planner.settings import PlannerSettings
-from service.router_training import Recipe, evaluate, fit_logistic, out_of_fold, scores, train
+from service.router_training import Recipe, evaluate, fit_logistic, out_of_fold, train
 
 MODEL = ModelIdentity("tiny.gguf", "ab" * 32)
 LIST_WORDS = ("ways", "tips", "steps", "ideas", "benefits", "reasons")
