@@ -223,12 +223,14 @@ ANSWER_SYSTEM = "You are a helpful assistant. Answer accurately and to the point
 # The caller's system text comes after the planner's own instructions, introduced as the user's standing
 # instructions: the planner's fixed text stays a resident prefix, and the caller's, read last, is what
 # the model follows where the two differ (the language, a persona, the house style). It stays in the
-# system turn, where a model gives instructions their weight (house rules, safety rules), and the question's
-# turn ends with a short reminder of it: under "Always answer in French." the 0.5B model's direct answers
-# on 8 vicuna80 questions were French 4 times with the system turn alone, 8 with the reminder (the 1.5B
-# model's 8 either way); repeating the whole text there did no better and would prefill it twice.
+# system turn, where a model gives instructions their weight over the end user's text (house rules,
+# safety rules), and the question's turn ends with it again (STANDING_TAG). Measured under "Always answer
+# in French.", direct answers to 8 vicuna80 questions: the system turn alone gave French 4 times on the
+# 0.5B model (8 on the 1.5B); with a short "(Follow my standing instructions.)" after the question 8 (8);
+# but after two English turns of conversation the short reminder gave French for 0 of 2 follow-ups on the
+# 1.5B model, the whole text after the question 2 of 2. So the whole text, prefilled twice: once per answer
+# (the points share it), which is cheap beside a wrong-language answer.
 STANDING_LEAD = "The user's standing instructions, which apply to everything you write:\n"
-STANDING_REMINDER = "\n\n(Follow my standing instructions.)"
 TRANSCRIPT_LEAD = "Our conversation so far:\n\n"
 
 
@@ -341,13 +343,14 @@ def _point_messages(question: str, plan: Plan, length: PointLength = PointLength
     # split: mark where the fixed, question-independent part (the resident prefix) ends
     closing = any(n.part is Part.CLOSING for n in plan.nodes)
     messages = _turns(point_system(length, closing), context)
-    content = QUESTION_LEAD + question + OUTLINE_LEAD + outline(plan) + _reminder(context).lstrip("\n")
+    # the outline ends with a line break: one more leaves a blank line before the instructions
+    content = QUESTION_LEAD + question + OUTLINE_LEAD + outline(plan) + _reminder(context)[1:]
     return _split_first_turn(messages + [Message("user", content)], split)
 
 
 def _reminder(context: Conversation) -> str:
-    """The end of the question's turn in a prompt that writes the answer (see STANDING_REMINDER)."""
-    return STANDING_REMINDER if context.system else ""
+    """The end of the question's turn in a prompt that writes the answer: the standing instructions again."""
+    return f"{STANDING_TAG}{context.system}" if context.system else ""
 
 
 def _split_first_turn(messages: list[Message], split: bool) -> list[Message]:
