@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from planner import prompts, runner
+from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import resolve_role
 from planner.engine import Engine, EngineError, GenerateRequest, Prefix
 from planner.events import Event
@@ -47,8 +48,11 @@ class StreamedPrompt:
     so a fast typist's sentences are prefilled together in one step rather than queued.
     """
 
-    def __init__(self, engine: Engine, mode: Mode, settings: PlannerSettings, *, request_id: str = "") -> None:
+    def __init__(self, engine: Engine, mode: Mode, settings: PlannerSettings, *, request_id: str = "",
+                 context: Conversation = NO_CONTEXT) -> None:
         self.engine = engine
+        # the caller's system text and earlier turns: in every prompt prefilled, noted on or answered
+        self.context = context.fitted(settings.history_max_chars)
         self.mode = mode
         self.settings = settings
         self.request_id = request_id
@@ -137,9 +141,10 @@ class StreamedPrompt:
         settings = self.settings.replace(direct_role=self.settings.live_answer_role)
         role = resolve_role(settings.direct_role, self.engine.roles())
         notes = self.notes
-        text = prompts.live_answer_prompt(self.engine, role, question, notes)
-        plan = Plan.direct(f"live: answered with {len(notes)} notes written while the question arrived")
-        events = runner.run(self.engine, question, plan, settings, request_id=self.request_id, direct_prompt=text)
+        text = prompts.live_answer_prompt(self.engine, role, question, notes, self.context)
+        reason = self.context.noted(f"live: answered with {len(notes)} notes written while the question arrived")
+        events = runner.run(self.engine, question, Plan.direct(reason), settings, request_id=self.request_id,
+                            direct_prompt=text, context=self.context)
         async with contextlib.aclosing(events) as stream:
             async for event in stream:
                 yield event
@@ -166,10 +171,10 @@ class StreamedPrompt:
 
     async def _prefill(self, typed: str, *, report: bool = True) -> None:
         if self._route is Route.DIRECT:
-            head = prompts.direct_prompt_head(self.engine, self.role, typed)
+            head = prompts.direct_prompt_head(self.engine, self.role, typed, self.context)
         else:
             head = prompts.skeleton_prompt_head(self.engine, self.role, self._route, typed,
-                                                difficulty=self.settings.rates_difficulty)
+                                                difficulty=self.settings.rates_difficulty, context=self.context)
         await self._hold(head)
         self._typed = typed
         if report:
@@ -191,7 +196,7 @@ class StreamedPrompt:
 
     async def _note(self, typed: str) -> str | None:
         """The model's note on the question so far, or None when the prompt ended meanwhile."""
-        text = prompts.live_note_prompt(self.engine, self.role, typed)
+        text = prompts.live_note_prompt(self.engine, self.role, typed, self.context)
         sampling = dataclasses.replace(self.settings.sampling, max_tokens=self.settings.live_note_tokens, stop=("\n",))
         parts: list[str] = []
         gen = self.engine.generate(GenerateRequest(text, self.role, sampling, None,

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 from planner import prompts, router, runner
+from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import cancel_and_wait, collect, resolve_role
 from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Role
 from planner.events import Event, Meter, NodePlanned
@@ -46,30 +47,36 @@ async def make_plan(
     meter: Meter | None = None,
     request_id: str = "",
     on_planned: Callable[[NodePlanned], None] | None = None,
+    context: Conversation = NO_CONTEXT,
 ) -> Plan:
     """Decide the route and, unless direct, write and parse a skeleton.
 
     Raises InvalidRequest for an empty question or unknown mode, and lets engine errors propagate;
     an unusable skeleton yields a direct plan whose `reason` says so. on_planned: called with each
-    point as soon as its line of the skeleton is complete (the outline as it is written).
+    point as soon as its line of the skeleton is complete (the outline as it is written). context:
+    the caller's system text and earlier turns (fitted to planner.history_max_chars; the reason says
+    how many turns were left out).
     """
     question = _check_question(question)
     mode = _check_mode(mode)
     settings.validate()
+    context = context.fitted(settings.history_max_chars)
     meter = meter or Meter()
     forced = mode.forced_route
     if forced is None:
-        decision = await router.route(engine, question, settings, meter)
+        decision = await router.route(engine, question, settings, meter, context)
         route, reason = decision.route, f"route {decision.route} ({decision.reason})"
     else:
         route, reason = forced, f"route {forced} (forced by mode {mode})"
+    reason = context.noted(reason)
     meter.mark_routed()
     if route is Route.DIRECT:
         return Plan.direct(reason)
 
     role = resolve_role(settings.skeleton_role, engine.roles())
     request = GenerateRequest(
-        prompt=prompts.skeleton_prompt(engine, role, route, question, difficulty=settings.rates_difficulty),
+        prompt=prompts.skeleton_prompt(engine, role, route, question, difficulty=settings.rates_difficulty,
+                                       context=context),
         role=role,
         sampling=dataclasses.replace(
             settings.sampling, max_tokens=settings.skeleton_max_tokens, stop=prompts.skeleton_stop()
@@ -154,14 +161,18 @@ def expand(
     *,
     meter: Meter | None = None,
     request_id: str = "",
+    context: Conversation = NO_CONTEXT,
 ) -> AsyncGenerator[Event, None]:
     """Run a plan (from make_plan, or edited by the caller): PlanReady, node events, AnswerDone.
 
     The question and plan are checked now (InvalidRequest / PlanInvalid raised by this call, before
-    any event); close the iterator (contextlib.aclosing) to cancel the expansion.
+    any event); close the iterator (contextlib.aclosing) to cancel the expansion. context: as in
+    make_plan; PlanReady's reason says how many earlier turns were left out.
     """
     question, plan = _checked(question, plan, settings)
-    return runner.run(engine, question, plan, settings, meter=meter, request_id=request_id)
+    context = context.fitted(settings.history_max_chars)
+    plan = dataclasses.replace(plan, reason=context.noted(plan.reason))
+    return runner.run(engine, question, plan, settings, meter=meter, request_id=request_id, context=context)
 
 
 async def answer(
@@ -171,21 +182,23 @@ async def answer(
     settings: PlannerSettings = DEFAULT_SETTINGS,
     *,
     request_id: str = "",
+    context: Conversation = NO_CONTEXT,
 ) -> AsyncGenerator[Event, None]:
     """Route, plan and expand in one stream: NodePlanned as each point of the skeleton is written, then
-    what expand yields. Timings in AnswerDone cover all of it."""
+    what expand yields. Timings in AnswerDone cover all of it. context: as in make_plan."""
     meter = Meter()
+    context = context.fitted(settings.history_max_chars)
     # As runner.run relays its nodes: events into a queue, the planning task's end marked in it.
     queue: asyncio.Queue[object] = asyncio.Queue()
     budget, why = runner.early_budget(engine, settings)
-    early = runner.EarlyStarts(engine, question, settings, meter, queue.put_nowait, budget, request_id)
+    early = runner.EarlyStarts(engine, question, settings, meter, queue.put_nowait, budget, request_id, context)
 
     def planned(event: NodePlanned) -> None:
         queue.put_nowait(event)
         early.planned(event.node)
 
     planning = asyncio.create_task(make_plan(engine, question, mode, settings, meter=meter,
-                                             request_id=request_id, on_planned=planned))
+                                             request_id=request_id, on_planned=planned, context=context))
     planning.add_done_callback(lambda _: queue.put_nowait(_PLANNED))
     try:
         while (item := await queue.get()) is not _PLANNED:
@@ -199,7 +212,7 @@ async def answer(
                                                      f"was written (at most {budget}: {why})")
         question, plan = _checked(question, plan, settings)
         async with aclosing(runner.run(engine, question, plan, settings, meter=meter, request_id=request_id,
-                                       early=early)) as events:
+                                       early=early, context=context)) as events:
             async for event in events:
                 yield event
     finally:

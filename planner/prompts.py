@@ -19,6 +19,13 @@ points, assistant turn pre-filled with "1."); each point is then written by a se
 that sees the question and the skeleton and is pre-filled with "i. <title>:" (after its parents'
 points, for a dependent one). The answer's opening and closing sentences are two more such
 sequences, pre-filled with "Opening:" and "Closing:", which the outline lists around the points.
+
+The caller's conversation (planner.conversation) reaches every prompt that writes the answer: its
+system text after the planner's instructions in the system turn (`with_standing`), its earlier turns
+as chat turns before the question (direct answers, points, frame) or as a quoted transcript in the
+question's turn (skeleton, router). So the fixed, resident part of each prompt ends at the question's
+turn header: it is the same with or without earlier turns, and the variable part (the caller's
+turns, the question) is prefilled once per answer and shared by its points.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import resolve_role
 from planner.engine import Engine, Message, Role
 from planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route, framed
@@ -84,8 +92,36 @@ _EXAMPLES: tuple[tuple[str, str, str], ...] = (
         ),
     ),
 )
+# The caller's standing instructions, in a skeleton prompt: after the question, in the question's own turn,
+# as in these examples. Told of them in the system message, the 1.5B and 0.5B models still wrote the
+# skeleton in the examples' language (English) under "Always answer in French." in every probe; after
+# examples like these, the 1.5B wrote French skeletons for 2 of 2 questions, the 0.5B for 2 of 3. One
+# example, first, keeps English (an instruction about tone is not one about language; last, it
+# made the 0.5B model keep English under any instruction). Shown only to a caller's
+# request with standing instructions; they come after the plain examples, so a resident prefix that holds
+# them serves plain requests too (the engine forks the longest common prefix).
+_STANDING_EXAMPLES: tuple[tuple[str, str, str], ...] = (  # (instructions, question, graph skeleton)
+    ("You write for a law firm's clients: formal, precise, no jokes.", "How do I start a small business?",
+     ("1. Choose a legal structure (hard)\n2. Register the business name (needs: 1; easy)\n"
+     "3. Obtain the required licences (hard)\n4. Open a business bank account (easy)")),
+    ("Always answer in Spanish.", "How can I sleep better?",
+     ("1. Mantener un horario fijo (easy)\n2. Evitar pantallas de noche (easy)\n3. Cuidar la cena (easy)\n"
+     "4. Un dormitorio oscuro y fresco (easy)")),
+    ("Antworte immer auf Deutsch.", "What makes a good team leader?",
+     ("1. Klare Ziele setzen (easy)\n2. Zuhören und Feedback geben (hard)\n3. Verantwortung übernehmen (easy)\n"
+     "4. Das Team fördern (needs: 2; hard)")),
+    ("You are the help desk of a bicycle shop. Reply in Italian.", "Why does my chain keep slipping?",
+     ("1. Catena consumata o allungata (easy)\n2. Pignoni e corone usurati (easy)\n3. Cambio non regolato (hard)\n"
+     "4. Catena sporca o secca (easy)")),
+)
+STANDING_TAG = "\n\nStanding instructions: "
 QUESTION_LEAD = "Question:\n"  # ends with a newline: the split point is a clean token boundary
 SKELETON_PREFILL = "1."
+
+
+def _without_annotations(annotated: str) -> str:
+    """A graph example as a parallel one: "2. Title (needs: 1; easy)" -> "2. Title"."""
+    return re.sub(r"\s*\([^)]*\)", "", annotated)
 
 
 def _without_difficulty(annotated: str) -> str:
@@ -94,33 +130,46 @@ def _without_difficulty(annotated: str) -> str:
     return re.sub(r";\s*(?:easy|hard)\)", ")", out)
 
 
-def _skeleton_messages(route: Route, question: str, difficulty: bool = True) -> list[Message]:
+def _skeleton_messages(route: Route, question: str, difficulty: bool = True,
+                       context: Conversation = NO_CONTEXT) -> list[Message]:
     graph = route is Route.GRAPH
     system = SKELETON_SYSTEM_PARALLEL
     if graph:
         system = SKELETON_SYSTEM_GRAPH if difficulty else SKELETON_SYSTEM_DEPENDENCIES
+    # The caller's standing instructions come with the question (see _STANDING_EXAMPLES), not here: in
+    # the system message too, they made the 0.5B model's skeletons follow them less often, not more.
     messages = [Message("system", system)]
-    for q, plain, annotated in _EXAMPLES:
+    examples = [("", q, plain, annotated) for q, plain, annotated in _EXAMPLES]
+    if context.system:
+        examples += [(standing, q, _without_annotations(annotated), annotated)
+                     for standing, q, annotated in _STANDING_EXAMPLES]
+    for standing, q, plain, annotated in examples:
         example = (annotated if difficulty else _without_difficulty(annotated)) if graph else plain
-        messages += [Message("user", QUESTION_LEAD + q), Message("assistant", example)]
-    messages.append(Message("user", QUESTION_LEAD + SPLIT + question))
+        tag = f"{STANDING_TAG}{standing}" if standing else ""
+        messages += [Message("user", QUESTION_LEAD + q + tag), Message("assistant", example)]
+    messages.append(Message("user", SPLIT + _in_context(question, context)))
     return messages
 
 
-def skeleton_prompt(engine: Engine, role: Role, route: Route, question: str, *, difficulty: bool = True) -> str:
+def skeleton_prompt(engine: Engine, role: Role, route: Route, question: str, *, difficulty: bool = True,
+                    context: Conversation = NO_CONTEXT) -> str:
     """The whole skeleton prompt, assistant turn pre-filled with "1.".
 
     difficulty: a graph skeleton rates each point easy or hard; without it (when easy and hard points
     go to the same model, so the rating would change nothing) it names only dependencies, and the
     skeleton, decoded before any point can start, is a token or three a line shorter.
     """
-    return render(engine, role, _skeleton_messages(route, clean_question(question), difficulty),
+    return render(engine, role, _skeleton_messages(route, clean_question(question), difficulty, context),
                   SKELETON_PREFILL).full
 
 
-def skeleton_fixed_prefix(engine: Engine, role: Role, route: Route, *, difficulty: bool = True) -> str:
-    """The part of every skeleton prompt that does not depend on the question."""
-    return render(engine, role, _skeleton_messages(route, "?", difficulty), SKELETON_PREFILL).prefix
+def skeleton_fixed_prefix(engine: Engine, role: Role, route: Route, *, difficulty: bool = True,
+                          standing: bool = True) -> str:
+    """The part of every skeleton prompt that does not depend on the question. With `standing` it holds
+    the examples of standing instructions too, and starts with the fixed part of a prompt without them
+    (which ends at the question's turn header), so one resident prefix serves both kinds of request."""
+    context = Conversation(system="?") if standing else NO_CONTEXT
+    return render(engine, role, _skeleton_messages(route, "?", difficulty, context), SKELETON_PREFILL).prefix
 
 
 def skeleton_stop() -> tuple[str, ...]:
@@ -151,16 +200,17 @@ _ROUTER_EXAMPLES: tuple[tuple[str, str], ...] = (
 ROUTER_LETTERS: dict[str, Route] = {"A": Route.PARALLEL, "B": Route.GRAPH, "C": Route.DIRECT}
 
 
-def _router_messages(question: str) -> list[Message]:
+def _router_messages(question: str, context: Conversation = NO_CONTEXT) -> list[Message]:
+    # The caller's system text is left out: it shapes how the answer is written, not its shape.
     messages = [Message("system", ROUTER_SYSTEM)]
     for q, letter in _ROUTER_EXAMPLES:
         messages += [Message("user", QUESTION_LEAD + q), Message("assistant", letter)]
-    messages.append(Message("user", QUESTION_LEAD + SPLIT + question))
+    messages.append(Message("user", SPLIT + _in_context(question, context, standing=False)))
     return messages
 
 
-def router_prompt(engine: Engine, role: Role, question: str) -> str:
-    return render(engine, role, _router_messages(clean_question(question)), "").full
+def router_prompt(engine: Engine, role: Role, question: str, context: Conversation = NO_CONTEXT) -> str:
+    return render(engine, role, _router_messages(clean_question(question), context), "").full
 
 
 def router_fixed_prefix(engine: Engine, role: Role) -> str:
@@ -170,6 +220,37 @@ def router_fixed_prefix(engine: Engine, role: Role) -> str:
 # --- points and direct answers ---------------------------------------------------------------
 
 ANSWER_SYSTEM = "You are a helpful assistant. Answer accurately and to the point."
+# The caller's system text comes after the planner's own instructions, introduced as the user's standing
+# instructions: the planner's fixed text stays a resident prefix, and the caller's, read last, is what
+# the model follows where the two differ (the language, a persona, the house style). It stays in the
+# system turn, where a model gives instructions their weight over the end user's text (house rules,
+# safety rules), and the question's turn ends with it again (STANDING_TAG). Measured under "Always answer
+# in French.", direct answers to 8 vicuna80 questions: the system turn alone gave French 4 times on the
+# 0.5B model (8 on the 1.5B); with a short "(Follow my standing instructions.)" after the question 8 (8);
+# but after two English turns of conversation the short reminder gave French for 0 of 2 follow-ups on the
+# 1.5B model, the whole text after the question 2 of 2. So the whole text, prefilled twice: once per answer
+# (the points share it), which is cheap beside a wrong-language answer.
+STANDING_LEAD = "The user's standing instructions, which apply to everything you write:\n"
+TRANSCRIPT_LEAD = "Our conversation so far:\n\n"
+
+
+def with_standing(own: str, context: Conversation) -> str:
+    """A system message: the planner's own instructions, then the caller's system text, if any."""
+    return f"{own}\n\n{STANDING_LEAD}{context.system}" if context.system else own
+
+
+def _in_context(question: str, context: Conversation, *, standing: bool = True) -> str:
+    """The question's turn of a task prompt (skeleton, router): the earlier turns quoted, then the question,
+    then (standing: for a prompt that writes the answer) the caller's standing instructions."""
+    standing = f"{STANDING_TAG}{context.system}" if context.system and standing else ""
+    if not context.history:
+        return QUESTION_LEAD + question + standing
+    return TRANSCRIPT_LEAD + context.transcript() + "Question (my latest message):\n" + question + standing
+
+
+def _turns(system: str, context: Conversation) -> list[Message]:
+    """The system message and the caller's earlier turns, as chat turns before the question's."""
+    return [Message("system", with_standing(system, context)), *context.history]
 OUTLINE_LEAD = "\n\nOutline of the answer:\n"
 
 
@@ -258,11 +339,27 @@ def point_system(length: PointLength, closing: bool = False) -> str:
 
 
 def _point_messages(question: str, plan: Plan, length: PointLength = PointLength.DETAILED, *,
-                    split_after_lead: bool = False) -> list[Message]:
-    split = SPLIT if split_after_lead else ""  # the fixed, question-independent part is resident
-    content = QUESTION_LEAD + split + question + OUTLINE_LEAD + outline(plan)
+                    split: bool = False, context: Conversation = NO_CONTEXT) -> list[Message]:
+    # split: mark where the fixed, question-independent part (the resident prefix) ends
     closing = any(n.part is Part.CLOSING for n in plan.nodes)
-    return [Message("system", point_system(length, closing)), Message("user", content)]
+    messages = _turns(point_system(length, closing), context)
+    # the outline ends with a line break: one more leaves a blank line before the instructions
+    content = QUESTION_LEAD + question + OUTLINE_LEAD + outline(plan) + _reminder(context)[1:]
+    return _split_first_turn(messages + [Message("user", content)], split)
+
+
+def _reminder(context: Conversation) -> str:
+    """The end of the question's turn in a prompt that writes the answer: the standing instructions again."""
+    return f"{STANDING_TAG}{context.system}" if context.system else ""
+
+
+def _split_first_turn(messages: list[Message], split: bool) -> list[Message]:
+    """SPLIT at the start of the first turn after the system message: the resident prefix ends at that
+    turn's header, so it is the same whether the caller sent earlier turns or not."""
+    if not split:
+        return messages
+    first = messages[1]
+    return [messages[0], Message(first.role, SPLIT + first.content), *messages[2:]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,22 +381,24 @@ def point_prompt(
     parents: Sequence[tuple[int, Node, str]] = (),
     forward_max_chars: int = 1500,
     length: PointLength = PointLength.DETAILED,
+    context: Conversation = NO_CONTEXT,
 ) -> Rendered:
-    """The prompt of one point: prefix = question + outline + instruction, up to the assistant's
-    turn (the same for every point of the plan); tail = the parents' points (information
+    """The prompt of one point: prefix = instructions + the caller's turns + question + outline, up to
+    the assistant's turn (the same for every point of the plan); tail = the parents' points (information
     forwarding) and the pre-filled heading of this point, as the start of the assistant's answer."""
     question = clean_question(question)
     node = plan.node(node_id)
-    shared = engine.chat_prompt(role, _point_messages(question, plan, length), add_generation_prompt=True)
+    shared = engine.chat_prompt(role, _point_messages(question, plan, length, context=context),
+                                add_generation_prompt=True)
     tail = _forwarded(parents, forward_max_chars) + prefill(plan, node)
     # the seam must be a clean token boundary (see the module docstring)
     return Rendered(shared if shared.endswith("\n") else "", shared + tail)
 
 
 def point_shared_prefix(engine: Engine, role: Role, question: str, plan: Plan,
-                        length: PointLength = PointLength.DETAILED) -> str:
-    """The question + outline prefix every point prompt of this plan starts with."""
-    return point_prompt(engine, role, question, plan, plan.nodes[0].id, length=length).prefix
+                        length: PointLength = PointLength.DETAILED, context: Conversation = NO_CONTEXT) -> str:
+    """The prefix every point prompt of this plan starts with (the caller's turns, question, outline)."""
+    return point_prompt(engine, role, question, plan, plan.nodes[0].id, length=length, context=context).prefix
 
 
 # A detailed point ends where the model starts writing another part of the outline: a line that opens
@@ -319,24 +418,25 @@ def point_stop(plan: Plan | None = None, node_id: int = 0,
     return (*_LINE_DIGITS, f" {plan.position(node_id) + 1}. ", *_CLOSERS)
 
 
-def direct_prompt(engine: Engine, role: Role, question: str) -> Rendered:
-    messages = [Message("system", ANSWER_SYSTEM), Message("user", SPLIT + clean_question(question))]
-    return render(engine, role, messages, "")
+def direct_prompt(engine: Engine, role: Role, question: str, context: Conversation = NO_CONTEXT) -> Rendered:
+    messages = _turns(ANSWER_SYSTEM, context) + [Message("user", clean_question(question) + _reminder(context))]
+    return render(engine, role, _split_first_turn(messages, True), "")
 
 
-def direct_prompt_head(engine: Engine, role: Role, partial: str) -> str:
+def direct_prompt_head(engine: Engine, role: Role, partial: str, context: Conversation = NO_CONTEXT) -> str:
     """The direct prompt's text up to the end of `partial`, the part of a question typed so far.
 
     Prefilled while the rest is typed; the full prompt, once the question is complete, starts with
     it (the question is the last thing in the prompt), so the answer forks from its KV.
     """
-    full = direct_prompt(engine, role, partial.lstrip() + _CUT).full
+    full = direct_prompt(engine, role, partial.lstrip() + _CUT, context).full
     return full[:full.index(_CUT)]
 
 
-def skeleton_prompt_head(engine: Engine, role: Role, route: Route, partial: str, *, difficulty: bool = True) -> str:
+def skeleton_prompt_head(engine: Engine, role: Role, route: Route, partial: str, *, difficulty: bool = True,
+                         context: Conversation = NO_CONTEXT) -> str:
     """The skeleton prompt up to the end of a partly typed question (see direct_prompt_head)."""
-    full = skeleton_prompt(engine, role, route, partial.lstrip() + _CUT, difficulty=difficulty)
+    full = skeleton_prompt(engine, role, route, partial.lstrip() + _CUT, difficulty=difficulty, context=context)
     return full[:full.index(_CUT)]
 
 
@@ -350,17 +450,18 @@ LIVE_NOTE_ASK = (
 )
 
 
-def live_note_prompt(engine: Engine, role: Role, typed: str) -> str:
+def live_note_prompt(engine: Engine, role: Role, typed: str, context: Conversation = NO_CONTEXT) -> str:
     """Ask for a note on the question typed so far (forks from the prefilled question)."""
-    return direct_prompt(engine, role, typed + LIVE_NOTE_ASK).full
+    return direct_prompt(engine, role, typed + LIVE_NOTE_ASK, context).full
 
 
-def live_answer_prompt(engine: Engine, role: Role, question: str, notes: Sequence[str]) -> str:
+def live_answer_prompt(engine: Engine, role: Role, question: str, notes: Sequence[str],
+                       context: Conversation = NO_CONTEXT) -> str:
     """The direct prompt with the notes written while the question arrived after it."""
     if notes:
         listed = "\n".join(f"- {n}" for n in notes)
         question = f"{question.strip()}\n\n(Notes you wrote while I was typing:\n{listed})"
-    return direct_prompt(engine, role, question).full
+    return direct_prompt(engine, role, question, context).full
 
 
 _CUT = "\u241eespalier-cut\u241e"  # a marker no question contains: where the typed text ends
@@ -402,7 +503,6 @@ def fixed_prefixes(engine: Engine, *, skeleton_role: Role, router_role: Role,
     out.add((rr, router_fixed_prefix(engine, rr)))
     dummy = Plan(framed((Node(1, "a"), Node(2, "b")), closing=closing), Route.PARALLEL)
     for role in loaded:
-        out.add((role, render(engine, role, _point_messages("?", dummy, point_length, split_after_lead=True),
-                              "").prefix))
+        out.add((role, render(engine, role, _point_messages("?", dummy, point_length, split=True), "").prefix))
         out.add((role, direct_prompt(engine, role, "?").prefix))
     return tuple(sorted((r, t) for r, t in out if t))

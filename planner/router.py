@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import collect, resolve_role
 from planner.engine import Engine, GenerateRequest, Sampling
 from planner.events import Meter
@@ -231,17 +232,22 @@ NEAR_CERTAIN = frozenset({"math", "writing", "chit-chat", "very short"})
 
 
 async def route(
-    engine: Engine, question: str, settings: PlannerSettings = DEFAULT_SETTINGS, meter: Meter | None = None
+    engine: Engine, question: str, settings: PlannerSettings = DEFAULT_SETTINGS, meter: Meter | None = None,
+    context: Conversation = NO_CONTEXT,
 ) -> RouteDecision:
     """Near-certain rules first; then the learned router (planner.router_weights) where its weights fit
     the loaded model; without it every rule, then, if allowed, the prompting router model, else
-    settings.router_default. Engine errors propagate (the service maps them)."""
+    settings.router_default. Engine errors propagate (the service maps them).
+
+    The rules read the question alone (its own words decide: "write a poem" stays a poem after any
+    conversation); the learned router reads it after the user's previous turn, the router model after
+    the whole conversation, so a follow-up ("And the second one?") is placed by what it refers to."""
     decided = rules_route(question)
     if decided is not None and decided.detail in NEAR_CERTAIN:
         return decided
     learned = await learned_router(engine, settings.router_weights)
     if isinstance(learned, LearnedRouter):
-        p = await learned.probability(engine, question)  # type: ignore[arg-type]
+        p = await learned.probability(engine, context.about(question))  # type: ignore[arg-type]
         threshold = learned.weights.threshold
         if p < threshold:
             return RouteDecision(Route.DIRECT, "classifier", f"P(skeleton) {p:.2f} < {threshold:.2f}")
@@ -252,16 +258,17 @@ async def route(
         return RouteDecision(decided.route, "rules", f"{decided.detail} (no learned router: {learned})")
     if not settings.use_router_model:
         return RouteDecision(settings.router_default, "default", f"router model off (no learned router: {learned})")
-    return await model_route(engine, question, settings, meter)
+    return await model_route(engine, question, settings, meter, context)
 
 
 async def model_route(
-    engine: Engine, question: str, settings: PlannerSettings = DEFAULT_SETTINGS, meter: Meter | None = None
+    engine: Engine, question: str, settings: PlannerSettings = DEFAULT_SETTINGS, meter: Meter | None = None,
+    context: Conversation = NO_CONTEXT,
 ) -> RouteDecision:
     """The prompting router alone: one greedy letter from settings.router_role."""
     role = resolve_role(settings.router_role, engine.roles())
     request = GenerateRequest(
-        prompt=router_prompt(engine, role, question),
+        prompt=router_prompt(engine, role, question, context),
         role=role,
         sampling=Sampling(temperature=0.0, max_tokens=settings.router_max_tokens, stop=("\n",)),
     )

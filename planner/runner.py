@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, Callable
 
 from planner import prompts
 from planner.answer import assemble
+from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import aclose_quietly, cancel_and_wait, resolve_role
 from planner.engine import (
     Chunk,
@@ -67,6 +68,7 @@ async def run(
     request_id: str = "",
     direct_prompt: str | None = None,
     early: EarlyStarts | None = None,
+    context: Conversation = NO_CONTEXT,
 ) -> AsyncGenerator[Event, None]:
     """Expand a validated plan: PlanReady, then node events as they happen, then AnswerDone.
 
@@ -75,13 +77,14 @@ async def run(
     direct_prompt: the whole prompt of a direct plan's answer, when the caller built its own (live
     mode adds the notes it wrote while the question arrived); by default the plain direct prompt.
     early: points started while the skeleton was written (EarlyStarts): their events so far were
-    sent already; this run sends the rest of them and runs every other node.
+    sent already; this run sends the rest of them and runs every other node. context: the caller's
+    system text and earlier turns (already fitted), in every node's prompt and in the shared prefix.
     """
     queue: asyncio.Queue[object] = asyncio.Queue()
     if early is not None:
         early.redirect(queue.put_nowait)  # before any await: no early event can fall between two sinks
     expansion = _Expansion(engine, question, plan, settings, meter or Meter(), request_id, queue.put_nowait,
-                           direct_prompt, early)
+                           direct_prompt, early, context)
     driver = asyncio.create_task(expansion.drive(), name=f"espalier-expand-{request_id or id(expansion)}")
     driver.add_done_callback(lambda _: queue.put_nowait(_DONE))
     try:
@@ -125,9 +128,11 @@ class _Expansion:
         emit: Callable[[Event], None],
         direct_prompt: str | None = None,
         early: EarlyStarts | None = None,
+        context: Conversation = NO_CONTEXT,
     ) -> None:
         self.engine = engine
         self.question = question
+        self.context = context
         self.plan = plan
         self.settings = settings
         self.meter = meter
@@ -170,7 +175,8 @@ class _Expansion:
         )
 
     async def _open_prefix(self, stack: contextlib.AsyncExitStack, role: Role) -> None:
-        text = prompts.point_shared_prefix(self.engine, role, self.question, self.plan, self.settings.point_length)
+        text = prompts.point_shared_prefix(self.engine, role, self.question, self.plan, self.settings.point_length,
+                                           self.context)
         if not text:
             return
         try:
@@ -201,12 +207,12 @@ class _Expansion:
         if retry:
             rid += "/retry" if rid else ""
         if self.plan.route is Route.DIRECT:
-            prompt = self.direct_prompt or prompts.direct_prompt(self.engine, role, self.question).full
+            prompt = self.direct_prompt or prompts.direct_prompt(self.engine, role, self.question, self.context).full
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
             return GenerateRequest(prompt + written, role, sampling, None, rid, s.speculation)
         forward = prompts.CLOSING_FORWARD_CHARS if node.part is Part.CLOSING else s.forward_max_chars
         rendered = prompts.point_prompt(
-            self.engine, role, self.question, self.plan, node.id, parents, forward, s.point_length
+            self.engine, role, self.question, self.plan, node.id, parents, forward, s.point_length, self.context
         )
         if node.part is Part.POINT:
             budget = node.max_tokens or s.point_max_tokens
@@ -375,9 +381,11 @@ class EarlyStarts:
     """
 
     def __init__(self, engine: Engine, question: str, settings: PlannerSettings, meter: Meter,
-                 emit: Callable[[Event], None], budget: int, request_id: str = "") -> None:
+                 emit: Callable[[Event], None], budget: int, request_id: str = "",
+                 context: Conversation = NO_CONTEXT) -> None:
         self.engine = engine
         self.question = question
+        self.context = context
         self.settings = settings
         self.meter = meter
         self.budget = budget
@@ -393,7 +401,7 @@ class EarlyStarts:
             return
         outline = Plan(tuple(self._known), Route.GRAPH)  # the skeleton as it stands: its points so far
         expansion = _Expansion(self.engine, self.question, outline, self.settings, self.meter, self.request_id,
-                               lambda event: self._emit(event))
+                               lambda event: self._emit(event), context=self.context)
         role = role_for(node, Route.GRAPH, self.settings, self.engine.roles())
         expansion.roles = {node.id: role}
         expansion.limits = {role: asyncio.Semaphore(1)}

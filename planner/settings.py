@@ -132,6 +132,13 @@ class PlannerSettings:
         default=1500,
         metadata=_m("characters of each parent's text forwarded to a dependent point", 0, 100_000),
     )
+    history_max_chars: int = field(
+        default=6000,
+        metadata=_m("characters of the caller's earlier turns that every prompt of an answer carries (the "
+                    "newest kept, older turns left out and the plan's reason says how many; the system text "
+                    "is always kept); prefilled once per answer, so it costs prefill, not per-point time",
+                    0, 1_000_000),
+    )
     sampling: Sampling = field(
         default_factory=Sampling,
         metadata=_m("sampling of points, skeleton and direct answers; max_tokens and stop are set per stage"),

@@ -1,6 +1,7 @@
 """Translation between the protobuf API and the planner's own types (habit 2: pb2 stays at the edge).
 
-Owns, inbound: the question (plain or from chat messages, bounded), the mode, a request's
+Owns, inbound: the question (plain or the last of chat messages, bounded) and its conversation (the
+caller's system text and earlier turns, bounded), the mode, a request's
 GenerationSettings as overrides of the server's PlannerSettings (each field checked against its
 documented range, errors naming the proto field), a caller's Graph as a Plan through
 Plan.validated (so a cycle, an unknown id or too many nodes is a PlanInvalid naming `graph....`),
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from espalier.v1 import espalier_pb2 as pb
 
 from planner import events as ev
-from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded, Speculation
+from planner.conversation import NO_CONTEXT, Conversation
+from planner.engine import FinishReason, InvalidRequest, Message, Role, RoleNotLoaded, Speculation
 from planner.live import Progress
 from planner.plan import MAX_NODE_TOKENS, Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.runner import role_for
@@ -55,6 +57,8 @@ class Limits:
 
     max_question_chars: int = 8000
     max_tokens: int = 4096
+    max_system_chars: int = 8000  # all of a request's system text
+    max_history_chars: int = 32000  # all of its earlier turns (the planner then keeps what fits its prompts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,7 @@ class PlanCall:
     question: str
     mode: Mode
     settings: PlannerSettings
+    context: Conversation = NO_CONTEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,35 +74,60 @@ class ExpandCall:
     question: str
     plan: Plan
     settings: PlannerSettings
+    context: Conversation = NO_CONTEXT
 
 
 @dataclass(frozen=True, slots=True)
 class StreamCall:
     mode: Mode
     settings: PlannerSettings
-    system: str
+    context: Conversation = NO_CONTEXT
 
 
 # --- inbound -------------------------------------------------------------------------------------
 
 
-def question_from(question: str, messages: Sequence[pb.ChatMessage], limits: Limits) -> str:
-    """The question: `question`, or the last user message of `messages` (exactly one of the two)."""
+def question_from(question: str, messages: Sequence[pb.ChatMessage], limits: Limits) -> tuple[str, Conversation]:
+    """The question and its conversation: `question` alone, or `messages`, whose last message is the
+    question (a user message) and the others its context (exactly one of the two)."""
     if question and messages:
         raise InvalidRequest("set either question or messages, not both", field="messages")
-    field = "question"
-    if messages:
-        for i, m in enumerate(messages):
-            if m.role not in _CHAT_ROLES:
-                raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(_CHAT_ROLES)} (got {m.role!r})",
-                                     field=f"messages[{i}].role")
-        users = [i for i, m in enumerate(messages) if m.role == "user"]
-        if not users:
-            raise InvalidRequest("messages has no user message", field="messages")
-        field = f"messages[{users[-1]}].content"
-        question = messages[users[-1]].content
-    check_question(question, limits, field)
-    return question
+    if not messages:
+        check_question(question, limits)
+        return question, NO_CONTEXT
+    last = len(messages) - 1
+    if messages[last].role != "user":
+        raise InvalidRequest(f"the last message must be the question, a user message (messages[{last}] is "
+                             f"{messages[last].role!r})", field=f"messages[{last}].role")
+    check_question(messages[last].content, limits, f"messages[{last}].content")
+    return messages[last].content, conversation_from("", messages[:last], limits)
+
+
+def conversation_from(system: str, messages: Sequence[pb.ChatMessage], limits: Limits,
+                      field: str = "messages", system_field: str = "open.system") -> Conversation:
+    """The caller's system text (`system` and system messages) and earlier turns, each total bounded by
+    `limits`; an error names the message that goes over (field[i].content, or system_field)."""
+    system_chars = len(system)
+    if system_chars > limits.max_system_chars:
+        raise InvalidRequest(f"{system_field} is longer than {limits.max_system_chars} characters "
+                             f"(got {system_chars})", field=system_field)
+    history_chars = 0
+    for i, m in enumerate(messages):
+        where = f"{field}[{i}]"
+        if m.role not in _CHAT_ROLES:
+            raise InvalidRequest(f"{where}.role must be one of {', '.join(_CHAT_ROLES)} (got {m.role!r})",
+                                 field=f"{where}.role")
+        if m.role == "system":
+            system_chars += len(m.content)
+            limit, total, what = limits.max_system_chars, system_chars, "system text"
+        else:
+            history_chars += len(m.content)
+            limit, total, what = limits.max_history_chars, history_chars, "earlier turns"
+        if total > limit:
+            raise InvalidRequest(f"{where}.content: the {what} come to more than {limit} characters (got {total} "
+                                 f"by this message)", field=f"{where}.content")
+    turns = [Message("system", system)] if system else []
+    return Conversation.from_messages(turns + [Message(m.role, m.content) for m in messages])
 
 
 def check_question(question: str, limits: Limits, field: str = "question") -> None:
@@ -170,25 +200,28 @@ def planner_settings(msg: pb.GenerationSettings, base: PlannerSettings, limits: 
 
 def plan_request(msg: pb.PlanRequest | pb.AnswerRequest, base: PlannerSettings, limits: Limits) -> PlanCall:
     """A Plan request, or an Answer request (the same fields: question or messages, mode, settings)."""
-    question = question_from(msg.question, msg.messages, limits)
-    return PlanCall(question, mode_from(msg.mode), planner_settings(msg.settings, base, limits))
+    question, context = question_from(msg.question, msg.messages, limits)
+    return PlanCall(question, mode_from(msg.mode), planner_settings(msg.settings, base, limits), context)
 
 
 def expand_request(msg: pb.ExpandRequest, base: PlannerSettings, limits: Limits,
                    loaded: frozenset[Role]) -> ExpandCall:
-    question = question_from(msg.question, msg.messages, limits)
+    question, context = question_from(msg.question, msg.messages, limits)
     settings = planner_settings(msg.settings, base, limits)
     if not msg.HasField("graph"):
         raise InvalidRequest("graph is required (as returned by Plan, possibly edited)", field="graph")
-    return ExpandCall(question, plan_from_graph(msg.graph, settings.max_nodes, loaded, limits.max_tokens), settings)
+    return ExpandCall(question, plan_from_graph(msg.graph, settings.max_nodes, loaded, limits.max_tokens), settings,
+                      context)
 
 
 def stream_open(msg: pb.StreamOpen, base: PlannerSettings, limits: Limits) -> StreamCall:
-    if len(msg.system) > limits.max_question_chars:
-        raise InvalidRequest(f"open.system is longer than {limits.max_question_chars} characters",
-                             field="open.system")
+    for i, m in enumerate(msg.history):
+        if m.role == "system":  # the streamed prompt's system text has its own field
+            raise InvalidRequest(f"open.history[{i}].role must be user or assistant (the system text goes in "
+                                 "open.system)", field=f"open.history[{i}].role")
+    context = conversation_from(msg.system, msg.history, limits, field="open.history")
     return StreamCall(mode_from(msg.mode, "open.mode"), planner_settings(msg.settings, base, limits, "open.settings"),
-                      msg.system)
+                      context)
 
 
 def plan_from_graph(graph: pb.Graph, max_nodes: int, loaded: frozenset[Role],

@@ -94,7 +94,9 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
                  engine: Engine | None = None) -> None:
         self._settings = settings
         self._planner: PlannerSettings = settings.planner
-        self._limits = convert.Limits(max_question_chars=settings.max_question_chars, max_tokens=settings.max_tokens)
+        self._limits = convert.Limits(max_question_chars=settings.max_question_chars, max_tokens=settings.max_tokens,
+                                      max_system_chars=settings.max_system_chars,
+                                      max_history_chars=settings.max_history_chars)
         self.metrics = metrics or ServiceMetrics()
         self.admission = Admission(settings.max_in_flight, settings.max_waiting, name="requests")
         # Streams whose prompt is still arriving hold no engine work yet, so they are bounded apart
@@ -202,7 +204,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             meter = Meter()
             async with self._work():
                 plan = await pipeline.make_plan(engine, req.question, req.mode, req.settings, meter=meter,
-                                                request_id=call.request_id)
+                                                request_id=call.request_id, context=req.context)
             meter.mark_planned()  # make_plan leaves this mark to the expansion, which a Plan call never runs
             call.usage = meter.usage()
             timings = meter.timings()
@@ -215,7 +217,8 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             engine = self._ready_engine()
             req = convert.expand_request(request, self._planner, self._limits, engine.roles())
             async with self._work():
-                events = pipeline.expand(engine, req.question, req.plan, req.settings, request_id=call.request_id)
+                events = pipeline.expand(engine, req.question, req.plan, req.settings, request_id=call.request_id,
+                                         context=req.context)
                 await _relay(events, call, context, req.settings, engine.roles(), pb.ExpandResponse)
 
     async def Answer(self, request: pb.AnswerRequest, context: grpc.aio.ServicerContext) -> None:
@@ -224,7 +227,8 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             engine = self._ready_engine()
             req = convert.plan_request(request, self._planner, self._limits)
             async with self._work():
-                events = pipeline.answer(engine, req.question, req.mode, req.settings, request_id=call.request_id)
+                events = pipeline.answer(engine, req.question, req.mode, req.settings, request_id=call.request_id,
+                                         context=req.context)
                 await _relay(events, call, context, req.settings, engine.roles(), pb.AnswerResponse)
 
     async def Stream(self, request_iterator: AsyncIterator[pb.StreamRequest],
@@ -237,7 +241,8 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
                 async with self.streams.slot():
                     opened = await self._read_open(messages)
                     # Prefill (and in live mode, note on) each sentence while the rest is typed.
-                    live = StreamedPrompt(engine, opened.mode, opened.settings, request_id=call.request_id)
+                    live = StreamedPrompt(engine, opened.mode, opened.settings, request_id=call.request_id,
+                                          context=opened.context)
                     await live.__aenter__()
                     question = await self._read_pieces(messages, live, context)
             except BaseException:
@@ -304,7 +309,8 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
         async def produce() -> None:
             try:
                 answer = (live.answer(question) if live.live else
-                          pipeline.answer(engine, question, opened.mode, opened.settings, request_id=call.request_id))
+                          pipeline.answer(engine, question, opened.mode, opened.settings, request_id=call.request_id,
+                                          context=opened.context))
                 async with aclosing(answer) as events:
                     async for event in events:
                         await out.put(event)

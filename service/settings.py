@@ -134,6 +134,12 @@ class ServerSettings:
         "largest gRPC message received or sent, in bytes", 1024, 256 * 1024 * 1024))
     max_question_chars: int = field(default=8000, metadata=_m(
         "longest question or streamed prompt, in characters", 1, 1_000_000))
+    max_system_chars: int = field(default=8000, metadata=_m(
+        "most characters of a request's system text (system messages, Stream's open.system); past this "
+        "INVALID_ARGUMENT naming the message", 0, 1_000_000))
+    max_history_chars: int = field(default=32000, metadata=_m(
+        "most characters of a request's earlier turns; past this INVALID_ARGUMENT naming the message (within "
+        "it the planner keeps the newest turns that fit planner.history_max_chars)", 0, 10_000_000))
     max_tokens: int = field(default=4096, metadata=_m(
         "largest token budget a request may ask for (point_max_tokens, answer_max_tokens, a node's max_tokens)",
         1, 32768))

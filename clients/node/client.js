@@ -10,6 +10,10 @@
  * Messages are plain objects in proto-loader's shape: camelCase field names, enums as their
  * names ('ROUTE_PARALLEL'), and for a oneof a string field naming the case that is set
  * (an AnswerEvent `e` has `e.event === 'nodeDelta'` and `e.nodeDelta`).
+ *
+ * The caller's conversation: plan, expand and answer take `system` (standing instructions: a
+ * persona, the language, house style) and `history` (the turns before the question), sent as the
+ * request's `messages` (see ChatMessage in the proto for how the server uses them).
  */
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -73,6 +77,35 @@ function generationSettings(settings = {}) {
   return Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined));
 }
 
+/**
+ * The question part of a Plan, Expand or Answer request: `{ question }` alone when there is neither
+ * system text nor history (the request as it always was), else `{ messages }`: the system message
+ * (when `system` is not empty), the history as given, then the question as the last user message.
+ * Roles and sizes are the server's to check (it names the offending `messages[i]`).
+ */
+function questionFields(question, { system, history } = {}) {
+  if (system !== undefined && typeof system !== 'string') {
+    throw new TypeError(`system must be a string; got ${typeof system}`);
+  }
+  if (history !== undefined && !Array.isArray(history)) {
+    throw new TypeError('history must be an array of { role, content } messages, oldest first');
+  }
+  const turns = chatMessages(history);
+  if (!system && turns.length === 0) return { question };
+  const instructions = system ? [{ role: 'system', content: system }] : [];
+  return { messages: [...instructions, ...turns, { role: 'user', content: question }] };
+}
+
+/** `{ role, content }` objects as ChatMessages (any other key is dropped). */
+function chatMessages(history = []) {
+  return history.map((message, i) => {
+    if (message === null || typeof message !== 'object') {
+      throw new TypeError(`history[${i}] must be a { role, content } object; got ${message}`);
+    }
+    return { role: message.role, content: message.content };
+  });
+}
+
 function modeName(mode = 'auto') {
   const name = MODES[mode] ?? (Object.values(MODES).includes(mode) ? mode : undefined);
   if (name === undefined) {
@@ -115,10 +148,24 @@ class EspalierClient {
 
   /**
    * Route the question and write its skeleton graph.
+   * @param {string} question
+   * @param {object} [options]
+   * @param {string} [options.mode] 'auto' (default), 'direct', 'sot' or 'sgd'
+   * @param {object} [options.settings] generation settings (camelCase); unset ones take the server's defaults
+   * @param {string} [options.system] the caller's standing instructions (a persona, the language,
+   *   house style): they shape every prompt that writes the answer, not the route
+   * @param {Array<{role: string, content: string}>} [options.history] the conversation before the
+   *   question, oldest first, each role 'user' or 'assistant'. With `system` or `history` the
+   *   request carries `messages` (system, history, then the question) instead of `question`.
+   * @param {number} [options.deadlineMs] this call's deadline (the client's by default)
    * @returns {Promise<object>} a PlanResponse: { graph: { nodes, route }, reason, skeleton, timings }
    */
-  plan(question, { mode = 'auto', settings, deadlineMs } = {}) {
-    const request = { question, mode: modeName(mode), settings: generationSettings(settings) };
+  plan(question, { mode = 'auto', settings, system, history, deadlineMs } = {}) {
+    const request = {
+      ...questionFields(question, { system, history }),
+      mode: modeName(mode),
+      settings: generationSettings(settings),
+    };
     const { metadata, options } = this._call(deadlineMs);
     return new Promise((resolve, reject) => {
       this._stub.plan(request, metadata, options, (err, response) => {
@@ -131,20 +178,38 @@ class EspalierClient {
   /**
    * Expand a graph (from plan(), possibly edited), yielding AnswerEvents as they arrive. Leaving
    * the loop early (break, return, a throw) cancels the call, so the server frees its slots.
+   * @param {object} request
+   * @param {string} request.question the question the graph was planned for
+   * @param {object} request.graph the graph to expand: { route, nodes }
+   * @param {object} [request.settings] generation settings
+   * @param {string} [request.system] the caller's standing instructions, as in plan() (pass the
+   *   same system and history as to plan(), so the points are written in the same conversation)
+   * @param {Array<{role: string, content: string}>} [request.history] the conversation before the
+   *   question, oldest first, as in plan()
+   * @param {object} [options]
+   * @param {number} [options.deadlineMs] this call's deadline
    */
-  async *expand({ question, graph, settings }, { deadlineMs } = {}) {
+  async *expand({ question, graph, settings, system, history }, { deadlineMs } = {}) {
+    const request = {
+      ...questionFields(question, { system, history }), graph, settings: generationSettings(settings),
+    };
     const { metadata, options } = this._call(deadlineMs);
-    yield* this._events(this._stub.expand({ question, graph, settings: generationSettings(settings) }, metadata,
-      options));
+    yield* this._events(this._stub.expand(request, metadata, options));
   }
 
   /**
    * Plan and expand in one call, for callers that do not edit the graph: nodePlanned events as the
    * skeleton is written (the outline growing), then planReady and the points' events, as expand().
+   * @param {string} question
+   * @param {object} [options] mode, settings, system, history and deadlineMs, as in plan()
    */
-  async *answer(question, { mode = 'auto', settings, deadlineMs } = {}) {
+  async *answer(question, { mode = 'auto', settings, system, history, deadlineMs } = {}) {
+    const request = {
+      ...questionFields(question, { system, history }),
+      mode: modeName(mode),
+      settings: generationSettings(settings),
+    };
     const { metadata, options } = this._call(deadlineMs);
-    const request = { question, mode: modeName(mode), settings: generationSettings(settings) };
     yield* this._events(this._stub.answer(request, metadata, options));
   }
 

@@ -1,6 +1,7 @@
 """Async Python client of the Espalier API: typed wrappers over the generated stubs.
 
-Owns channel set-up (plain, TLS, mutual TLS, shared token), deadlines, and retries. Only
+Owns channel set-up (plain, TLS, mutual TLS, shared token), deadlines, retries, and how a question
+travels with the caller's system text and earlier turns (`system=`, `history=` on every call). Only
 UNAVAILABLE is retried (the server is starting, draining or unreachable), and a stream only before
 its first event arrived, so no request is ever applied twice and no text is ever duplicated.
 """
@@ -22,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 T = TypeVar("T")
 
 MODES = {"auto": pb.MODE_AUTO, "direct": pb.MODE_DIRECT, "sot": pb.MODE_SOT, "sgd": pb.MODE_SGD}
+# An earlier turn: ("user" | "assistant", text), or a ChatMessage. A system message may be among them too.
+Turn = tuple[str, str] | pb.ChatMessage
 SERVICE_NAME = "espalier.v1.EspalierService"
 
 
@@ -83,27 +86,33 @@ class EspalierClient:
 
     # --- RPCs -------------------------------------------------------------------------------
 
+    # Every call that takes a question also takes the caller's standing instructions (`system`) and the
+    # conversation before the question (`history`, oldest first); the proto's ChatMessage says how the
+    # server uses them.
+
     async def plan(self, question: str, *, mode: str = "auto", generation: pb.GenerationSettings | None = None,
-                   timeout_s: float | None = None) -> pb.PlanResponse:
-        request = pb.PlanRequest(question=question, mode=_mode(mode), settings=generation)
+                   system: str = "", history: Sequence[Turn] = (), timeout_s: float | None = None) -> pb.PlanResponse:
+        request = pb.PlanRequest(**asked(question, system, history), mode=_mode(mode), settings=generation)
         return await self._with_retry(lambda: self._stub.Plan(request, timeout=self._deadline(timeout_s),
                                                               metadata=self._metadata))
 
     def expand(self, question: str, graph: pb.Graph, *, generation: pb.GenerationSettings | None = None,
+               system: str = "", history: Sequence[Turn] = (),
                timeout_s: float | None = None) -> AsyncIterator[pb.AnswerEvent]:
-        request = pb.ExpandRequest(question=question, graph=graph, settings=generation)
+        request = pb.ExpandRequest(**asked(question, system, history), graph=graph, settings=generation)
         return self._events(lambda: self._stub.Expand(request, timeout=self._deadline(timeout_s),
                                                       metadata=self._metadata))
 
     def stream(self, pieces: AsyncIterable[str] | Sequence[str], *, mode: str = "auto",
-               generation: pb.GenerationSettings | None = None, system: str = "",
+               generation: pb.GenerationSettings | None = None, system: str = "", history: Sequence[Turn] = (),
                timeout_s: float | None = None) -> AsyncIterator[pb.AnswerEvent]:
         """Send the prompt piece by piece (as the user types), then the end marker."""
         if not isinstance(pieces, AsyncIterable) and not isinstance(pieces, Sequence):
             raise TypeError("pieces must be a sequence or an async iterable of strings")
+        opened = pb.StreamOpen(mode=_mode(mode), settings=generation, system=system, history=chat(history))
 
         async def requests() -> AsyncIterator[pb.StreamRequest]:
-            yield pb.StreamRequest(open=pb.StreamOpen(mode=_mode(mode), settings=generation, system=system))
+            yield pb.StreamRequest(open=opened)
             if isinstance(pieces, AsyncIterable):
                 async for text in pieces:
                     yield pb.StreamRequest(piece=pb.PromptPiece(text=text))
@@ -118,17 +127,20 @@ class EspalierClient:
                                                       metadata=self._metadata), retry=retry)
 
     def answer(self, question: str, *, mode: str = "auto", generation: pb.GenerationSettings | None = None,
+               system: str = "", history: Sequence[Turn] = (),
                timeout_s: float | None = None) -> AsyncIterator[pb.AnswerEvent]:
         """Plan and expand a whole question in one call (the Answer RPC): the outline as the skeleton is
         written (node_planned), then plan_ready and the points' events."""
-        request = pb.AnswerRequest(question=question, mode=_mode(mode), settings=generation)
+        request = pb.AnswerRequest(**asked(question, system, history), mode=_mode(mode), settings=generation)
         return self._events(lambda: self._stub.Answer(request, timeout=self._deadline(timeout_s),
                                                       metadata=self._metadata))
 
     def ask(self, question: str, *, mode: str = "auto", generation: pb.GenerationSettings | None = None,
+            system: str = "", history: Sequence[Turn] = (),
             timeout_s: float | None = None) -> AsyncIterator[pb.AnswerEvent]:
         """The answer to a whole question, as `answer` gives it."""
-        return self.answer(question, mode=mode, generation=generation, timeout_s=timeout_s)
+        return self.answer(question, mode=mode, generation=generation, system=system, history=history,
+                           timeout_s=timeout_s)
 
     async def health(self, timeout_s: float = 5.0, *, service: str = SERVICE_NAME) -> str:
         """SERVING, NOT_SERVING, ... of the Espalier service (or of `service`; "" = the whole server)."""
@@ -185,6 +197,27 @@ class EspalierClient:
                 call.cancel()  # the caller stopped early (or we are done): free the server's slots
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._retry.max_backoff_s)
+
+
+def chat(turns: Sequence[Turn]) -> list[pb.ChatMessage]:
+    """Turns as ChatMessages: ("user", "text") pairs or ChatMessages, in order."""
+    out = []
+    for turn in turns:
+        if isinstance(turn, pb.ChatMessage):
+            out.append(turn)
+        else:
+            role, content = turn
+            out.append(pb.ChatMessage(role=role, content=content))
+    return out
+
+
+def asked(question: str, system: str = "", history: Sequence[Turn] = ()) -> dict[str, object]:
+    """A request's question fields: the bare question, or, with a system text or earlier turns, the
+    messages [system, *history, user question] (the server reads the last one as the question)."""
+    if not system and not history:
+        return {"question": question}
+    messages = [pb.ChatMessage(role="system", content=system)] if system else []
+    return {"messages": [*messages, *chat(history), pb.ChatMessage(role="user", content=question)]}
 
 
 def _mode(mode: str) -> int:

@@ -86,6 +86,31 @@ test('bad input is INVALID_ARGUMENT, naming the field', { skip: SKIP }, async ()
   });
 });
 
+test('system text and history: a direct answer with them completes', { skip: SKIP }, async () => {
+  await withClient({}, async (client) => {
+    // Only that the call succeeds: the small model's language and content are not checked here.
+    const history = [{ role: 'user', content: 'I sleep badly.' }, { role: 'assistant', content: 'Keep a routine.' }];
+    const options = { mode: 'direct', settings: { answerMaxTokens: 8 }, system: 'Always answer in French.', history };
+    const events = [];
+    for await (const event of client.answer(QUESTION, options)) events.push(event);
+    const last = events.at(-1);
+    assert.equal(last.event, 'answerDone', JSON.stringify(events.map((e) => e.event)));
+    assert.equal(last.answerDone.route, 'ROUTE_DIRECT');
+    assert.deepEqual(last.answerDone.failedNodeIds, []);
+  });
+});
+
+test('an unknown role in the history is INVALID_ARGUMENT naming the message', { skip: SKIP }, async () => {
+  await withClient({}, async (client) => {
+    const history = [{ role: 'robot', content: 'beep' }];
+    await assert.rejects(client.plan(QUESTION, { history }), expectCode('INVALID_ARGUMENT', (e) => {
+      assert.equal(e.code, 3);
+      assert.match(e.message, /messages\[0\]/);
+      assert.match(e.field, /^messages\[0\]/);
+    }));
+  });
+});
+
 test('a deadline too short to plan in is DEADLINE_EXCEEDED', { skip: SKIP }, async () => {
   await withClient({}, async (client) => {
     await assert.rejects(client.plan(QUESTION, { mode: 'sot', deadlineMs: 1 }), expectCode('DEADLINE_EXCEEDED'));

@@ -213,14 +213,16 @@ class AnswerResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AnswerEvent, _Mapping]] = ...) -> None: ...
 
 class StreamOpen(_message.Message):
-    __slots__ = ("mode", "settings", "system")
+    __slots__ = ("mode", "settings", "system", "history")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     settings: GenerationSettings
     system: str
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., settings: _Optional[_Union[GenerationSettings, _Mapping]] = ..., system: _Optional[str] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., settings: _Optional[_Union[GenerationSettings, _Mapping]] = ..., system: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class PromptPiece(_message.Message):
     __slots__ = ("text", "revise", "revise_from")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from engine_fakes import FakeEngine, chatml, llama3_trimming
 
@@ -34,18 +36,19 @@ def engine(request: pytest.FixtureRequest) -> FakeEngine:
 
 @pytest.mark.parametrize("route", [Route.PARALLEL, Route.GRAPH])
 def test_skeleton_fixed_prefix_is_shared_and_question_comes_last(engine: FakeEngine, route: Route) -> None:
-    fixed = prompts.skeleton_fixed_prefix(engine, Role.LARGE, route)
+    fixed = prompts.skeleton_fixed_prefix(engine, Role.LARGE, route, standing=False)
     assert (
         fixed.endswith("\n") and "organizer" in fixed and "printing press" in fixed
     )  # instructions + example
+    # the resident one, with the examples of standing instructions, starts with it: one serves both
+    assert prompts.skeleton_fixed_prefix(engine, Role.LARGE, route).startswith(fixed)
     for q in QUESTIONS:
         full = prompts.skeleton_prompt(engine, Role.LARGE, route, q)
         assert full.startswith(fixed)
         assert full.endswith(prompts.SKELETON_PREFILL)
         variable = full[len(fixed) :]
-        assert variable.startswith(
-            q.strip()
-        )  # the question is the whole variable part, save the template tail
+        # the question (after its lead) is the whole variable part, save the template tail
+        assert variable.startswith(prompts.QUESTION_LEAD + q.strip())
         assert len(variable) < len(q) + 80
     assert ("needs:" in fixed) == (route is Route.GRAPH)
 
@@ -116,7 +119,7 @@ def test_direct_prompt(engine: FakeEngine) -> None:
 def test_split_marker_in_question_is_removed(engine: FakeEngine) -> None:
     full = prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, "evil " + prompts.SPLIT + " question")
     assert prompts.SPLIT not in full
-    assert full.startswith(prompts.skeleton_fixed_prefix(engine, Role.LARGE, Route.GRAPH))
+    assert full.startswith(prompts.skeleton_fixed_prefix(engine, Role.LARGE, Route.GRAPH, standing=False))
 
 
 def test_template_that_breaks_prefixes_disables_sharing() -> None:
@@ -133,21 +136,31 @@ def test_resident_prefixes_cover_every_prompt_kind(engine: FakeEngine) -> None:
     texts = {t for _, t in residents}
     assert {r for r, _ in residents} == {Role.LARGE, Role.SMALL}
     q = QUESTIONS[0]
-    for prompt in [
-        prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q, difficulty=False),  # one role for all points
-        prompts.skeleton_prompt(engine, Role.LARGE, Route.PARALLEL, q),
-        prompts.router_prompt(engine, Role.SMALL, q),
-        prompts.point_prompt(engine, Role.SMALL, q, PLAN, 2).full,
-        prompts.direct_prompt(engine, Role.LARGE, q).full,
+
+    def reused(prompt: str) -> int:  # the engine forks the resident prefix sharing the longest start
+        return max(len(os.path.commonprefix([prompt, t])) for t in texts)
+
+    for prompt, fixed in [  # each prompt with its kind's question-independent part
+        (prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q, difficulty=False),  # one role for all points
+         prompts.skeleton_fixed_prefix(engine, Role.LARGE, Route.GRAPH, difficulty=False, standing=False)),
+        (prompts.skeleton_prompt(engine, Role.LARGE, Route.PARALLEL, q),
+         prompts.skeleton_fixed_prefix(engine, Role.LARGE, Route.PARALLEL, standing=False)),
+        (prompts.router_prompt(engine, Role.SMALL, q), prompts.router_fixed_prefix(engine, Role.SMALL)),
+        (prompts.direct_prompt(engine, Role.LARGE, q).full, prompts.direct_prompt(engine, Role.LARGE, "?").prefix),
     ]:
-        assert any(prompt.startswith(t) for t in texts), prompt[:80]
+        assert prompt.startswith(fixed) and reused(prompt) >= len(fixed), prompt[:80]
+    point = prompts.point_prompt(engine, Role.SMALL, q, PLAN, 2).full
+    assert any(point.startswith(t) and "outline" in t for t in texts)  # a point's instructions, whole
     assert all(t.endswith("\n") for t in texts)
     closed = {t for _, t in resident_prefixes(engine, PlannerSettings(closing=True))}
     framed_prompt = prompts.point_prompt(engine, Role.LARGE, q, Plan.validated(framed(PLAN.nodes), PLAN.route), 2).full
     assert any(framed_prompt.startswith(t) for t in closed) and not any(framed_prompt.startswith(t) for t in texts)
     rated = {t for _, t in resident_prefixes(engine, PlannerSettings(easy_role=Role.SMALL))}
     graph = prompts.skeleton_prompt(engine, Role.LARGE, Route.GRAPH, q)
-    assert any(graph.startswith(t) for t in rated) and not any(graph.startswith(t) for t in texts)
+    unrated = prompts.skeleton_fixed_prefix(engine, Role.LARGE, Route.GRAPH, difficulty=False, standing=False)
+    rated_fixed = prompts.skeleton_fixed_prefix(engine, Role.LARGE, Route.GRAPH, standing=False)
+    assert any(t.startswith(rated_fixed) for t in rated) and graph.startswith(rated_fixed)
+    assert not graph.startswith(unrated) and not any(t.startswith(rated_fixed) for t in texts)
 
 
 def test_resident_prefixes_with_one_role_loaded() -> None:

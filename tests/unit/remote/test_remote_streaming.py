@@ -273,3 +273,24 @@ async def test_token_id_prompts_travel_as_a_list() -> None:
     async with ScriptedServer(stream_of(HELLO)) as server:
         await drain(engine_for(server.url).generate(GenerateRequest([1, 2, 3], Role.LARGE)))
     assert server.received[0].body["prompt"] == [1, 2, 3]
+
+
+async def test_a_callers_system_text_and_earlier_turns_reach_the_remote_server() -> None:
+    """The planner formats the conversation into the prompt (Engine.chat_prompt, the role's template), so a
+    remote server receives the same turns the embedded engine decodes."""
+    from contextlib import aclosing
+
+    from planner import pipeline
+    from planner.conversation import Conversation
+    from planner.settings import PlannerSettings
+
+    context = Conversation("Always answer in French.", (Message("user", "Name a planet."), Message("assistant", "Venus.")))
+    async with ScriptedServer(stream_of(HELLO)) as server:
+        engine = engine_for(server.url, model="qwen")
+        settings = PlannerSettings(direct_role=Role.LARGE)
+        async with aclosing(pipeline.answer(engine, "What is it like?", "direct", settings, context=context)) as events:
+            [e async for e in events]
+    (req,) = server.received
+    prompt = req.body["prompt"]
+    assert prompt.index("Always answer in French.") < prompt.index("<|im_start|>user\nName a planet.<|im_end|>") \
+        < prompt.index("<|im_start|>assistant\nVenus.<|im_end|>") < prompt.index("What is it like?")

@@ -9,9 +9,10 @@ import pytest
 from espalier.v1 import espalier_pb2 as pb
 
 from planner import events as ev
-from planner.engine import FinishReason, InvalidRequest, Role, RoleNotLoaded
+from planner.conversation import NO_CONTEXT, Conversation
+from planner.engine import FinishReason, InvalidRequest, Message, Role, RoleNotLoaded
 from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route, framed
-from planner.settings import PlannerSettings
+from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 from service import convert
 
 LIMITS = convert.Limits(max_question_chars=100, max_tokens=64)
@@ -107,18 +108,48 @@ def test_a_node_pinned_to_an_unloaded_role_is_a_failed_precondition() -> None:
 
 
 def test_question_or_messages_bounded() -> None:
-    assert convert.question_from("Why?", [], LIMITS) == "Why?"
+    assert convert.question_from("Why?", [], LIMITS) == ("Why?", NO_CONTEXT)
     msgs = [pb.ChatMessage(role="system", content="Be brief."), pb.ChatMessage(role="user", content="First?"),
             pb.ChatMessage(role="assistant", content="A."), pb.ChatMessage(role="user", content="Second?")]
-    assert convert.question_from("", msgs, LIMITS) == "Second?"
+    question, context = convert.question_from("", msgs, LIMITS)
+    assert question == "Second?"
+    assert context == Conversation("Be brief.", (Message("user", "First?"), Message("assistant", "A.")))
     cases = [(("", []), "question"), (("   ", []), "question"), (("x" * 101, []), "question"),
-             (("Why?", msgs), "messages"), (("", [pb.ChatMessage(role="system", content="s")]), "messages"),
+             (("Why?", msgs), "messages"), (("", [pb.ChatMessage(role="system", content="s")]), "messages[0].role"),
              (("", [pb.ChatMessage(role="robot", content="s")]), "messages[0].role"),
+             (("", [pb.ChatMessage(role="robot", content="s"), pb.ChatMessage(role="user", content="q")]),
+              "messages[0].role"),
+             # the question must be last: a trailing assistant message is not silently dropped
+             (("", [*msgs, pb.ChatMessage(role="assistant", content="B.")]), "messages[4].role"),
              (("", [pb.ChatMessage(role="user", content="")]), "messages[0].content")]
     for (question, messages), field in cases:
         with pytest.raises(InvalidRequest) as info:
             convert.question_from(question, messages, LIMITS)
         assert info.value.field == field, (question, messages)
+
+
+def test_system_text_and_earlier_turns_are_bounded_naming_the_message_that_goes_over() -> None:
+    limits = convert.Limits(max_question_chars=100, max_system_chars=10, max_history_chars=20)
+    turn = pb.ChatMessage
+    ok = [turn(role="system", content="x" * 6), turn(role="user", content="y" * 10),
+          turn(role="system", content="x" * 4), turn(role="assistant", content="z" * 10), turn(role="user", content="q")]
+    question, context = convert.question_from("", ok, limits)
+    assert (question, context.system, len(context.history)) == ("q", "x" * 6 + "\n\n" + "x" * 4, 2)
+    over_system = [*ok[:2], turn(role="system", content="x" * 5), turn(role="user", content="q")]
+    over_history = [*ok[:4], turn(role="user", content="w"), turn(role="user", content="q")]
+    for messages, field in ((over_system, "messages[2].content"), (over_history, "messages[4].content")):
+        with pytest.raises(InvalidRequest) as info:
+            convert.question_from("", messages, limits)
+        assert info.value.field == field
+    opened = convert.stream_open(pb.StreamOpen(system="In French.", history=ok[1:2]), DEFAULT_SETTINGS, limits)
+    assert opened.context == Conversation("In French.", (Message("user", "y" * 10),))
+    bad = [(pb.StreamOpen(system="s" * 11), "open.system"),
+           (pb.StreamOpen(history=[turn(role="system", content="s")]), "open.history[0].role"),
+           (pb.StreamOpen(history=[turn(role="user", content="y" * 21)]), "open.history[0].content")]
+    for msg, field in bad:
+        with pytest.raises(InvalidRequest) as info:
+            convert.stream_open(msg, DEFAULT_SETTINGS, limits)
+        assert info.value.field == field
 
 
 def test_generation_settings_override_the_server_defaults() -> None:
