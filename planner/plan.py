@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import graphlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -268,55 +269,36 @@ class Plan:
     def topological_order(self) -> tuple[int, ...]:
         """Node ids so that every node comes after the nodes it depends on.
 
-        Stable: among ready nodes, skeleton order wins (Kahn's algorithm over a position-ordered
+        Stable: among ready nodes, skeleton order wins (one node at a time from a position-ordered
         ready list), so an edge-free plan keeps its skeleton order.
         """
-        indegree = {n.id: len(n.depends_on) for n in self.nodes}
-        children: dict[int, list[int]] = {n.id: [] for n in self.nodes}
-        for n in self.nodes:
-            for dep in n.depends_on:
-                children[dep].append(n.id)
+        sorter = self._sorter()
+        try:
+            sorter.prepare()
+        except graphlib.CycleError:
+            raise PlanInvalid("dependencies form a cycle", field="plan.nodes") from None
         pos = {n.id: i for i, n in enumerate(self.nodes)}
-        ready = sorted((i for i, d in indegree.items() if d == 0), key=pos.__getitem__)
+        ready: list[int] = []
         order: list[int] = []
-        while ready:
+        while sorter.is_active():
+            ready.extend(sorter.get_ready())
+            ready.sort(key=pos.__getitem__)
             current = ready.pop(0)
             order.append(current)
-            for child in children[current]:
-                indegree[child] -= 1
-                if indegree[child] == 0:
-                    ready.append(child)
-            ready.sort(key=pos.__getitem__)
-        if len(order) != len(self.nodes):
-            raise PlanInvalid("dependencies form a cycle", field="plan.nodes")
+            sorter.done(current)
         return tuple(order)
 
     def _find_cycle(self) -> tuple[int, ...]:
-        """One cycle as a tuple of ids (empty if none); deterministic: searched in skeleton order."""
-        deps = {n.id: n.depends_on for n in self.nodes}
-        state: dict[int, int] = {}  # 1 = on the current path, 2 = done
-        path: list[int] = []
-
-        def visit(nid: int) -> tuple[int, ...]:
-            state[nid] = 1
-            path.append(nid)
-            for dep in deps[nid]:
-                if state.get(dep) == 1:
-                    return tuple(path[path.index(dep) :])
-                if dep not in state:
-                    found = visit(dep)
-                    if found:
-                        return found
-            path.pop()
-            state[nid] = 2
-            return ()
-
-        for n in self.nodes:
-            if n.id not in state:
-                found = visit(n.id)
-                if found:
-                    return found
+        """One cycle as a tuple of ids, each depending on the next (empty if none)."""
+        try:
+            self._sorter().prepare()
+        except graphlib.CycleError as exc:
+            # graphlib lists the cycle against the dependencies, its first node repeated at the end
+            return tuple(reversed(exc.args[1]))[:-1]
         return ()
+
+    def _sorter(self) -> graphlib.TopologicalSorter[int]:
+        return graphlib.TopologicalSorter({n.id: n.depends_on for n in self.nodes})
 
 
 OPENING_TITLE = "Opening"

@@ -1,6 +1,6 @@
 """Building and running the gRPC server.
 
-Owns the server's assembly (`build` / `build_server`: the Espalier servicer, the standard health
+Owns the server's assembly (`build`: the Espalier servicer, the standard health
 service, server reflection, the shared-token interceptor, TLS credentials, message size limits,
 the metrics catalogue wired to the engine and admission) and the process lifecycle (`serve`):
 listen first with health NOT_SERVING, load the models (`load_engines`: the roles with remote URLs
@@ -156,13 +156,6 @@ async def build(settings: ServerSettings, engine: Engine | None = None,
     parts = Server(server, port, health, servicer, metrics)
     await parts.set_serving(False)
     return parts
-
-
-async def build_server(settings: ServerSettings, engine: Engine) -> tuple[grpc.aio.Server, int]:
-    """A server around a loaded engine, reporting SERVING once started; the caller starts and stops it."""
-    parts = await build(settings, engine)
-    await parts.set_serving(True)
-    return parts.server, parts.port
 
 
 def _engine_samples(engine: Engine | None) -> Iterable[tuple[str, dict[str, float]]]:

@@ -54,6 +54,7 @@ from service.bench.checklist import (
     load_checklists,
 )
 from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
+from service.console import progress_lines
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
 BASELINE = "direct"
@@ -134,7 +135,7 @@ def _clock_str(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-class Progress:
+class ProgressBar:
     """A one-line bar redrawn with \\r on a terminal; one line per item otherwise (logs, CI)."""
 
     def __init__(self, total: int, label: str, stream: TextIO | None = None,
@@ -389,7 +390,7 @@ def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
 
 
 async def _judge_pair(judge: judging.Judge, question: str, mode_answer: str, direct_answer: str,
-                      progress: Progress | None, note: str,
+                      progress: ProgressBar | None, note: str,
                       tie_margin: float = judging.DEFAULT_TIE_MARGIN) -> dict[str, Any]:
     """Margins in both orders where the judge gives them, else text verdicts in both orders."""
     errors: list[str] = []
@@ -588,7 +589,7 @@ async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge
     if grading and not isinstance(judge, judging.GradeJudge):
         raise ValueError(f"judge {judge.name} cannot grade single answers")
     per_question = len(judged_modes) + 1 if grading else 2 * len(judged_modes)
-    jbar = Progress(per_question * len(rows), "judge", stream)
+    jbar = ProgressBar(per_question * len(rows), "judge", stream)
     jbar.show(judge.name)
     for row in rows:
         row["judge"] = {}
@@ -626,7 +627,7 @@ async def _checklist_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], 
 
     A question without a checklist is left unjudged (outcome None), as is one whose direct answer failed
     or got no grade; a mode whose answer failed loses."""
-    bar = Progress(len(rows) * len(modes), "checklist", stream)
+    bar = ProgressBar(len(rows) * len(modes), "checklist", stream)
     bar.show(judge.name)
     for row in rows:
         row["judge"], row["checklist"] = {}, {}
@@ -694,7 +695,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
     """Answer every question in every mode (rotated order), judge, score the router; the result dict."""
     modes = check_modes(config.modes)
     rows: list[dict[str, Any]] = []
-    bar = Progress(len(questions) * len(modes), "answers", stream)
+    bar = ProgressBar(len(questions) * len(modes), "answers", stream)
     bar.show("starting")
     started = time.monotonic()
     for i, q in enumerate(questions):
@@ -724,7 +725,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
         if not labelled:
             labelled = list(labels)[:len(questions)]
             source = "labels file (no question of the run is labelled)"
-        rbar = Progress(len(labelled), "router", stream)
+        rbar = ProgressBar(len(labelled), "router", stream)
         pairs: list[tuple[int, str, str]] = []
         details: list[dict[str, Any]] = []
         route_seconds: list[float] = []
@@ -795,8 +796,7 @@ class AnswersOptions:
     rejudge_path: str | None = None  # judge this saved --json result again instead of answering
 
 
-def _log(msg: str) -> None:
-    print(f"[bench answers] {msg}", file=sys.stderr, flush=True)
+_log = progress_lines("bench answers")
 
 
 def planner_settings(opts: AnswersOptions) -> PlannerSettings:
