@@ -163,55 +163,13 @@ class Plan:
             raise PlanInvalid("a direct plan has exactly one node, a point", field="plan.nodes")
         seen: set[int] = set()
         for i, node in enumerate(nodes):
-            where = f"plan.nodes[{i}]"
-            if not isinstance(node, Node):
-                raise PlanInvalid(f"{where} is not a Node", field=where)
-            if not isinstance(node.id, int) or isinstance(node.id, bool) or not 1 <= node.id <= MAX_NODE_ID:
-                raise PlanInvalid(
-                    f"{where}.id must be an integer from 1 to {MAX_NODE_ID} (got {node.id!r})",
-                    field=f"{where}.id",
-                )
-            if node.id in seen:
-                raise PlanInvalid(f"node id {node.id} is used twice", field=f"{where}.id")
+            _check_node(node, i, len(nodes), seen)
             seen.add(node.id)
-            if not isinstance(node.title, str) or not node.title.strip():
-                raise PlanInvalid(f"{where}.title must not be empty", field=f"{where}.title")
-            if len(node.title) > MAX_TITLE_CHARS:
-                raise PlanInvalid(
-                    f"{where}.title is longer than {MAX_TITLE_CHARS} characters", field=f"{where}.title"
-                )
-            if node.role is not None and not isinstance(node.role, Role):
-                raise PlanInvalid(f"{where}.role must be large, small or unset (got {node.role!r})",
-                                  field=f"{where}.role")
-            if (not isinstance(node.max_tokens, int) or isinstance(node.max_tokens, bool)
-                    or not 0 <= node.max_tokens <= MAX_NODE_TOKENS):
-                raise PlanInvalid(f"{where}.max_tokens must be an integer from 0 to {MAX_NODE_TOKENS} "
-                                  f"(got {node.max_tokens!r})", field=f"{where}.max_tokens")
-            if not isinstance(node.difficulty, Difficulty):
-                raise PlanInvalid(
-                    f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
-                    field=f"{where}.difficulty",
-                )
-            _check_part(node, i, len(nodes))
         if not points:
             raise PlanInvalid("a plan needs at least one point", field="plan.nodes")
         frames = {n.id: n.part for n in nodes if n.part is not Part.POINT}
         for i, node in enumerate(nodes):
-            where = f"plan.nodes[{i}].depends_on"
-            if node.depends_on and route is not Route.GRAPH:
-                raise PlanInvalid(
-                    f"a {route} plan has no dependencies (node {node.id} has some)", field=where
-                )
-            if len(set(node.depends_on)) != len(node.depends_on):
-                raise PlanInvalid(f"node {node.id} names a dependency twice", field=where)
-            for dep in node.depends_on:
-                if dep == node.id:
-                    raise PlanInvalid(f"node {node.id} depends on itself", field=where)
-                if dep not in seen:
-                    raise PlanInvalid(f"node {node.id} depends on unknown node {dep!r}", field=where)
-                if dep in frames:
-                    raise PlanInvalid(f"node {node.id} depends on node {dep}, the answer's {frames[dep]}",
-                                      field=where)
+            _check_dependencies(node, i, route, seen, frames)
         plan = cls(nodes, route, reason, skeleton)
         cycle = plan._find_cycle()
         if cycle:
@@ -319,6 +277,48 @@ def framed(points: Iterable[Node], *, closing: bool = True) -> tuple[Node, ...]:
     if not closing:
         return (opening, *points)
     return (opening, *points, Node(last + 2, CLOSING_TITLE, part=Part.CLOSING))
+
+
+def _check_node(node: object, i: int, count: int, seen: set[int]) -> None:
+    """One node's own fields (seen: the ids of the nodes before it); PlanInvalid naming the field."""
+    where = f"plan.nodes[{i}]"
+    if not isinstance(node, Node):
+        raise PlanInvalid(f"{where} is not a Node", field=where)
+    if not isinstance(node.id, int) or isinstance(node.id, bool) or not 1 <= node.id <= MAX_NODE_ID:
+        raise PlanInvalid(f"{where}.id must be an integer from 1 to {MAX_NODE_ID} (got {node.id!r})",
+                          field=f"{where}.id")
+    if node.id in seen:
+        raise PlanInvalid(f"node id {node.id} is used twice", field=f"{where}.id")
+    if not isinstance(node.title, str) or not node.title.strip():
+        raise PlanInvalid(f"{where}.title must not be empty", field=f"{where}.title")
+    if len(node.title) > MAX_TITLE_CHARS:
+        raise PlanInvalid(f"{where}.title is longer than {MAX_TITLE_CHARS} characters", field=f"{where}.title")
+    if node.role is not None and not isinstance(node.role, Role):
+        raise PlanInvalid(f"{where}.role must be large, small or unset (got {node.role!r})", field=f"{where}.role")
+    if (not isinstance(node.max_tokens, int) or isinstance(node.max_tokens, bool)
+            or not 0 <= node.max_tokens <= MAX_NODE_TOKENS):
+        raise PlanInvalid(f"{where}.max_tokens must be an integer from 0 to {MAX_NODE_TOKENS} "
+                          f"(got {node.max_tokens!r})", field=f"{where}.max_tokens")
+    if not isinstance(node.difficulty, Difficulty):
+        raise PlanInvalid(f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
+                          field=f"{where}.difficulty")
+    _check_part(node, i, count)
+
+
+def _check_dependencies(node: Node, i: int, route: Route, ids: set[int], frames: dict[int, Part]) -> None:
+    """A node's depends_on: only in a graph, no repeats, only other known points (not the frame)."""
+    where = f"plan.nodes[{i}].depends_on"
+    if node.depends_on and route is not Route.GRAPH:
+        raise PlanInvalid(f"a {route} plan has no dependencies (node {node.id} has some)", field=where)
+    if len(set(node.depends_on)) != len(node.depends_on):
+        raise PlanInvalid(f"node {node.id} names a dependency twice", field=where)
+    for dep in node.depends_on:
+        if dep == node.id:
+            raise PlanInvalid(f"node {node.id} depends on itself", field=where)
+        if dep not in ids:
+            raise PlanInvalid(f"node {node.id} depends on unknown node {dep!r}", field=where)
+        if dep in frames:
+            raise PlanInvalid(f"node {node.id} depends on node {dep}, the answer's {frames[dep]}", field=where)
 
 
 def _check_part(node: Node, index: int, count: int) -> None:

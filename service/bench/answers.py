@@ -42,6 +42,7 @@ from planner import pipeline, router
 from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
 from planner.events import AnswerDone, NodeDelta, NodeFailed, NodeFinished, NodePlanned, PlanReady
 from planner.plan import Mode, PointLength, Route
+from planner.router import scores
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 from service.bench import judge as judging
 from service.bench.checklist import (
@@ -524,19 +525,16 @@ def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], ti
 
 
 def router_score(pairs: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
-    """(label, route, source) triples -> accuracy of `route != direct` against `label == 1`."""
-    tp = sum(1 for lab, r, _ in pairs if lab == 1 and r != "direct")
-    tn = sum(1 for lab, r, _ in pairs if lab == 0 and r == "direct")
-    fp = sum(1 for lab, r, _ in pairs if lab == 0 and r != "direct")
-    fn = sum(1 for lab, r, _ in pairs if lab == 1 and r == "direct")
-    n = len(pairs)
+    """(label, route, source) triples -> the scores of `route != direct` against `label == 1` (planner.router.
+    scores: accuracy, precision, recall, balanced accuracy, counts), the routes taken and who decided."""
+    result: dict[str, Any] = dict(scores([lab for lab, _, _ in pairs], [r != "direct" for _, r, _ in pairs]))
+    if not pairs:
+        result["accuracy"] = None  # nothing was routed: no figure rather than a zero
     by_source: dict[str, list[int]] = {}
     for lab, r, src in pairs:
         by_source.setdefault(src, []).append(int((r != "direct") == (lab == 1)))
-    return {"n": n, "accuracy": _r((tp + tn) / n, 4) if n else None, "tp": tp, "tn": tn, "fp": fp, "fn": fn,
-            "routes": dict(sorted(Counter(r for _, r, _ in pairs).items())),
-            "by_source": {s: {"n": len(v), "accuracy": _r(sum(v) / len(v), 4)}
-                          for s, v in sorted(by_source.items())}}
+    return {**result, "routes": dict(sorted(Counter(r for _, r, _ in pairs).items())),
+            "by_source": {s: {"n": len(v), "accuracy": _r(sum(v) / len(v), 4)} for s, v in sorted(by_source.items())}}
 
 
 def machine_info() -> dict[str, Any]:
@@ -689,6 +687,33 @@ async def rejudge(result: dict[str, Any], judge: Any, stream: TextIO | None = No
     return result
 
 
+async def _score_router(questions: Sequence[Question], labels: Sequence[Question], runner: Runner,
+                        stream: TextIO | None) -> dict[str, Any]:
+    """The router's decisions on the run's labelled questions (or, if none is labelled, the first of the
+    labels file), scored against their labels, with each decision and the median time to route."""
+    labelled = match_labels(list(questions), list(labels))
+    source = "questions of the run"
+    if not labelled:
+        labelled = list(labels)[:len(questions)]
+        source = "labels file (no question of the run is labelled)"
+    rbar = ProgressBar(len(labelled), "router", stream)
+    pairs: list[tuple[int, str, str]] = []
+    details: list[dict[str, Any]] = []
+    route_seconds: list[float] = []
+    for q in labelled:
+        t0 = time.perf_counter()
+        route, how = await runner.route(q.text)
+        route_seconds.append(time.perf_counter() - t0)
+        assert q.label is not None
+        pairs.append((q.label, route, how))
+        details.append({"question": q.text, "label": q.label, "route": route, "source": how,
+                        "correct": (route != "direct") == (q.label == 1)})
+        rbar.step(route)
+    rbar.close()
+    return {**router_score(pairs), "labelled_from": source, "questions": details,
+            "seconds_median": _r(statistics.median(route_seconds), 4) if route_seconds else None}
+
+
 async def run_bench(questions: Sequence[Question], runner: Runner, config: BenchConfig, *,
                     judge: judging.Judge | None = None, labels: Sequence[Question] | None = None,
                     stream: TextIO | None = None) -> dict[str, Any]:
@@ -718,29 +743,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
     if judge is not None:
         await judge_rows(rows, modes, judge, stream, config.judge_tie_margin, config.judge_mode, config.checklists)
 
-    router_result: dict[str, Any] | None = None
-    if labels is not None:
-        labelled = match_labels(list(questions), list(labels))
-        source = "questions of the run"
-        if not labelled:
-            labelled = list(labels)[:len(questions)]
-            source = "labels file (no question of the run is labelled)"
-        rbar = ProgressBar(len(labelled), "router", stream)
-        pairs: list[tuple[int, str, str]] = []
-        details: list[dict[str, Any]] = []
-        route_seconds: list[float] = []
-        for q in labelled:
-            t0 = time.perf_counter()
-            route, how = await runner.route(q.text)
-            route_seconds.append(time.perf_counter() - t0)
-            assert q.label is not None
-            pairs.append((q.label, route, how))
-            details.append({"question": q.text, "label": q.label, "route": route, "source": how,
-                            "correct": (route != "direct") == (q.label == 1)})
-            rbar.step(route)
-        rbar.close()
-        router_result = {**router_score(pairs), "labelled_from": source, "questions": details,
-                         "seconds_median": _r(statistics.median(route_seconds), 4) if route_seconds else None}
+    router_result = await _score_router(questions, labels, runner, stream) if labels is not None else None
 
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
