@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 from planner.engine import (
@@ -130,7 +130,7 @@ class LlamaEngine:
     def roles(self) -> frozenset[Role]:
         return frozenset(self._workers)
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         worker = self.worker(request.role)
         request.validate()
         if request.speculation not in tuple(Speculation):
