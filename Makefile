@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools node test unit models run bench-engine lint protos api-snapshot clean
+.PHONY: install tools node go test unit models run bench-engine lint protos api-snapshot clean
 PORT ?= 50051
 QUESTION ?= What are the most effective ways to deal with stress?
 
@@ -28,7 +28,7 @@ models: install
 	$(VENV)/bin/espalier models fetch small
 
 # Both default models: the speculation tests verify the large model with the small one as its draft.
-test: install tools node
+test: install tools node go
 	$(VENV)/bin/espalier models fetch all
 	$(PY) -m pytest -q -ra
 
@@ -45,6 +45,31 @@ node:
 			[ $(NODE_LOCK) -nt clients/node/node_modules/.package-lock.json ]; }; then \
 		npm ci --silent --no-audit --no-fund --ignore-scripts --prefix clients/node || \
 			echo "clients/node dependencies not installed"; fi
+
+# clients/go's toolchain and Debian's Go libraries (clients/go/README.md), from apt when any is missing
+# and we are root (CI); otherwise it says why and the Go client's test is skipped. Under CI a failed
+# install fails the run, so that the test cannot be skipped there unnoticed. apt's output: .tools/apt-go.log
+GO_PACKAGES := golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+	golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+GOCODE := /usr/share/gocode/src
+go:
+	@missing=; for tool in go protoc protoc-gen-go protoc-gen-go-grpc; do \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for lib in google.golang.org/grpc github.com/golang/protobuf/proto/registry.go; do \
+		[ -e $(GOCODE)/$$lib ] || missing="$$missing $$lib"; done; \
+	if [ -z "$$missing" ]; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "Go client packages not installed (missing$$missing): no apt-get; see clients/go/README.md"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "Go client packages not installed (missing$$missing): not root; apt-get install $(GO_PACKAGES)"; \
+	else \
+		echo "== installing the Go client's toolchain and libraries with apt (missing$$missing) =="; \
+		mkdir -p .tools; \
+		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				-o DPkg::Lock::Timeout=120 --no-install-recommends $(GO_PACKAGES); } >.tools/apt-go.log 2>&1; then \
+			tail -n 20 .tools/apt-go.log; echo "Go client packages not installed (log: .tools/apt-go.log)"; \
+			if [ "$${CI:-false}" != false ]; then exit 1; fi; fi; \
+	fi
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Self, runtime_checkable
 
@@ -293,8 +293,10 @@ class Engine(Protocol):
         """The model roles that are loaded."""
         ...
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        """Decode one sequence. Closing or cancelling the iterator frees the sequence at once."""
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        """Decode one sequence: an async generator (`async def ... yield`) in every implementation, so a bad
+        request or an unknown role raises on the first iteration, never at the call. Closing or cancelling
+        it frees the sequence at once."""
         ...
 
     def prefix(self, role: Role, text: str) -> Prefix:

@@ -21,7 +21,7 @@ from typing import Self
 
 from planner import prompts, runner
 from planner.conversation import NO_CONTEXT, Conversation
-from planner.decode import resolve_role
+from planner.decode import metered, resolve_role
 from planner.engine import Engine, EngineError, GenerateRequest, Prefix
 from planner.events import Event
 from planner.plan import Mode, Plan, Route
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Progress:
+class TypingProgress:
     """What happened while the user was typing (sent to the client as PromptProgress)."""
 
     chars_received: int
@@ -62,7 +62,7 @@ class StreamedPrompt:
         self._route = mode.forced_route if mode in (Mode.SOT, Mode.SGD) else Route.DIRECT
         wanted = settings.skeleton_role if self._route is not Route.DIRECT else settings.direct_role
         self.role = resolve_role(wanted, engine.roles())
-        self.progress: asyncio.Queue[Progress | None] = asyncio.Queue()  # None: no more
+        self.progress: asyncio.Queue[TypingProgress | None] = asyncio.Queue()  # None: no more
         self._text = ""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while the background task has caught up and waits for text
@@ -199,15 +199,12 @@ class StreamedPrompt:
         text = prompts.live_note_prompt(self.engine, self.role, typed, self.context)
         sampling = dataclasses.replace(self.settings.sampling, max_tokens=self.settings.live_note_tokens, stop=("\n",))
         parts: list[str] = []
-        gen = self.engine.generate(GenerateRequest(text, self.role, sampling, None,
-                                                   f"{self.request_id}/note" if self.request_id else ""))
-        try:
-            async for chunk in gen:
+        request = GenerateRequest(text, self.role, sampling, None, f"{self.request_id}/note" if self.request_id else "")
+        async with contextlib.aclosing(metered(self.engine, request)) as stream:
+            async for chunk in stream:
                 parts.append(chunk.text)
                 if self._ended:
                     return None
-        finally:
-            await gen.aclose()
         return "".join(parts).strip() or "WAIT"
 
     async def _hold(self, head: str) -> None:
@@ -225,9 +222,9 @@ class StreamedPrompt:
         if old is not None:
             await old.aclose()
 
-    def summary(self, note: str = "") -> Progress:
+    def summary(self, note: str = "") -> TypingProgress:
         """Where the prefill stands: characters received, tokens cached, sentences processed."""
-        return Progress(len(self._text), self._tokens, len(_sentences(self._typed)) if self._typed else 0, note)
+        return TypingProgress(len(self._text), self._tokens, len(_sentences(self._typed)) if self._typed else 0, note)
 
     def _report(self, note: str) -> None:
         self.progress.put_nowait(self.summary(note))

@@ -72,7 +72,16 @@ async def make_plan(
     meter.mark_routed()
     if route is Route.DIRECT:
         return Plan.direct(reason)
+    skeleton, truncated, outline = await _write_skeleton(engine, question, route, settings, meter, request_id,
+                                                         on_planned, context)
+    return _plan_from_skeleton(skeleton, truncated, outline, question, route, settings, reason)
 
+
+async def _write_skeleton(engine: Engine, question: str, route: Route, settings: PlannerSettings, meter: Meter,
+                          request_id: str, on_planned: Callable[[NodePlanned], None] | None,
+                          context: Conversation) -> tuple[str, bool, OutlineReader]:
+    """The skeleton as the model wrote it (with its pre-fill), whether its budget cut it, and the outline
+    read while it was written (each point reported to on_planned as soon as its line is complete)."""
     role = resolve_role(settings.skeleton_role, engine.roles())
     request = GenerateRequest(
         prompt=prompts.skeleton_prompt(engine, role, route, question, difficulty=settings.rates_difficulty,
@@ -96,8 +105,14 @@ async def make_plan(
     out = await collect(engine, request, meter, on_text=read)
     if out.finish is not FinishReason.LENGTH:
         read("\n")  # the skeleton ended (a stop or the end token): its last line is complete
-    skeleton = prompts.SKELETON_PREFILL + out.text
-    nodes = _parse(skeleton, route, settings, truncated=out.finish is FinishReason.LENGTH)
+    return prompts.SKELETON_PREFILL + out.text, out.finish is FinishReason.LENGTH, outline
+
+
+def _plan_from_skeleton(skeleton: str, truncated: bool, outline: OutlineReader, question: str, route: Route,
+                        settings: PlannerSettings, reason: str) -> Plan:
+    """The plan a written skeleton gives: its points with their budgets and the frame, or a direct plan
+    whose reason says why when the skeleton cannot be used."""
+    nodes = _parse(skeleton, route, settings, truncated=truncated)
     if nodes is None:
         return Plan.direct(f"{reason}; skeleton unusable, answering directly")
     counted = f"{reason}; {len(nodes)} points"  # the points alone, before the frame joins them
@@ -108,13 +123,7 @@ async def make_plan(
     if settings.frame:
         nodes = framed(nodes, closing=settings.closing)
     try:
-        plan = Plan.validated(
-            nodes,
-            route,
-            max_nodes=settings.max_nodes,
-            reason=counted,
-            skeleton=skeleton,
-        )
+        plan = Plan.validated(nodes, route, max_nodes=settings.max_nodes, reason=counted, skeleton=skeleton)
         return plan.with_max_depth(settings.max_depth) if route is Route.GRAPH else plan
     except PlanInvalid as exc:  # the parser repairs graphs, so this is a parser bug; still answer
         return Plan.direct(f"{reason}; skeleton rejected ({exc}), answering directly")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import graphlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -162,55 +163,13 @@ class Plan:
             raise PlanInvalid("a direct plan has exactly one node, a point", field="plan.nodes")
         seen: set[int] = set()
         for i, node in enumerate(nodes):
-            where = f"plan.nodes[{i}]"
-            if not isinstance(node, Node):
-                raise PlanInvalid(f"{where} is not a Node", field=where)
-            if not isinstance(node.id, int) or isinstance(node.id, bool) or not 1 <= node.id <= MAX_NODE_ID:
-                raise PlanInvalid(
-                    f"{where}.id must be an integer from 1 to {MAX_NODE_ID} (got {node.id!r})",
-                    field=f"{where}.id",
-                )
-            if node.id in seen:
-                raise PlanInvalid(f"node id {node.id} is used twice", field=f"{where}.id")
+            _check_node(node, i, len(nodes), seen)
             seen.add(node.id)
-            if not isinstance(node.title, str) or not node.title.strip():
-                raise PlanInvalid(f"{where}.title must not be empty", field=f"{where}.title")
-            if len(node.title) > MAX_TITLE_CHARS:
-                raise PlanInvalid(
-                    f"{where}.title is longer than {MAX_TITLE_CHARS} characters", field=f"{where}.title"
-                )
-            if node.role is not None and not isinstance(node.role, Role):
-                raise PlanInvalid(f"{where}.role must be large, small or unset (got {node.role!r})",
-                                  field=f"{where}.role")
-            if (not isinstance(node.max_tokens, int) or isinstance(node.max_tokens, bool)
-                    or not 0 <= node.max_tokens <= MAX_NODE_TOKENS):
-                raise PlanInvalid(f"{where}.max_tokens must be an integer from 0 to {MAX_NODE_TOKENS} "
-                                  f"(got {node.max_tokens!r})", field=f"{where}.max_tokens")
-            if not isinstance(node.difficulty, Difficulty):
-                raise PlanInvalid(
-                    f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
-                    field=f"{where}.difficulty",
-                )
-            _check_part(node, i, len(nodes))
         if not points:
             raise PlanInvalid("a plan needs at least one point", field="plan.nodes")
         frames = {n.id: n.part for n in nodes if n.part is not Part.POINT}
         for i, node in enumerate(nodes):
-            where = f"plan.nodes[{i}].depends_on"
-            if node.depends_on and route is not Route.GRAPH:
-                raise PlanInvalid(
-                    f"a {route} plan has no dependencies (node {node.id} has some)", field=where
-                )
-            if len(set(node.depends_on)) != len(node.depends_on):
-                raise PlanInvalid(f"node {node.id} names a dependency twice", field=where)
-            for dep in node.depends_on:
-                if dep == node.id:
-                    raise PlanInvalid(f"node {node.id} depends on itself", field=where)
-                if dep not in seen:
-                    raise PlanInvalid(f"node {node.id} depends on unknown node {dep!r}", field=where)
-                if dep in frames:
-                    raise PlanInvalid(f"node {node.id} depends on node {dep}, the answer's {frames[dep]}",
-                                      field=where)
+            _check_dependencies(node, i, route, seen, frames)
         plan = cls(nodes, route, reason, skeleton)
         cycle = plan._find_cycle()
         if cycle:
@@ -268,55 +227,36 @@ class Plan:
     def topological_order(self) -> tuple[int, ...]:
         """Node ids so that every node comes after the nodes it depends on.
 
-        Stable: among ready nodes, skeleton order wins (Kahn's algorithm over a position-ordered
+        Stable: among ready nodes, skeleton order wins (one node at a time from a position-ordered
         ready list), so an edge-free plan keeps its skeleton order.
         """
-        indegree = {n.id: len(n.depends_on) for n in self.nodes}
-        children: dict[int, list[int]] = {n.id: [] for n in self.nodes}
-        for n in self.nodes:
-            for dep in n.depends_on:
-                children[dep].append(n.id)
+        sorter = self._sorter()
+        try:
+            sorter.prepare()
+        except graphlib.CycleError:
+            raise PlanInvalid("dependencies form a cycle", field="plan.nodes") from None
         pos = {n.id: i for i, n in enumerate(self.nodes)}
-        ready = sorted((i for i, d in indegree.items() if d == 0), key=pos.__getitem__)
+        ready: list[int] = []
         order: list[int] = []
-        while ready:
+        while sorter.is_active():
+            ready.extend(sorter.get_ready())
+            ready.sort(key=pos.__getitem__)
             current = ready.pop(0)
             order.append(current)
-            for child in children[current]:
-                indegree[child] -= 1
-                if indegree[child] == 0:
-                    ready.append(child)
-            ready.sort(key=pos.__getitem__)
-        if len(order) != len(self.nodes):
-            raise PlanInvalid("dependencies form a cycle", field="plan.nodes")
+            sorter.done(current)
         return tuple(order)
 
     def _find_cycle(self) -> tuple[int, ...]:
-        """One cycle as a tuple of ids (empty if none); deterministic: searched in skeleton order."""
-        deps = {n.id: n.depends_on for n in self.nodes}
-        state: dict[int, int] = {}  # 1 = on the current path, 2 = done
-        path: list[int] = []
-
-        def visit(nid: int) -> tuple[int, ...]:
-            state[nid] = 1
-            path.append(nid)
-            for dep in deps[nid]:
-                if state.get(dep) == 1:
-                    return tuple(path[path.index(dep) :])
-                if dep not in state:
-                    found = visit(dep)
-                    if found:
-                        return found
-            path.pop()
-            state[nid] = 2
-            return ()
-
-        for n in self.nodes:
-            if n.id not in state:
-                found = visit(n.id)
-                if found:
-                    return found
+        """One cycle as a tuple of ids, each depending on the next (empty if none)."""
+        try:
+            self._sorter().prepare()
+        except graphlib.CycleError as exc:
+            # graphlib lists the cycle against the dependencies, its first node repeated at the end
+            return tuple(reversed(exc.args[1]))[:-1]
         return ()
+
+    def _sorter(self) -> graphlib.TopologicalSorter[int]:
+        return graphlib.TopologicalSorter({n.id: n.depends_on for n in self.nodes})
 
 
 OPENING_TITLE = "Opening"
@@ -337,6 +277,48 @@ def framed(points: Iterable[Node], *, closing: bool = True) -> tuple[Node, ...]:
     if not closing:
         return (opening, *points)
     return (opening, *points, Node(last + 2, CLOSING_TITLE, part=Part.CLOSING))
+
+
+def _check_node(node: object, i: int, count: int, seen: set[int]) -> None:
+    """One node's own fields (seen: the ids of the nodes before it); PlanInvalid naming the field."""
+    where = f"plan.nodes[{i}]"
+    if not isinstance(node, Node):
+        raise PlanInvalid(f"{where} is not a Node", field=where)
+    if not isinstance(node.id, int) or isinstance(node.id, bool) or not 1 <= node.id <= MAX_NODE_ID:
+        raise PlanInvalid(f"{where}.id must be an integer from 1 to {MAX_NODE_ID} (got {node.id!r})",
+                          field=f"{where}.id")
+    if node.id in seen:
+        raise PlanInvalid(f"node id {node.id} is used twice", field=f"{where}.id")
+    if not isinstance(node.title, str) or not node.title.strip():
+        raise PlanInvalid(f"{where}.title must not be empty", field=f"{where}.title")
+    if len(node.title) > MAX_TITLE_CHARS:
+        raise PlanInvalid(f"{where}.title is longer than {MAX_TITLE_CHARS} characters", field=f"{where}.title")
+    if node.role is not None and not isinstance(node.role, Role):
+        raise PlanInvalid(f"{where}.role must be large, small or unset (got {node.role!r})", field=f"{where}.role")
+    if (not isinstance(node.max_tokens, int) or isinstance(node.max_tokens, bool)
+            or not 0 <= node.max_tokens <= MAX_NODE_TOKENS):
+        raise PlanInvalid(f"{where}.max_tokens must be an integer from 0 to {MAX_NODE_TOKENS} "
+                          f"(got {node.max_tokens!r})", field=f"{where}.max_tokens")
+    if not isinstance(node.difficulty, Difficulty):
+        raise PlanInvalid(f"{where}.difficulty must be easy or hard (got {node.difficulty!r})",
+                          field=f"{where}.difficulty")
+    _check_part(node, i, count)
+
+
+def _check_dependencies(node: Node, i: int, route: Route, ids: set[int], frames: dict[int, Part]) -> None:
+    """A node's depends_on: only in a graph, no repeats, only other known points (not the frame)."""
+    where = f"plan.nodes[{i}].depends_on"
+    if node.depends_on and route is not Route.GRAPH:
+        raise PlanInvalid(f"a {route} plan has no dependencies (node {node.id} has some)", field=where)
+    if len(set(node.depends_on)) != len(node.depends_on):
+        raise PlanInvalid(f"node {node.id} names a dependency twice", field=where)
+    for dep in node.depends_on:
+        if dep == node.id:
+            raise PlanInvalid(f"node {node.id} depends on itself", field=where)
+        if dep not in ids:
+            raise PlanInvalid(f"node {node.id} depends on unknown node {dep!r}", field=where)
+        if dep in frames:
+            raise PlanInvalid(f"node {node.id} depends on node {dep}, the answer's {frames[dep]}", field=where)
 
 
 def _check_part(node: Node, index: int, count: int) -> None:

@@ -4,8 +4,8 @@ Owns the order of the deciders: the near-certain rules, then the learned router 
 where its weights fit the loaded model; without it the cheap rules (code, math, estimates, creative
 writing, role-play, short facts and small talk go direct; counterfactuals, how-tos and "what are the
 ways/factors/differences" questions get a skeleton), then the one-token prompting router on the small
-model if allowed. Also the accuracy evaluation of the rules and the prompting router against labelled
-CSV files (`label;request`, 1 = suits a skeleton, 0 = does not).
+model if allowed. Also the scoring of routing decisions against labels (`scores`, `evaluate_rules` on
+(label, question) rows, 1 = suits a skeleton, 0 = does not; files are read by the service).
 
 Measured (accuracy of skeleton vs direct): the rules alone, with `direct` for questions they leave
 open, score 0.95 on vicuna80_router.csv and 0.77 on lima_router.csv (the rules were written with
@@ -17,12 +17,9 @@ settings.use_router_model is off by default.
 
 from __future__ import annotations
 
-import csv
 import re
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import collect, resolve_role
@@ -282,12 +279,6 @@ async def model_route(
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def read_labels(path: str | Path) -> list[tuple[int, str]]:
-    """Rows of a `label;request` CSV (1 = suits a skeleton)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [(int(row["label"]), row["request"]) for row in csv.DictReader(f, delimiter=";")]
-
-
 def scores(labels: Sequence[int], chosen: Sequence[bool]) -> dict[str, float | int]:
     """Accuracy, precision, recall (of 'suits a skeleton'), balanced accuracy and the confusion counts
     of `chosen` (a skeleton chosen) against `labels` (1 = suits a skeleton)."""
@@ -318,37 +309,7 @@ def _score(pairs: Iterable[tuple[int, RouteDecision]]) -> dict[str, object]:
     }
 
 
-def evaluate_rules(labels_csv_path: str | Path, default: Route = Route.DIRECT) -> dict[str, object]:
-    """Accuracy of the rules alone (undecided questions get `default`)."""
-    rows = read_labels(labels_csv_path)
+def evaluate_rules(rows: Iterable[tuple[int, str]], default: Route = Route.DIRECT) -> dict[str, object]:
+    """Scores of the rules alone on (label, question) rows (undecided questions get `default`); reading a
+    labelled file is the service's (service.bench.questions.label_rows)."""
     return _score((label, rules_only_route(q, default)) for label, q in rows)
-
-
-async def evaluate_router(
-    engine: Engine,
-    labels_csv_path: str | Path,
-    settings: PlannerSettings = DEFAULT_SETTINGS,
-    *,
-    model_only: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, object]:
-    """Accuracy of the full router (rules, then the model) on a labelled CSV; sequential, greedy.
-
-    model_only=True skips the rules so the prompting router itself is measured.
-    """
-    rows = read_labels(labels_csv_path)
-    pairs: list[tuple[int, RouteDecision]] = []
-    meter = Meter()
-    t0 = time.monotonic()
-    for i, (label, q) in enumerate(rows):
-        if model_only:
-            decision = await model_route(engine, q, settings, meter)
-        else:
-            decision = await route(engine, q, settings, meter)
-        pairs.append((label, decision))
-        if progress is not None:
-            progress(i + 1, len(rows))
-    result = _score(pairs)
-    result["seconds"] = round(time.monotonic() - t0, 2)
-    result["router_calls"] = sum(u.calls for u in meter.usage().roles)
-    return result

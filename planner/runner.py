@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator, Callable
 from planner import prompts
 from planner.answer import assemble
 from planner.conversation import NO_CONTEXT, Conversation
-from planner.decode import aclose_quietly, cancel_and_wait, resolve_role
+from planner.decode import cancel_and_wait, metered, resolve_role
 from planner.engine import (
     Chunk,
     Engine,
@@ -306,8 +306,7 @@ class _Expansion:
         tokens = 0
         last: Chunk | None = None
         one_sentence = node.part is not Part.POINT
-        stream = self.engine.generate(request)
-        try:
+        async with contextlib.aclosing(metered(self.engine, request, self.meter)) as stream:
             async for chunk in stream:
                 tokens += chunk.tokens
                 last = chunk
@@ -324,14 +323,6 @@ class _Expansion:
                     self.emit(NodeDelta(node.id, text, chunk.tokens))
                 if last.finish is not None:
                     break
-        finally:
-            await aclose_quietly(stream)
-            self.meter.add(
-                request.role,
-                prompt_tokens=last.prompt_tokens if last else 0,
-                reused_tokens=last.reused_tokens if last else 0,
-                completion_tokens=tokens,
-            )
         return last, tokens
 
     def _fail(self, node: Node, reason: str, error: str, partial: str) -> None:
@@ -426,5 +417,4 @@ class EarlyStarts:
         return kept
 
     async def aclose(self) -> None:
-        for started in self.started.values():
-            await cancel_and_wait(started.task)  # type: ignore[arg-type]
+        await cancel_and_wait(*(started.task for started in self.started.values()))

@@ -209,9 +209,8 @@ def _load(args: argparse.Namespace) -> int:
     return 0 if ok(summary) else 1
 
 
-def run(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="espalier bench", description=__doc__)
-    sub = parser.add_subparsers(dest="what", required=True)
+def _engine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`espalier bench engine`."""
     eng = sub.add_parser("engine", help="engine throughput at 1..8 sequences vs a bare llama_decode loop")
     eng.add_argument("--model", default="small", help="small, large or a GGUF path (default: small)")
     eng.add_argument("--json", action="store_true", help="print one JSON object")
@@ -222,6 +221,10 @@ def run(argv: Sequence[str]) -> int:
     eng.add_argument("--rounds", type=int, default=3,
                      help="alternating engine/raw rounds; figures are medians (default 3; --quick: 1)")
     eng.set_defaults(func=_engine)
+
+
+def _spec_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`espalier bench spec`."""
     spec = sub.add_parser("spec", help="speculative decoding vs plain decoding at 1 and 4 sequences",
                           description="Load the target with its draft, measure plain decoding against "
                                       "speculation on auto and forced on, alternating over rounds.")
@@ -238,6 +241,10 @@ def run(argv: Sequence[str]) -> int:
     spec.add_argument("--verify-rows", type=int, default=7,
                       help="most tokens per verify call; 0 = no limit (GPU); default 7 keeps greedy output exact")
     spec.set_defaults(func=_spec)
+
+
+def _stream_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`espalier bench stream`."""
     st = sub.add_parser("stream", help="streamed prompts (sentence-wise prefill, live notes) vs prompts sent whole",
                         description="Type multiple-choice prompts word by word at a set pace and compare the "
                                     "latency after the last word, and the accuracy, with sending them whole.")
@@ -258,40 +265,10 @@ def run(argv: Sequence[str]) -> int:
     st.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
     _hardware_args(st)
     st.set_defaults(func=_stream)
-    ans = sub.add_parser("answers", help="each answer mode over a question set: speed-up, judged quality, router",
-                         description="Run a question set through each mode (interleaved per question), judge "
-                                     "every mode against direct in both orders, score the router, and write "
-                                     "JSON, a markdown report and a plot.")
-    ans.add_argument("--set", default=None, help="questions: CSV with a `request` column, or JSONL (required "
-                     "unless --rejudge)")
-    ans.add_argument("--modes", default="direct,sot,sgd,auto",
-                     help="comma-separated, from direct,sot,sgd,auto; direct is the baseline (default: all four). "
-                          "A variant MODE:SETTING=VALUE[:...] runs a skeleton mode with planner settings changed, to "
-                          "compare settings in one run (embedded only): sgd:small is the skeleton written by the "
-                          "small model, sgd:easy_role=large:point_max_tokens=96 two changes")
-    ans.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    where = ans.add_mutually_exclusive_group()
-    where.add_argument("--embedded", action="store_true", help="load the models in-process (the default)")
-    where.add_argument("--target", default=None, metavar="HOST:PORT", help="ask a running server instead")
-    ans.add_argument("--token", default=None, help="shared token of the server (with --target)")
-    ans.add_argument("--labels", default=None, help="router labels, `label;request` CSV (1 = suits a skeleton)")
-    ans.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON here")
-    ans.add_argument("--report", default=None, metavar="OUT.md", help="write the markdown report here")
-    ans.add_argument("--plot", default=None, metavar="OUT.png",
-                     help="write the plot here (needs matplotlib: pip install 'espalier[bench]')")
-    ans.add_argument("--point-tokens", type=int, default=DEFAULT_SETTINGS.point_max_tokens,
-                     help=f"token budget of each point (default {DEFAULT_SETTINGS.point_max_tokens})")
-    ans.add_argument("--answer-tokens", type=int, default=512, help="token budget of a direct answer (default 512)")
-    ans.add_argument("--skeleton-tokens", type=int, default=160, help="token budget of a skeleton (default 160)")
-    ans.add_argument("--skeleton-role", choices=("large", "small"), default="large",
-                     help="model that writes skeletons (default large)")
-    ans.add_argument("--small-only", action="store_true",
-                     help="load only the small model and run everything on it (quick smoke runs)")
-    _hardware_args(ans)
-    ans.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
-    ans.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
-    ans.add_argument("--ctx", type=int, default=8192, help="KV cells per model context (default 8192)")
-    ans.add_argument("--slots", type=int, default=16, help="sequences decoded together per model (default 16)")
+
+
+def _judge_args(ans: argparse.ArgumentParser) -> None:
+    """How `bench answers` judges (the judge, its mode, tie band and checklists) and which questions (--only-suitable)."""
     ans.add_argument("--judge", choices=("embedded", "none"), default="embedded",
                      help="embedded: the large model (small with --small-only) judges, by logprob margin; "
                           "none: no judging")
@@ -327,7 +304,50 @@ def run(argv: Sequence[str]) -> int:
     ans.add_argument("--judge-logprobs", action="store_true",
                      help="ask --judge-url for top-20 token logprobs as well and judge by logprob margin "
                           "(the endpoint must support logprobs; the embedded judge always does this)")
+
+
+def _answers_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`espalier bench answers`."""
+    ans = sub.add_parser("answers", help="each answer mode over a question set: speed-up, judged quality, router",
+                         description="Run a question set through each mode (interleaved per question), judge "
+                                     "every mode against direct in both orders, score the router, and write "
+                                     "JSON, a markdown report and a plot.")
+    ans.add_argument("--set", default=None, help="questions: CSV with a `request` column, or JSONL (required "
+                     "unless --rejudge)")
+    ans.add_argument("--modes", default="direct,sot,sgd,auto",
+                     help="comma-separated, from direct,sot,sgd,auto; direct is the baseline (default: all four). "
+                          "A variant MODE:SETTING=VALUE[:...] runs a skeleton mode with planner settings changed, to "
+                          "compare settings in one run (embedded only): sgd:small is the skeleton written by the "
+                          "small model, sgd:easy_role=large:point_max_tokens=96 two changes")
+    ans.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    where = ans.add_mutually_exclusive_group()
+    where.add_argument("--embedded", action="store_true", help="load the models in-process (the default)")
+    where.add_argument("--target", default=None, metavar="HOST:PORT", help="ask a running server instead")
+    ans.add_argument("--token", default=None, help="shared token of the server (with --target)")
+    ans.add_argument("--labels", default=None, help="router labels, `label;request` CSV (1 = suits a skeleton)")
+    ans.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON here")
+    ans.add_argument("--report", default=None, metavar="OUT.md", help="write the markdown report here")
+    ans.add_argument("--plot", default=None, metavar="OUT.png",
+                     help="write the plot here (needs matplotlib: pip install 'espalier[bench]')")
+    ans.add_argument("--point-tokens", type=int, default=DEFAULT_SETTINGS.point_max_tokens,
+                     help=f"token budget of each point (default {DEFAULT_SETTINGS.point_max_tokens})")
+    ans.add_argument("--answer-tokens", type=int, default=512, help="token budget of a direct answer (default 512)")
+    ans.add_argument("--skeleton-tokens", type=int, default=160, help="token budget of a skeleton (default 160)")
+    ans.add_argument("--skeleton-role", choices=("large", "small"), default="large",
+                     help="model that writes skeletons (default large)")
+    ans.add_argument("--small-only", action="store_true",
+                     help="load only the small model and run everything on it (quick smoke runs)")
+    _hardware_args(ans)
+    ans.add_argument("--large", default="large", help="large model: 'large' (default) or a GGUF path")
+    ans.add_argument("--small", default="small", help="small model: 'small' (default) or a GGUF path")
+    ans.add_argument("--ctx", type=int, default=8192, help="KV cells per model context (default 8192)")
+    ans.add_argument("--slots", type=int, default=16, help="sequences decoded together per model (default 16)")
+    _judge_args(ans)
     ans.set_defaults(func=_answers)
+
+
+def _blind_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`espalier bench blind`."""
     bl = sub.add_parser("blind", help="write a saved answers result's pairs for a strong judge, blind, both orders",
                         description="Each mode's answer against direct's, per question, shuffled under neutral "
                                     "numbers: per mode MODE.mode-first.md (the mode's answer is A) and "
@@ -339,6 +359,10 @@ def run(argv: Sequence[str]) -> int:
     bl.add_argument("--modes", default=None, help="modes to compare with direct (default: all of the result's)")
     bl.add_argument("--limit", type=int, default=None, help="only the first N questions")
     bl.set_defaults(func=_blind)
+
+
+def _agree_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`espalier bench agree`."""
     ag = sub.add_parser("agree", help="agreement (share, Cohen's kappa) of a result's judge with a strong judge",
                         description="Combine a strong judge's verdicts in both orders (the same outcome twice "
                                     "stands, a win or loss beside a tie stands, a win and a loss is a tie) and "
@@ -351,6 +375,10 @@ def run(argv: Sequence[str]) -> int:
                     help="verdicts on the *.direct-first.md files")
     ag.add_argument("--json", default=None, metavar="OUT", help="also write the agreement as JSON here")
     ag.set_defaults(func=_agree)
+
+
+def _load_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`espalier bench load`."""
     ld = sub.add_parser("load", help="many concurrent clients for a set time: every stream checked, faults mixed in",
                         description="Concurrent clients against a running server (--target) or one started here "
                                     "(--server-args), with answers in each mode, cancels, deadlines, streamed "
@@ -369,6 +397,18 @@ def run(argv: Sequence[str]) -> int:
     ld.add_argument("--answer-tokens", type=int, default=96, help="token budget of a direct answer (default 96)")
     ld.add_argument("--json", help="write the summary here")
     ld.set_defaults(func=_load)
+
+
+def run(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="espalier bench", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    _engine_parser(sub)
+    _spec_parser(sub)
+    _stream_parser(sub)
+    _answers_parser(sub)
+    _blind_parser(sub)
+    _agree_parser(sub)
+    _load_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -25,7 +25,7 @@ from espalier.v1 import espalier_pb2 as pb
 from planner import events as ev
 from planner.conversation import NO_CONTEXT, Conversation
 from planner.engine import FinishReason, InvalidRequest, Message, Role, RoleNotLoaded, Speculation
-from planner.live import Progress
+from planner.live import TypingProgress
 from planner.plan import MAX_NODE_TOKENS, Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.runner import role_for
 from planner.settings import PlannerSettings
@@ -365,7 +365,7 @@ def event_to_pb(event: ev.Event, settings: PlannerSettings, loaded: frozenset[Ro
     raise TypeError(f"not a planner event: {type(event).__name__}")
 
 
-def progress_to_pb(progress: Progress) -> pb.AnswerEvent:
+def progress_to_pb(progress: TypingProgress) -> pb.AnswerEvent:
     """What a Stream reports while its prompt arrives, and once more after the end marker."""
     return pb.AnswerEvent(prompt_progress=pb.PromptProgress(
         chars_received=progress.chars_received, tokens_prefilled=progress.tokens_prefilled,

@@ -8,7 +8,8 @@ on a GPU box's llama-server and the small one embedded). Each role belongs to ex
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 from planner.engine import (
     Chunk,
@@ -39,8 +40,10 @@ class MixedEngine:
     def roles(self) -> frozenset[Role]:
         return frozenset(self._by_role)
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        return self._engine(request.role).generate(request)
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        async with aclosing(self._engine(request.role).generate(request)) as stream:
+            async for chunk in stream:
+                yield chunk
 
     def prefix(self, role: Role, text: str) -> Prefix:
         return self._engine(role).prefix(role, text)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from planner.engine import Pooling, Role
 from planner.plan import Route
-from planner.router import read_labels
 from planner.settings import DEFAULT_SETTINGS
+from service.bench.questions import label_rows
 
 
 def _progress(label: str):
@@ -78,7 +78,7 @@ async def _cross_validate(args: argparse.Namespace) -> dict[str, object]:
     w = RouterWeights.load(args.weights or None)
     recipe = Recipe(role=w.role, pooling=w.pooling, depth=w.depth, instruction=w.instruction,
                     max_question_chars=w.max_question_chars)
-    rows = read_labels(args.labels)
+    rows = label_rows(args.labels)
     engine = await _engine(args, recipe.role)
     try:
         x = await features(engine, recipe, [q for _, q in rows], _progress("features"), _cache(args))

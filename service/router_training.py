@@ -21,9 +21,10 @@ import numpy as np
 
 from planner.engine import Embedder, Engine, ModelIdentity, Pooling, Role
 from planner.plan import Route
-from planner.router import read_labels, route, rules_only_route, scores
+from planner.router import route, rules_only_route, scores
 from planner.router_model import FEATURE_INSTRUCTION, RouterWeights, feature_prompt
 from planner.settings import PlannerSettings
+from service.bench.questions import label_rows
 
 FOLDS = 5
 # Regularisation strengths tried (inverse: smaller is stronger); ~900 features from ~1,000 questions
@@ -142,7 +143,7 @@ async def train(engine: Engine, labels_path: str | Path, recipe: Recipe,
                 progress: Callable[[int, int], None] | None = None, cache_dir: Path | None = None) -> RouterWeights:
     if not isinstance(engine, Embedder):
         raise TypeError("this engine gives no embeddings (the embedded llama.cpp engine does)")
-    rows = read_labels(labels_path)
+    rows = label_rows(labels_path)
     x = await features(engine, recipe, [q for _, q in rows], progress, cache_dir)
     y = np.asarray([label for label, _ in rows], dtype=np.float64)
     return fit_router(x, y, recipe, await engine.model_identity(recipe.role), str(labels_path))
@@ -168,7 +169,7 @@ async def evaluate(engine: Engine, labels_path: str | Path, settings: PlannerSet
     """The router as `auto` runs it (planner.router.route with these settings) on a labelled set,
     beside the rules alone: the scores, who decided, how often a near-certain rule overrode the
     classifier, the time to route, and every question's decision."""
-    rows = read_labels(labels_path)
+    rows = label_rows(labels_path)
     decisions, seconds = [], []
     for i, (_, question) in enumerate(rows):
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Building and running the gRPC server.
 
-Owns the server's assembly (`build` / `build_server`: the Espalier servicer, the standard health
+Owns the server's assembly (`build`: the Espalier servicer, the standard health
 service, server reflection, the shared-token interceptor, TLS credentials, message size limits,
 the metrics catalogue wired to the engine and admission) and the process lifecycle (`serve`):
 listen first with health NOT_SERVING, load the models (`load_engines`: the roles with remote URLs
@@ -158,11 +158,21 @@ async def build(settings: ServerSettings, engine: Engine | None = None,
     return parts
 
 
-async def build_server(settings: ServerSettings, engine: Engine) -> tuple[grpc.aio.Server, int]:
-    """A server around a loaded engine, reporting SERVING once started; the caller starts and stops it."""
-    parts = await build(settings, engine)
-    await parts.set_serving(True)
-    return parts.server, parts.port
+def _log_listening(settings: ServerSettings, port: int, metrics_port: int | None) -> None:
+    log.info("listening on %s (%s), metrics %s; loading models (health NOT_SERVING)",
+             _address(settings.host, port), "TLS" if settings.tls else "plaintext",
+             f"on {_address(settings.metrics_host, metrics_port)}/metrics" if metrics_port else "off")
+    if not settings.tls and not settings.auth_token and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without TLS or a token: anyone who can reach it can use it", settings.host)
+
+
+async def _drop_loading(loader: asyncio.Task[Engine]) -> None:
+    """Stop a model load the server will not use: cancel it, or free the engine it loaded just as we stopped."""
+    if not loader.done():
+        loader.cancel()
+        await asyncio.wait({loader})  # unlike `await loader`, never mistakes its cancel for ours
+    if not loader.cancelled() and loader.exception() is None:
+        await loader.result().aclose(0)
 
 
 def _engine_samples(engine: Engine | None) -> Iterable[tuple[str, dict[str, float]]]:
@@ -257,11 +267,7 @@ async def serve(settings: ServerSettings, *, load_engine: EngineLoader | None = 
         await parts.server.start()
         if install_signals:
             installed = _install_signals(loop, stop)
-        log.info("listening on %s (%s), metrics %s; loading models (health NOT_SERVING)",
-                 _address(settings.host, parts.port), "TLS" if settings.tls else "plaintext",
-                 f"on {_address(settings.metrics_host, metrics_port)}/metrics" if metrics_port else "off")
-        if not settings.tls and not settings.auth_token and settings.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("listening on %s without TLS or a token: anyone who can reach it can use it", settings.host)
+        _log_listening(settings, parts.port, metrics_port)
         if on_listening is not None:
             on_listening(parts.port, metrics_port)
 
@@ -285,12 +291,8 @@ async def serve(settings: ServerSettings, *, load_engine: EngineLoader | None = 
             await stop.wait()
             log.info("stopping: draining for up to %.1fs", settings.grace_s)
     finally:
-        if loader is not None and not loader.done():
-            loader.cancel()
-            await asyncio.wait({loader})  # unlike `await loader`, never mistakes its cancel for ours
-        if engine is None and loader is not None and loader.done() and not loader.cancelled() \
-                and loader.exception() is None:
-            await loader.result().aclose(0)  # loaded just as we stopped: free it
+        if loader is not None and engine is None:
+            await _drop_loading(loader)
         await shutdown(parts, engine, settings.grace_s)
         if metrics_server is not None:
             metrics_server.close()

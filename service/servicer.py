@@ -30,6 +30,7 @@ from espalier.v1 import espalier_pb2_grpc as pb_grpc
 
 from planner import events as ev
 from planner import pipeline
+from planner.decode import cancel_and_wait
 from planner.engine import Engine, InvalidRequest, Role
 from planner.events import Meter
 from planner.live import StreamedPrompt
@@ -293,7 +294,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
             raise InvalidRequest("end: the stream closed before its end marker", field="end")
         finally:
             if not writer.done():
-                await _cancel_and_wait([writer])
+                await cancel_and_wait(writer)
 
     async def _answer_stream(self, engine: Engine, call: _Call, context: grpc.aio.ServicerContext,
                              messages: AsyncIterator[pb.StreamRequest], opened: convert.StreamCall,
@@ -342,7 +343,7 @@ class EspalierServicer(pb_grpc.EspalierServiceServicer):
                 await context.write(pb.StreamResponse(
                     event=convert.event_to_pb(item, opened.settings, engine.roles())))  # type: ignore[arg-type]
         finally:
-            await _cancel_and_wait(tasks)
+            await cancel_and_wait(*tasks)
 
 
 async def _relay(events: AsyncGenerator[ev.Event, None], call: _Call, context: grpc.aio.ServicerContext,
@@ -360,24 +361,3 @@ async def _forward_progress(live: StreamedPrompt, context: grpc.aio.ServicerCont
     """Write what the streamed prompt reports until it says it is done (None)."""
     while (item := await live.progress.get()) is not None:
         await context.write(pb.StreamResponse(event=convert.progress_to_pb(item)))
-
-
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the tasks and wait until they have unwound (their engine sequences freed).
-
-    Keeps waiting if cancelled meanwhile (the wait is bounded by their own unwinding) and re-raises
-    the cancellation afterwards: never swallowed.
-    """
-    for task in tasks:
-        task.cancel()
-    interrupted = False
-    while not all(t.done() for t in tasks):
-        try:
-            await asyncio.wait(tasks)
-        except asyncio.CancelledError:
-            interrupted = True
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:  # consumed, so asyncio does not warn
-            log.debug("stream task ended with %r", task.exception())
-    if interrupted:
-        raise asyncio.CancelledError

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,13 +136,10 @@ class FakeEngine:
     def roles(self) -> frozenset[Role]:
         return self._roles
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        return self._generate(request)
-
-    async def _generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         if request.role not in self._roles:
             raise RoleNotLoaded(f"{request.role} is not loaded")
-        request.sampling.validate()
+        request.validate()
         assert isinstance(request.prompt, str)
         if request.prefix is not None:
             assert not getattr(request.prefix, "closed", False), "forked from a closed prefix"

@@ -8,14 +8,21 @@ from planner.engine import Role
 
 
 async def kv_now(engine, role: Role = Role.SMALL) -> dict[str, list[int]]:
-    return await engine.kv_positions(role)
+    """What each sequence id holds once the engine is idle: no slot busy and two reads alike, so that a
+    prefix an earlier test released and the engine is still clearing does not count as this test's."""
+    async with asyncio.timeout(20):
+        last = None
+        while True:
+            now = await engine.kv_positions(role)
+            if not engine.stats().slots_busy and now == last:
+                return now
+            last = now
+            await asyncio.sleep(0.05)
 
 
 async def wait_back_to(engine, before: dict[str, list[int]], role: Role = Role.SMALL) -> None:
-    """Every sequence id holds what it held before the test (resident prefixes of earlier tests stay)."""
-    def settled(now: dict[str, list[int]]) -> bool:  # each id as before, or emptied (late cleanup)
-        return all(a == b or a == -1 for ctx in now for a, b in zip(now[ctx], before[ctx], strict=True))
-
+    """Every sequence id holds exactly what it held before the test (resident prefixes stay as they were;
+    a sequence the test left behind, or a resident one it emptied, fails by timeout)."""
     async with asyncio.timeout(20):
-        while engine.stats().slots_busy or not settled(await kv_now(engine, role)):
+        while engine.stats().slots_busy or await engine.kv_positions(role) != before:
             await asyncio.sleep(0.05)

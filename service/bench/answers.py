@@ -42,6 +42,7 @@ from planner import pipeline, router
 from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
 from planner.events import AnswerDone, NodeDelta, NodeFailed, NodeFinished, NodePlanned, PlanReady
 from planner.plan import Mode, PointLength, Route
+from planner.router import scores
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
 from service.bench import judge as judging
 from service.bench.checklist import (
@@ -54,6 +55,7 @@ from service.bench.checklist import (
     load_checklists,
 )
 from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
+from service.console import progress_lines
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
 BASELINE = "direct"
@@ -134,7 +136,7 @@ def _clock_str(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-class Progress:
+class ProgressBar:
     """A one-line bar redrawn with \\r on a terminal; one line per item otherwise (logs, CI)."""
 
     def __init__(self, total: int, label: str, stream: TextIO | None = None,
@@ -389,7 +391,7 @@ def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
 
 
 async def _judge_pair(judge: judging.Judge, question: str, mode_answer: str, direct_answer: str,
-                      progress: Progress | None, note: str,
+                      progress: ProgressBar | None, note: str,
                       tie_margin: float = judging.DEFAULT_TIE_MARGIN) -> dict[str, Any]:
     """Margins in both orders where the judge gives them, else text verdicts in both orders."""
     errors: list[str] = []
@@ -523,19 +525,16 @@ def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], ti
 
 
 def router_score(pairs: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
-    """(label, route, source) triples -> accuracy of `route != direct` against `label == 1`."""
-    tp = sum(1 for lab, r, _ in pairs if lab == 1 and r != "direct")
-    tn = sum(1 for lab, r, _ in pairs if lab == 0 and r == "direct")
-    fp = sum(1 for lab, r, _ in pairs if lab == 0 and r != "direct")
-    fn = sum(1 for lab, r, _ in pairs if lab == 1 and r == "direct")
-    n = len(pairs)
+    """(label, route, source) triples -> the scores of `route != direct` against `label == 1` (planner.router.
+    scores: accuracy, precision, recall, balanced accuracy, counts), the routes taken and who decided."""
+    result: dict[str, Any] = dict(scores([lab for lab, _, _ in pairs], [r != "direct" for _, r, _ in pairs]))
+    if not pairs:
+        result["accuracy"] = None  # nothing was routed: no figure rather than a zero
     by_source: dict[str, list[int]] = {}
     for lab, r, src in pairs:
         by_source.setdefault(src, []).append(int((r != "direct") == (lab == 1)))
-    return {"n": n, "accuracy": _r((tp + tn) / n, 4) if n else None, "tp": tp, "tn": tn, "fp": fp, "fn": fn,
-            "routes": dict(sorted(Counter(r for _, r, _ in pairs).items())),
-            "by_source": {s: {"n": len(v), "accuracy": _r(sum(v) / len(v), 4)}
-                          for s, v in sorted(by_source.items())}}
+    return {**result, "routes": dict(sorted(Counter(r for _, r, _ in pairs).items())),
+            "by_source": {s: {"n": len(v), "accuracy": _r(sum(v) / len(v), 4)} for s, v in sorted(by_source.items())}}
 
 
 def machine_info() -> dict[str, Any]:
@@ -588,7 +587,7 @@ async def judge_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], judge
     if grading and not isinstance(judge, judging.GradeJudge):
         raise ValueError(f"judge {judge.name} cannot grade single answers")
     per_question = len(judged_modes) + 1 if grading else 2 * len(judged_modes)
-    jbar = Progress(per_question * len(rows), "judge", stream)
+    jbar = ProgressBar(per_question * len(rows), "judge", stream)
     jbar.show(judge.name)
     for row in rows:
         row["judge"] = {}
@@ -626,7 +625,7 @@ async def _checklist_rows(rows: Sequence[dict[str, Any]], modes: Sequence[str], 
 
     A question without a checklist is left unjudged (outcome None), as is one whose direct answer failed
     or got no grade; a mode whose answer failed loses."""
-    bar = Progress(len(rows) * len(modes), "checklist", stream)
+    bar = ProgressBar(len(rows) * len(modes), "checklist", stream)
     bar.show(judge.name)
     for row in rows:
         row["judge"], row["checklist"] = {}, {}
@@ -688,13 +687,40 @@ async def rejudge(result: dict[str, Any], judge: Any, stream: TextIO | None = No
     return result
 
 
+async def _score_router(questions: Sequence[Question], labels: Sequence[Question], runner: Runner,
+                        stream: TextIO | None) -> dict[str, Any]:
+    """The router's decisions on the run's labelled questions (or, if none is labelled, the first of the
+    labels file), scored against their labels, with each decision and the median time to route."""
+    labelled = match_labels(list(questions), list(labels))
+    source = "questions of the run"
+    if not labelled:
+        labelled = list(labels)[:len(questions)]
+        source = "labels file (no question of the run is labelled)"
+    rbar = ProgressBar(len(labelled), "router", stream)
+    pairs: list[tuple[int, str, str]] = []
+    details: list[dict[str, Any]] = []
+    route_seconds: list[float] = []
+    for q in labelled:
+        t0 = time.perf_counter()
+        route, how = await runner.route(q.text)
+        route_seconds.append(time.perf_counter() - t0)
+        assert q.label is not None
+        pairs.append((q.label, route, how))
+        details.append({"question": q.text, "label": q.label, "route": route, "source": how,
+                        "correct": (route != "direct") == (q.label == 1)})
+        rbar.step(route)
+    rbar.close()
+    return {**router_score(pairs), "labelled_from": source, "questions": details,
+            "seconds_median": _r(statistics.median(route_seconds), 4) if route_seconds else None}
+
+
 async def run_bench(questions: Sequence[Question], runner: Runner, config: BenchConfig, *,
                     judge: judging.Judge | None = None, labels: Sequence[Question] | None = None,
                     stream: TextIO | None = None) -> dict[str, Any]:
     """Answer every question in every mode (rotated order), judge, score the router; the result dict."""
     modes = check_modes(config.modes)
     rows: list[dict[str, Any]] = []
-    bar = Progress(len(questions) * len(modes), "answers", stream)
+    bar = ProgressBar(len(questions) * len(modes), "answers", stream)
     bar.show("starting")
     started = time.monotonic()
     for i, q in enumerate(questions):
@@ -717,29 +743,7 @@ async def run_bench(questions: Sequence[Question], runner: Runner, config: Bench
     if judge is not None:
         await judge_rows(rows, modes, judge, stream, config.judge_tie_margin, config.judge_mode, config.checklists)
 
-    router_result: dict[str, Any] | None = None
-    if labels is not None:
-        labelled = match_labels(list(questions), list(labels))
-        source = "questions of the run"
-        if not labelled:
-            labelled = list(labels)[:len(questions)]
-            source = "labels file (no question of the run is labelled)"
-        rbar = Progress(len(labelled), "router", stream)
-        pairs: list[tuple[int, str, str]] = []
-        details: list[dict[str, Any]] = []
-        route_seconds: list[float] = []
-        for q in labelled:
-            t0 = time.perf_counter()
-            route, how = await runner.route(q.text)
-            route_seconds.append(time.perf_counter() - t0)
-            assert q.label is not None
-            pairs.append((q.label, route, how))
-            details.append({"question": q.text, "label": q.label, "route": route, "source": how,
-                            "correct": (route != "direct") == (q.label == 1)})
-            rbar.step(route)
-        rbar.close()
-        router_result = {**router_score(pairs), "labelled_from": source, "questions": details,
-                         "seconds_median": _r(statistics.median(route_seconds), 4) if route_seconds else None}
+    router_result = await _score_router(questions, labels, runner, stream) if labels is not None else None
 
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -795,8 +799,7 @@ class AnswersOptions:
     rejudge_path: str | None = None  # judge this saved --json result again instead of answering
 
 
-def _log(msg: str) -> None:
-    print(f"[bench answers] {msg}", file=sys.stderr, flush=True)
+_log = progress_lines("bench answers")
 
 
 def planner_settings(opts: AnswersOptions) -> PlannerSettings:

@@ -121,6 +121,11 @@ def load_labels(path: str | Path) -> list[Question]:
     return rows
 
 
+def label_rows(path: str | Path) -> list[tuple[int, str]]:
+    """(label, question) rows of a labelled set, as the router's scorers take them (1 = suits a skeleton)."""
+    return [(int(q.label), q.text) for q in load_labels(path) if q.label is not None]
+
+
 def match_labels(questions: list[Question], labels: list[Question]) -> list[Question]:
     """The labelled rows whose text is one of `questions`, in the question set's order."""
     by_text = {normalize(q.text): q for q in labels}

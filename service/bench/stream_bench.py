@@ -21,7 +21,6 @@ import contextlib
 import math
 import re
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
@@ -36,6 +35,7 @@ from planner.live import StreamedPrompt
 from planner.plan import Mode
 from planner.settings import PlannerSettings
 from service.bench.stream_set import MCItem, grade, load_mc
+from service.console import progress_lines
 
 WAYS = ("whole", "plain", "live")
 
@@ -69,8 +69,7 @@ class Outcome:
     skipped_s: float = 0.0  # of it, idle time skipped rather than waited
 
 
-def _progress(msg: str) -> None:
-    print(f"[bench stream] {msg}", file=sys.stderr, flush=True)
+_progress = progress_lines("bench stream")
 
 
 def _words(text: str) -> list[str]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
 from planner.engine import GenerateRequest, Message, Role, Sampling
+from service.console import progress_lines
 from service.engine.config import ContextConfig, EngineConfig
 from service.engine.llama_engine import LlamaEngine
 from service.engine.native import Context, ContextParams, Model, SamplerChain
@@ -33,8 +33,7 @@ class BenchSettings:
     rounds: int = 3
 
 
-def _progress(msg: str) -> None:
-    print(f"[bench engine] {msg}", file=sys.stderr, flush=True)
+_progress = progress_lines("bench engine")
 
 
 def _prompts(engine: LlamaEngine, n: int) -> list[str]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from planner.engine import GenerateRequest, Message, Role, Sampling, Speculation
+from service.console import progress_lines
 from service.engine.config import ContextConfig, EngineConfig
 from service.engine.llama_engine import LlamaEngine
 
@@ -46,8 +46,7 @@ class SpecBenchSettings:
     verify_rows: int = 7
 
 
-def _progress(msg: str) -> None:
-    print(f"[bench spec] {msg}", file=sys.stderr, flush=True)
+_progress = progress_lines("bench spec")
 
 
 @dataclass

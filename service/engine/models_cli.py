@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from service.engine import models
-from service.engine.models import ModelError, ModelStatus, Progress, human_bytes
+from service.engine.models import FetchProgress, ModelError, ModelStatus, human_bytes
 
 
 class _ProgressPrinter:
@@ -28,7 +28,7 @@ class _ProgressPrinter:
         self.tty = bool(isatty and isatty())
         self._line_open = False
 
-    def __call__(self, event: Progress) -> None:
+    def __call__(self, event: FetchProgress) -> None:
         if event.phase == "write":
             if self.tty:
                 self._rewrite(self._written(event))
@@ -44,7 +44,7 @@ class _ProgressPrinter:
             self._line(message)
 
     @staticmethod
-    def _written(event: Progress) -> str:
+    def _written(event: FetchProgress) -> str:
         percent = 100 * event.bytes_done // event.bytes_total if event.bytes_total else 0
         return (
             f"{event.role}: part {event.parts_done}/{event.parts_total}, "
@@ -52,7 +52,7 @@ class _ProgressPrinter:
         )
 
     @staticmethod
-    def _message(event: Progress) -> str | None:
+    def _message(event: FetchProgress) -> str | None:
         if event.phase == "wait":
             return f"{event.role}: another process is fetching this model; waiting for it"
         if event.phase == "verify":

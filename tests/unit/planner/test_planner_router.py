@@ -12,6 +12,7 @@ from planner import router
 from planner.engine import Role
 from planner.plan import Route
 from planner.settings import PlannerSettings
+from service.bench.questions import label_rows
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
@@ -104,24 +105,10 @@ async def test_rules_do_not_call_the_model() -> None:
     assert engine.calls == []
 
 
-async def test_evaluate_router_with_a_fake_model(tmp_path: Path) -> None:
-    csv_path = tmp_path / "labels.csv"
-    csv_path.write_text(
-        f'label;request\n1;"What are good ways to relax?"\n0;"Write a poem."\n1;"{OPEN_QUESTION}"\n',
-        encoding="utf-8",
-    )
-    engine = FakeEngine()
-    engine.script("sort questions", "A")
-
-    async with asyncio.timeout(5):
-        result = await router.evaluate_router(engine, csv_path, PlannerSettings(use_router_model=True))
-    assert result["n"] == 3 and result["accuracy"] == 1.0 and result["router_calls"] == 1
-
-
 @pytest.mark.skipif(not (DATA / "vicuna80_router.csv").exists(), reason="shared data not present")
 @pytest.mark.parametrize("name,floor", [("vicuna80_router.csv", 0.9), ("lima_router.csv", 0.72)])
 def test_rules_only_accuracy(name: str, floor: float, capsys: pytest.CaptureFixture[str]) -> None:
-    result = router.evaluate_rules(DATA / name)
+    result = router.evaluate_rules(label_rows(DATA / name))
     with capsys.disabled():
         print(
             f"\nrules-only router on {name}: accuracy {result['accuracy']} (n={result['n']}, "

@@ -100,10 +100,10 @@ async def test_mixed_roles_join_the_local_engine() -> None:
     await engine.aclose(0)
 
 
-def test_mixed_engine_refuses_overlaps_and_unknown_roles() -> None:
+async def test_mixed_engine_refuses_overlaps_and_unknown_roles() -> None:
     with pytest.raises(ValueError, match="served by two engines"):
         MixedEngine([FakeEngine(roles=[Role.SMALL]), FakeEngine(roles=[Role.SMALL, Role.LARGE])])
     engine = MixedEngine([FakeEngine(roles=[Role.SMALL])])
-    with pytest.raises(RoleNotLoaded, match="large model is not loaded"):
-        engine.generate(GenerateRequest("x", Role.LARGE))
+    with pytest.raises(RoleNotLoaded, match="large model is not loaded"):  # on the first iteration
+        [chunk async for chunk in engine.generate(GenerateRequest("x", Role.LARGE))]
     assert engine.free_slots(Role.LARGE) == 0

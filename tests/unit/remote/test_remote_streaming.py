@@ -206,17 +206,17 @@ async def test_request_checks_and_roles() -> None:
     engine = engine_for("http://127.0.0.1:9/v1")
     assert engine.roles() == frozenset({Role.LARGE})
     with pytest.raises(RoleNotLoaded, match="small role has no remote servers"):
-        engine.generate(GenerateRequest("x", Role.SMALL))
+        await drain(engine.generate(GenerateRequest("x", Role.SMALL)))
     with pytest.raises(RoleNotLoaded):
         engine.chat_prompt(Role.SMALL, [])
     with pytest.raises(InvalidRequest, match="prompt is empty"):
-        engine.generate(request(""))
+        await drain(engine.generate(request("")))
     with pytest.raises(InvalidRequest, match="sampling.top_p"):
-        engine.generate(GenerateRequest("x", Role.LARGE, Sampling(top_p=0)))
+        await drain(engine.generate(GenerateRequest("x", Role.LARGE, Sampling(top_p=0))))
     with pytest.raises(InvalidRequest, match="token ids"):
-        engine.generate(GenerateRequest([1, 2], Role.LARGE, prefix=RemotePrefix(Role.LARGE, "p")))
+        await drain(engine.generate(GenerateRequest([1, 2], Role.LARGE, prefix=RemotePrefix(Role.LARGE, "p"))))
     with pytest.raises(InvalidRequest, match="another engine or role"):
-        engine.generate(request(prefix=RemotePrefix(Role.SMALL, "p")))
+        await drain(engine.generate(request(prefix=RemotePrefix(Role.SMALL, "p"))))
     with pytest.raises(ValueError, match="URLs"):
         RemoteEngine({})
 
@@ -245,7 +245,7 @@ async def test_aclose_ends_open_sequences_and_refuses_new_ones() -> None:
         with pytest.raises(EngineClosed):
             await drain(stream)
         with pytest.raises(EngineClosed):
-            engine.generate(request())
+            await drain(engine.generate(request()))
         await asyncio.wait_for(server.received[0].gone.wait(), 1)
 
 
@@ -294,3 +294,10 @@ async def test_a_callers_system_text_and_earlier_turns_reach_the_remote_server()
     prompt = req.body["prompt"]
     assert prompt.index("Always answer in French.") < prompt.index("<|im_start|>user\nName a planet.<|im_end|>") \
         < prompt.index("<|im_start|>assistant\nVenus.<|im_end|>") < prompt.index("What is it like?")
+
+
+async def test_top_logprobs_are_checked_as_every_engine_checks_them() -> None:
+    engine = engine_for("http://127.0.0.1:9/v1")
+    with pytest.raises(InvalidRequest) as info:
+        await drain(engine.generate(request(top_logprobs=999)))
+    assert info.value.field == "top_logprobs"
