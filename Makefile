@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools node go test unit models run bench-engine lint protos api-snapshot clean
+.PHONY: install tools node go test unit models run bench-engine gpu-bundle lint protos api-snapshot clean
 PORT ?= 50051
 QUESTION ?= What are the most effective ways to deal with stress?
 
@@ -77,6 +77,10 @@ unit: install
 bench-engine: install
 	$(VENV)/bin/espalier models fetch small
 	$(VENV)/bin/espalier bench engine --model small --json
+
+# Everything an offline NVIDIA box needs to build and measure the CUDA path (deploy/README.md, "The GPU check").
+gpu-bundle: install
+	deploy/gpu/prepare.sh gpu-bundle
 
 # Fetch both default models, start the server, show one answer being built, keep serving.
 run: install

@@ -18,7 +18,7 @@ def _engine(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(model=args.model, tokens=32 if args.quick else args.tokens,
                              counts=tuple(args.sequences), threads=args.threads,
-                             rounds=1 if args.quick else args.rounds)
+                             rounds=1 if args.quick else args.rounds, gpu_layers=args.gpu_layers)
     result = asyncio.run(run_engine_bench(settings))
     if args.json:
         print(json.dumps(result))
@@ -217,7 +217,7 @@ def _engine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     eng.add_argument("--quick", action="store_true", help="32 tokens per sequence: under a minute on 2 cores")
     eng.add_argument("--tokens", type=int, default=128, help="tokens generated per sequence (default 128)")
     eng.add_argument("--sequences", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrency levels")
-    eng.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    _hardware_args(eng)
     eng.add_argument("--rounds", type=int, default=3,
                      help="alternating engine/raw rounds; figures are medians (default 3; --quick: 1)")
     eng.set_defaults(func=_engine)

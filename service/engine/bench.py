@@ -31,6 +31,7 @@ class BenchSettings:
     prefix_tokens: int = 200
     threads: int = 0
     rounds: int = 3
+    gpu_layers: int = 0  # layers offloaded on a GPU build (-1 = all)
 
 
 _progress = progress_lines("bench engine")
@@ -131,8 +132,11 @@ async def _prefix_reuse(engine: LlamaEngine, n_prefix: int) -> dict[str, float]:
 
 async def run_engine_bench(s: BenchSettings) -> dict[str, object]:
     threads = s.threads or os.cpu_count() or 1
-    cfg = ContextConfig(model=s.model, slots=max(s.counts), n_ctx=4096, n_batch=512, threads=threads)
-    _progress(f"loading {s.model} model ({threads} threads)")
+    # room for every sequence's prompt and tokens at the largest count, and the prefix test's forks
+    n_ctx = max(4096, max(s.counts) * (s.tokens + 96) + 8 * s.prefix_tokens)
+    cfg = ContextConfig(model=s.model, slots=max(s.counts), n_ctx=n_ctx, n_batch=512, threads=threads,
+                        n_gpu_layers=s.gpu_layers)
+    _progress(f"loading {s.model} model ({threads} threads, {s.gpu_layers} GPU layers)")
     engine = await LlamaEngine.load(EngineConfig(small=cfg))
     try:
         model = engine.model(Role.SMALL)
@@ -160,7 +164,10 @@ async def run_engine_bench(s: BenchSettings) -> dict[str, object]:
         await engine.aclose()
     by_n = {r["sequences"]: r for r in results}
     out: dict[str, object] = {"model": model.description, "model_role": s.model, "threads": threads,
-                              "tokens_per_sequence": s.tokens, "rounds": s.rounds, "results": results}
+                              "gpu_layers": s.gpu_layers, "tokens_per_sequence": s.tokens, "rounds": s.rounds,
+                              "results": results}
+    if 1 in by_n:  # what batching buys at each count: all sequences' tokens/s over one sequence's
+        out["gain_over_one"] = {str(n): round(r["tokens_per_s"] / by_n[1]["tokens_per_s"], 3) for n, r in by_n.items()}
     if 4 in by_n and 1 in by_n:
         out["speedup_4"] = round(by_n[4]["tokens_per_s"] / by_n[1]["tokens_per_s"], 3)
         out["raw_speedup_4"] = round(by_n[4]["raw_tokens_per_s"] / by_n[1]["raw_tokens_per_s"], 3)
