@@ -209,8 +209,10 @@ class ContextWorker:
             self.closed.set()
 
     def _drain_commands(self, block: bool) -> None:
+        """Run the commands posted so far; with block, first wait for one. Every change the loop must see
+        (new work, a cancel, stop) arrives as a command, so an idle worker sleeps until one does."""
         try:
-            fn = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
+            fn = self._commands.get() if block else self._commands.get_nowait()
         except queue.Empty:
             return
         while True:
