@@ -3,7 +3,7 @@
 Owns the judge prompt (our own wording), the two ways of reading the judge (a logprob margin, or
 a text verdict), turning the two readings of one pair (mode's answer first, then direct's first)
 into one outcome, and the two judges: the embedded engine (a loaded model role) and any
-OpenAI-compatible /v1/chat/completions endpoint (stdlib urllib, run off the event loop).
+OpenAI-compatible /v1/chat/completions endpoint (the remote engine's h11 client).
 
 Why margins: the embedded judge is a small model, and small models are position-biased. The 1.5B
 large model answers "A" to every pair, so text verdicts in both orders are always one win and one
@@ -42,14 +42,13 @@ import asyncio
 import json
 import math
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from planner import decode
 from planner.engine import MAX_TOP_LOGPROBS, Chunk, Engine, GenerateRequest, Message, Role, Sampling
+from service.remote import http_client
 
 Verdict = Literal["A", "B", "tie"]
 Outcome = Literal["win", "tie", "lose"]
@@ -63,6 +62,7 @@ JUDGE_SYSTEM = (
 )
 JUDGE_MAX_TOKENS = 4
 JUDGE_TOP_LOGPROBS = MAX_TOP_LOGPROBS  # 20, also the most OpenAI-compatible servers return
+MAX_REPLY_BYTES = 4 << 20  # a chat completion of a few tokens with their logprobs is far smaller
 DEFAULT_TIE_MARGIN = 0.5  # nats of preference below which a pair is a tie
 MASS_RESOLUTION = 1e-6  # leftover probability below this is rounding (see absent_bound)
 TEXT_METHOD = "text verdicts, both orders"
@@ -341,22 +341,30 @@ class OpenAIJudge:
     def name(self) -> str:
         return f"{self.model} at {self.url}"
 
-    def _post(self, messages: Sequence[Message], extra: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, messages: Sequence[Message], extra: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 8, **extra,
                            "messages": [{"role": m.role, "content": m.content} for m in messages]}).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = [("Content-Type", "application/json")]
         if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = chat_completions_url(self.url)
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            headers.append(("Authorization", f"Bearer {self.api_key}"))
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            raise JudgeError(f"judge endpoint answered HTTP {exc.code}: {exc.reason}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise JudgeError(f"judge endpoint unreachable: {getattr(exc, 'reason', exc)}") from None
-        except json.JSONDecodeError:
+            url = http_client.BaseUrl.parse(chat_completions_url(self.url))
+        except ValueError as exc:
+            raise JudgeError(f"judge endpoint: {exc}") from None
+        try:  # the remote engine's HTTP client (h11), not a second one
+            async with asyncio.timeout(self.timeout_s):
+                async with await http_client.request(url, "POST", "", body=body, headers=headers,
+                                                     connect_timeout=self.timeout_s) as response:
+                    data = await response.read(limit=MAX_REPLY_BYTES)
+        except TimeoutError:
+            raise JudgeError(f"judge endpoint gave no answer within {self.timeout_s:g}s") from None
+        except http_client.HttpError as exc:
+            raise JudgeError(f"judge endpoint unreachable: {exc}") from None
+        if response.status >= 400:
+            raise JudgeError(f"judge endpoint answered HTTP {response.status}: {response.reason}")
+        try:
+            payload = json.loads(data.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise JudgeError("judge endpoint did not answer JSON") from None
         try:
             choice = payload["choices"][0]
@@ -383,7 +391,7 @@ class OpenAIJudge:
         """One chat completion ({content, logprobs}), retried on transport errors; JudgeError at the end."""
         for attempt in range(self.retries + 1):
             try:
-                return await asyncio.to_thread(self._post, messages, extra)
+                return await self._post(messages, extra)
             except JudgeError:
                 if attempt == self.retries:
                     raise

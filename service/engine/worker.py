@@ -103,6 +103,7 @@ class ContextWorker:
         self.ctx = ctx
         self.sched = scheduler
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._occupancy = (0, 0)  # (slots busy, sequences waiting), published by the worker (_publish)
         self._jobs: dict[int, Job] = {}
         self._prefixes: dict[int, PrefixHolder] = {}
         self._outbox: list[tuple[Delivery, Chunk | BaseException]] = []
@@ -169,10 +170,12 @@ class ContextWorker:
         self._post(begin)
 
     def stats(self) -> RoleStats:
+        """Called on the event loop: the occupancy the worker published last, never its live lists."""
         spec = self.spec.stats() if self.spec is not None else None
+        busy, waiting = self._occupancy
         return RoleStats(
             role=self.role, model=self.model.description, slots_total=self.sched.slots_total,
-            slots_busy=self.sched.slots_busy, queue_depth=self.sched.queue_depth,
+            slots_busy=busy, queue_depth=waiting,
             prefilled_tokens=self.prefilled, reused_tokens=self.reused, generated_tokens=self.generated,
             tokens_per_s=round(self._rate, 2), steps=self.steps,
             spec_k=spec.k if spec else -1, spec_drafted=spec.drafted if spec else 0,
@@ -181,7 +184,12 @@ class ContextWorker:
         )
 
     def free_slots(self) -> int:
-        return max(0, self.sched.slots_total - self.sched.slots_busy - self.sched.queue_depth)
+        busy, waiting = self._occupancy
+        return max(0, self.sched.slots_total - busy - waiting)
+
+    def _publish(self) -> None:
+        """Worker thread: the occupancy the event loop reads (one tuple, replaced whole: an atomic store)."""
+        self._occupancy = (self.sched.slots_busy, self.sched.queue_depth)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -195,9 +203,11 @@ class ContextWorker:
         try:
             while True:
                 self._drain_commands(block=not self.sched.has_work() and not self._stopping)
+                self._publish()
                 if self._stopping and self._drain_done():
                     break
                 self._step()
+                self._publish()
                 self._flush()
         except BaseException:  # pragma: no cover - a bug in the loop itself: fail everyone loudly
             log.exception("worker %s crashed", self.role.value)
@@ -209,8 +219,10 @@ class ContextWorker:
             self.closed.set()
 
     def _drain_commands(self, block: bool) -> None:
+        """Run the commands posted so far; with block, first wait for one. Every change the loop must see
+        (new work, a cancel, stop) arrives as a command, so an idle worker sleeps until one does."""
         try:
-            fn = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
+            fn = self._commands.get() if block else self._commands.get_nowait()
         except queue.Empty:
             return
         while True:
