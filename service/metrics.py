@@ -1,10 +1,11 @@
-"""Metrics: a tiny Prometheus text-format registry and the HTTP endpoint that serves it.
+"""Metrics: Prometheus metrics through prometheus-client, and the HTTP endpoint that serves them.
 
-Owns `Registry` (counters, gauges and histograms with labels, plus callback metrics read at scrape
-time, for numbers that live elsewhere such as engine slots or the admission queue), the text
-exposition format 0.0.4, `ServiceMetrics` (the catalogue of what the server measures) and
-`start_metrics_server`, a minimal asyncio HTTP/1.x server for GET /metrics. Standard library only:
-the format is small and stable, and a dependency would be more code to trust than this.
+Owns `Registry` (counters, gauges and histograms with labels given in order, plus callback metrics read
+at scrape time, for numbers that live elsewhere such as engine slots or the admission queue: a thin
+layer over prometheus-client's registry, so the catalogue below reads as before and the exposition is
+the library's), `ServiceMetrics` (the catalogue of what the server measures; the metric names are the
+dashboards' contract and stay as they are) and `start_metrics_server`, a minimal asyncio HTTP/1.x
+server for GET /metrics on the server's own event loop (the library's own server runs a thread).
 """
 
 from __future__ import annotations
@@ -12,14 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Series named `*_created` (a timestamp per counter and histogram) are the library's addition; the
+# catalogue never had them, and a dashboard or alert has no use for them.
+prometheus_client.disable_created_metrics()
+
+# The exposition is the 0.0.4 text format (the names are plain ASCII), so it is served as that.
+CONTENT_TYPE = getattr(prometheus_client, "CONTENT_TYPE_PLAIN_0_0_4", "text/plain; version=0.0.4; charset=utf-8")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -28,169 +37,121 @@ Labels = tuple[str, ...]
 Samples = Iterable[tuple[Labels, float]]
 
 
-def format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
+def _checked(name: str, labels: Sequence[str]) -> tuple[str, ...]:
+    """The same name rules for every kind (the library reserves `le` for histograms only)."""
+    if not _NAME.match(name):
+        raise ValueError(f"bad metric name {name!r}")
+    for label in labels:
+        if not _LABEL.match(label) or label.startswith("__") or label == "le":
+            raise ValueError(f"bad label name {label!r}")
+    return tuple(labels)
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Labelled:
+    """A library metric with labels given in order: `inc(1, "Plan", "OK")`, `value("Plan", "OK")`."""
 
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _labels_text(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    return "{" + ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)) + "}"
-
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help: str, labels: Sequence[str]) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"bad metric name {name!r}")
-        for label in labels:
-            if not _LABEL.match(label) or label.startswith("__") or label == "le":
-                raise ValueError(f"bad label name {label!r}")
+    def __init__(self, metric: Any, registry: prometheus_client.CollectorRegistry, name: str,
+                 labels: Sequence[str]) -> None:
+        self._metric = metric
+        self._registry = registry
         self.name = name
-        self.help = help
         self.labels = tuple(labels)
 
-    def _key(self, values: Sequence[object]) -> Labels:
+    def _child(self, values: Sequence[object]) -> Any:
         if len(values) != len(self.labels):
             raise ValueError(f"{self.name} takes labels {self.labels}, got {tuple(values)}")
-        return tuple(str(v) for v in values)
+        return self._metric.labels(*(str(v) for v in values)) if self.labels else self._metric
 
-    def lines(self) -> list[str]:
-        raise NotImplementedError
+    def _sample(self, suffix: str, values: Sequence[object]) -> float:
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got {tuple(values)}")
+        found = self._registry.get_sample_value(self.name + suffix,
+                                                dict(zip(self.labels, (str(v) for v in values), strict=True)))
+        return found or 0.0
 
-    def render(self) -> list[str]:
-        return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}", *self.lines()]
 
-
-class _Scalar(_Metric):
-    def __init__(self, name: str, help: str, labels: Sequence[str] = (),
-                 fn: Callable[[], Samples] | None = None) -> None:
-        super().__init__(name, help, labels)
-        self._values: dict[Labels, float] = {}
-        self._fn = fn
+class Counter(_Labelled):
+    def inc(self, amount: float = 1.0, *labels: object) -> None:
+        self._child(labels).inc(amount)  # the library refuses a negative amount (ValueError)
 
     def value(self, *labels: object) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def lines(self) -> list[str]:
-        samples = dict(self._values)
-        if self._fn is not None:
-            for key, value in self._fn():
-                samples[self._key(key)] = float(value)
-        return [f"{self.name}{_labels_text(self.labels, k)} {format_value(v)}" for k, v in sorted(samples.items())]
+        return self._sample("", labels)
 
 
-class Counter(_Scalar):
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, *labels: object) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-
-class Gauge(_Scalar):
-    kind = "gauge"
-
+class Gauge(_Labelled):
     def set(self, value: float, *labels: object) -> None:
-        self._values[self._key(labels)] = float(value)
+        self._child(labels).set(value)
 
     def inc(self, amount: float = 1.0, *labels: object) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+        self._child(labels).inc(amount)
+
+    def value(self, *labels: object) -> float:
+        return self._sample("", labels)
 
 
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, help: str, labels: Sequence[str] = (),
-                 buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
-        super().__init__(name, help, labels)
-        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or len(set(bounds)) != len(bounds):
-            raise ValueError("buckets must be distinct finite numbers")
-        self.buckets = (*bounds, math.inf)
-        self._counts: dict[Labels, list[int]] = {}
-        self._sums: dict[Labels, float] = {}
-
+class Histogram(_Labelled):
     def observe(self, value: float, *labels: object) -> None:
-        key = self._key(labels)
-        counts = self._counts.setdefault(key, [0] * len(self.buckets))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[i] += 1  # stored per bucket, made cumulative when rendered
-                break
-        self._sums[key] = self._sums.get(key, 0.0) + value
+        self._child(labels).observe(value)
 
     def count(self, *labels: object) -> int:
-        return sum(self._counts.get(self._key(labels), ()))
+        return int(self._sample("_count", labels))
 
-    def lines(self) -> list[str]:
-        out: list[str] = []
-        names = (*self.labels, "le")
-        for key in sorted(self._counts):
-            running = 0
-            for bound, n in zip(self.buckets, self._counts[key], strict=True):
-                running += n
-                out.append(f"{self.name}_bucket{_labels_text(names, (*key, format_value(bound)))} {running}")
-            out.append(f"{self.name}_sum{_labels_text(self.labels, key)} {format_value(self._sums[key])}")
-            out.append(f"{self.name}_count{_labels_text(self.labels, key)} {running}")
-        return out
+
+class _Callback(Collector):
+    """A metric whose samples are read from fn() at scrape time. A callback that fails leaves its
+    metric without samples for that scrape (logged), never the page blank."""
+
+    def __init__(self, kind: str, name: str, help: str, labels: Sequence[str], fn: Callable[[], Samples]) -> None:
+        self.kind, self.name, self.help, self.labels, self.fn = kind, name, help, tuple(labels), fn
+
+    def collect(self) -> Iterator[Metric]:
+        family: Metric
+        if self.kind == "counter":  # the library adds `_total` back to the family's samples
+            family = CounterMetricFamily(self.name.removesuffix("_total"), self.help, labels=self.labels)
+        else:
+            family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        try:
+            samples = list(self.fn())
+        except Exception:
+            log.exception("metric %s failed to read its samples", self.name)
+            samples = []
+        for key, value in sorted((tuple(str(k) for k in key), float(v)) for key, v in samples):
+            family.add_metric(list(key), value)
+        yield family
 
 
 class Registry:
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
+    """The server's metrics; `render()` is the text exposition (format 0.0.4) of all of them."""
 
-    def _add(self, metric: _Metric) -> _Metric:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} is registered twice")
-        self._metrics[metric.name] = metric
-        return metric
+    def __init__(self) -> None:
+        self.collectors = prometheus_client.CollectorRegistry(auto_describe=True)
 
     def counter(self, name: str, help: str, labels: Sequence[str] = (),
                 fn: Callable[[], Samples] | None = None) -> Counter:
-        """A counter; with fn, its samples are also read from fn() at scrape time (a total kept elsewhere)."""
-        metric = self._add(Counter(name, help, labels, fn))
-        assert isinstance(metric, Counter)
-        return metric
+        """A counter; with fn, its samples are read from fn() at scrape time (a total kept elsewhere)."""
+        labels = _checked(name, labels)
+        if fn is not None:
+            self.collectors.register(_Callback("counter", name, help, labels, fn))
+            return Counter(None, self.collectors, name, labels)
+        return Counter(prometheus_client.Counter(name, help, labels, registry=self.collectors),
+                       self.collectors, name, labels)
 
     def gauge(self, name: str, help: str, labels: Sequence[str] = (),
               fn: Callable[[], Samples] | None = None) -> Gauge:
-        metric = self._add(Gauge(name, help, labels, fn))
-        assert isinstance(metric, Gauge)
-        return metric
+        labels = _checked(name, labels)
+        if fn is not None:
+            self.collectors.register(_Callback("gauge", name, help, labels, fn))
+            return Gauge(None, self.collectors, name, labels)
+        return Gauge(prometheus_client.Gauge(name, help, labels, registry=self.collectors), self.collectors, name, labels)
 
     def histogram(self, name: str, help: str, labels: Sequence[str] = (),
                   buckets: Sequence[float] = DEFAULT_BUCKETS) -> Histogram:
-        metric = self._add(Histogram(name, help, labels, buckets))
-        assert isinstance(metric, Histogram)
-        return metric
+        labels = _checked(name, labels)
+        metric = prometheus_client.Histogram(name, help, labels, buckets=tuple(buckets), registry=self.collectors)
+        return Histogram(metric, self.collectors, name, labels)
 
     def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._metrics.values():
-            try:
-                lines.extend(metric.render())
-            except Exception:
-                log.exception("metric %s failed to render", metric.name)
-        return "\n".join(lines) + "\n"
+        return prometheus_client.generate_latest(self.collectors).decode("utf-8")
 
 
 class ServiceMetrics:

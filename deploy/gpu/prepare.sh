@@ -36,7 +36,7 @@ say "wheels for Python $PYTHON_VERSION (manylinux x86_64): Espalier's dependenci
     --abi "$ABI" --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform any -d "$OUT/wheels" \
     "grpcio>=1.60" "grpcio-tools>=1.60" "grpcio-health-checking>=1.60" "grpcio-reflection>=1.60" \
-    "protobuf>=4.25" "uvloop>=0.19" "h11>=0.14" \
+    "protobuf>=4.25" "uvloop>=0.19" "h11>=0.14" "prometheus-client>=0.20" \
     "scikit-build-core>=0.9.2" "numpy>=1.20.0" "typing-extensions>=4.5.0" "diskcache>=5.6.1" \
     "jinja2>=2.11.3"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation . -w "$OUT/wheels"

@@ -22,6 +22,7 @@ import pytest
 from espalier.v1 import espalier_pb2 as pb
 from espalier.v1 import espalier_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from metric_samples import at, samples
 
 from planner.settings import PlannerSettings
 from service import errors
@@ -293,9 +294,9 @@ async def test_twenty_concurrent_expands_stay_apart_and_the_server_returns_to_id
         await settle(live, engine)
         stats = live.parts.servicer.admission.stats()
         assert stats.admitted == 20 and stats.rejected == 0
-        text = live.parts.metrics.registry.render()
-        assert 'espalier_requests_total{method="Expand",code="OK"} 20' in text
-        assert 'espalier_engine_slots_busy{role="small"} 0' in text and "espalier_requests_waiting 0" in text
+        got = samples(live.parts.metrics.registry.render())
+        assert got[at("espalier_requests_total", method="Expand", code="OK")] == 20
+        assert got[at("espalier_engine_slots_busy", role="small")] == 0 and got[at("espalier_requests_waiting")] == 0
 
 
 # --- health while loading -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from espalier.v1 import espalier_pb2 as pb
 from espalier.v1 import espalier_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from metric_samples import at, samples
 from service_fakes import QUESTION, FakeEngine, engine_with_skeletons, running, settings
 
 from service import serve_cli
@@ -46,6 +47,10 @@ async def _http_get(port: int, path: str) -> str:
     writer.close()
     await writer.wait_closed()
     return data.decode()
+
+
+def _body(response: str) -> str:
+    return response.split("\r\n\r\n", 1)[1]
 
 
 async def _status(stub: health_pb2_grpc.HealthStub, service: str = "") -> int:
@@ -87,7 +92,7 @@ async def test_serve_reports_not_serving_while_loading_then_serving_then_drains_
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Plan(pb.PlanRequest(question=QUESTION))
             assert info.value.code() is C.UNAVAILABLE
-            assert "espalier_serving 0" in await _http_get(ports["metrics"], "/metrics")
+            assert samples(_body(await _http_get(ports["metrics"], "/metrics")))[at("espalier_serving")] == 0
 
             loaded.set()
             assert (await watch.read()).status == SERVING
@@ -95,8 +100,8 @@ async def test_serve_reports_not_serving_while_loading_then_serving_then_drains_
             assert await _status(health) == SERVING
             plan = await stub.Plan(pb.PlanRequest(question=QUESTION, mode=pb.MODE_SOT))
             assert [n.part for n in plan.graph.nodes].count(pb.NODE_PART_POINT) == 2
-            text = await _http_get(ports["metrics"], "/metrics")
-            assert "espalier_serving 1" in text and 'espalier_requests_total{method="Plan",code="OK"} 1' in text
+            got = samples(_body(await _http_get(ports["metrics"], "/metrics")))
+            assert got[at("espalier_serving")] == 1 and got[at("espalier_requests_total", method="Plan", code="OK")] == 1
 
             graph = pb.Graph(nodes=[pb.Node(id=1, title="HOLD")])
             in_flight = stub.Expand(pb.ExpandRequest(question=QUESTION, graph=graph))
