@@ -33,7 +33,7 @@ from service.engine.drafter import Drafter
 from service.engine.embedder import RoleEmbedder
 from service.engine.native import Context, ContextParams, Model
 from service.engine.scheduler import Scheduler
-from service.engine.spec_policy import CostCurve, DraftSource, SpecMode, SpecPolicy
+from service.engine.spec_policy import CostCurve, DraftSource, SpecPolicy
 from service.engine.speculator import Speculator
 from service.engine.worker import ContextWorker, Delivery, PrefixHolder
 
@@ -307,4 +307,4 @@ def _speculator(model: Model, ctx: Context, cfg: ContextConfig, draft: Model | N
         drafter = Drafter(draft, dctx, p_min=cfg.draft_p_min,
                           observe=lambda n, s: policy.observe(draft_tokens=n, draft_s=s))
     log.info("speculation costs: target %s, draft %s", target_curve.points, draft_curve.points if draft_curve else None)
-    return Speculator(policy, DraftSource(cfg.draft_source), drafter, SpecMode(cfg.speculation))
+    return Speculator(policy, DraftSource(cfg.draft_source), drafter, Speculation(cfg.speculation))

@@ -15,11 +15,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-
-class SpecMode(enum.StrEnum):
-    AUTO = "auto"  # the cost model decides, k may be 0
-    ON = "on"  # always draft: the cost model picks the best k of at least 1 (tests, measurements)
-    OFF = "off"
+from planner.engine import Speculation
 
 
 class DraftSource(enum.StrEnum):
@@ -161,7 +157,7 @@ class SpecPolicy:
         if draft_tokens and self.draft is not None:
             self.draft = self.draft.observed(draft_tokens, draft_s)
 
-    def choose(self, mode: SpecMode, candidates: Sequence[Candidate], *, other_tokens: int = 0) -> int:
+    def choose(self, mode: Speculation, candidates: Sequence[Candidate], *, other_tokens: int = 0) -> int:
         """The number of drafts per sequence for this step (0 = plain decoding).
 
         other_tokens: tokens of this batch that are not speculated (prefill chunks, plain decoders).
@@ -172,10 +168,10 @@ class SpecPolicy:
         self.choices[k] = self.choices.get(k, 0) + 1
         return k
 
-    def _choose(self, mode: SpecMode, candidates: Sequence[Candidate], other: int) -> int:
-        if mode is SpecMode.OFF or not candidates or self.k_limit <= 0:
+    def _choose(self, mode: Speculation, candidates: Sequence[Candidate], other: int) -> int:
+        if mode is Speculation.OFF or not candidates or self.k_limit <= 0:
             return 0
-        lowest = 1 if mode is SpecMode.ON else 0
+        lowest = 1 if mode is Speculation.ON else 0
         best_k, best_rate = lowest, self.rate(lowest, candidates, other)
         for k in range(lowest + 1, self.k_limit + 1):
             rate = self.rate(k, candidates, other)

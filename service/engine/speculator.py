@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from planner.engine import Speculation
 from service.engine.drafter import Drafter, DraftJob
-from service.engine.spec_policy import Acceptance, Candidate, DraftSource, SpecMode, SpecPolicy, prompt_lookup
+from service.engine.spec_policy import Acceptance, Candidate, DraftSource, SpecPolicy, prompt_lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class Offer:
     key: int
     slot: int
     history: Sequence[int]  # prompt + generated; the last token is the one the target decodes next
-    mode: SpecMode
+    mode: Speculation
     room: int  # most drafts it may take (tokens left before max_tokens)
     stops_at: Callable[[list[int]], bool] | None = None
 
@@ -48,7 +49,7 @@ class SpecStats:
 
 class Speculator:
     def __init__(self, policy: SpecPolicy, source: DraftSource, drafter: Drafter | None,
-                 default_mode: SpecMode = SpecMode.AUTO) -> None:
+                 default_mode: Speculation = Speculation.AUTO) -> None:
         if source is not DraftSource.LOOKUP and drafter is None:
             raise ValueError(f"draft source {source.value} needs a draft model")
         self.policy = policy
@@ -84,7 +85,7 @@ class Speculator:
         use_lookup = self.source in (DraftSource.LOOKUP, DraftSource.BOTH)
         use_model = self.drafter is not None and self.source in (DraftSource.MODEL, DraftSource.BOTH)
         for o in offers:
-            if o.mode is SpecMode.OFF or o.room <= 0:
+            if o.mode is Speculation.OFF or o.room <= 0:
                 continue
             found = prompt_lookup(o.history, min(self.policy.k_limit, o.room)) if use_lookup else []
             if found:
@@ -95,8 +96,8 @@ class Speculator:
         if not cands:
             return {}
         plain = other_tokens + sum(1 for o in offers if o.key not in cands)
-        chosen: dict[SpecMode, int] = {}
-        for mode in (SpecMode.AUTO, SpecMode.ON):
+        chosen: dict[Speculation, int] = {}
+        for mode in (Speculation.AUTO, Speculation.ON):
             group = [cands[o.key] for o in offers if o.key in cands and o.mode is mode]
             if group:
                 chosen[mode] = self.policy.choose(mode, group, other_tokens=plain)

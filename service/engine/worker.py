@@ -33,6 +33,7 @@ from planner.engine import (
     Role,
     RoleStats,
     Sampling,
+    Speculation,
     TokenLogprobs,
 )
 from service.engine.native import Context, Model, SamplerChain
@@ -46,7 +47,7 @@ from service.engine.scheduler import (
     TooLong,
     common_prefix_len,
 )
-from service.engine.spec_policy import CostCurve, SpecMode, pack_verifies
+from service.engine.spec_policy import CostCurve, pack_verifies
 from service.engine.speculator import Offer, Proposal, Speculator
 from service.engine.textstream import TextStream
 
@@ -75,7 +76,7 @@ class Job:
     delivery: Delivery
     text: TextStream
     sampler: SamplerChain | None = None
-    spec_mode: SpecMode = SpecMode.OFF
+    spec_mode: Speculation = Speculation.OFF
     history: list[int] = field(default_factory=list)  # prompt + generated; last = the pending token
     top_logprobs: int = 0  # > 0: each emitted token carries its TokenLogprobs
     said_word: bool = False  # a token with a letter or digit has been emitted (Sampling.min_tokens)
@@ -122,16 +123,17 @@ class ContextWorker:
     # --- API for the event loop -------------------------------------------------------------
 
     def submit(self, prompt: str | Sequence[int], sampling: Sampling, parent: PrefixHolder | None,
-               delivery: Delivery, speculation: str = "default", top_logprobs: int = 0) -> Job:
+               delivery: Delivery, speculation: Speculation = Speculation.DEFAULT, top_logprobs: int = 0) -> Job:
         """speculation: auto, on, off, or default (this context's); plain without a speculator.
 
         top_logprobs > 0 forces plain decoding: logprobs are read in _sample, from the row the token
         is sampled from; a verify step (_verify) samples several rows at once and reads none.
         """
         seq = Seq(key=next(_keys), tokens=(), max_new=sampling.max_tokens)
-        mode = SpecMode.OFF
+        mode = Speculation.OFF
         if self.spec is not None and top_logprobs <= 0:
-            mode = self.spec.default_mode if speculation == "default" else SpecMode(speculation)
+            requested = Speculation(speculation)  # a caller may still hand the value as text
+            mode = self.spec.default_mode if requested is Speculation.DEFAULT else requested
         job = Job(seq, sampling, delivery, TextStream(sampling.stop), spec_mode=mode, top_logprobs=top_logprobs)
         self._post(lambda: self._admit(job, prompt, parent))
         return job
@@ -385,7 +387,7 @@ class ContextWorker:
         offers: list[Offer] = []
         for e in plan.entries:
             job = self._jobs.get(e.seq.key)
-            if e.seq.state is not SeqState.DECODE or job is None or job.spec_mode is SpecMode.OFF:
+            if e.seq.state is not SeqState.DECODE or job is None or job.spec_mode is Speculation.OFF:
                 continue
             offers.append(Offer(e.seq.key, e.seq.slot, job.history, job.spec_mode,
                                 room=e.seq.max_new - e.seq.generated - 1, stops_at=self._stop_check(job)))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from planner.engine import Speculation
 from service.engine.spec_policy import (
     Acceptance,
     Candidate,
     CostCurve,
-    SpecMode,
     SpecPolicy,
     expected_tokens,
     pack_verifies,
@@ -39,7 +39,7 @@ def test_cost_curve_interpolates_and_extrapolates() -> None:
 @pytest.mark.parametrize("seqs", [1, 4])
 def test_plain_decoding_where_verifying_costs_k_times(seqs: int) -> None:
     policy = SpecPolicy(CPU, DRAFT_CPU, max_k=8)
-    assert policy.choose(SpecMode.AUTO, model_cands(seqs)) == 0
+    assert policy.choose(Speculation.AUTO, model_cands(seqs)) == 0
     assert policy.last_k == 0
 
 
@@ -47,21 +47,21 @@ def test_plain_decoding_where_verifying_costs_k_times(seqs: int) -> None:
 def test_drafting_where_verifying_is_nearly_free(seqs: int) -> None:
     policy = SpecPolicy(GPU, DRAFT_GPU, max_k=8)
     cands = model_cands(seqs, alpha=0.8)
-    k = policy.choose(SpecMode.AUTO, cands)
+    k = policy.choose(Speculation.AUTO, cands)
     assert k >= 2
     assert policy.rate(k, cands) > 1.5 * policy.rate(0, cands)
 
 
 def test_low_acceptance_turns_speculation_off_even_on_a_gpu() -> None:
     policy = SpecPolicy(GPU, CostCurve(((1, 0.004),)), max_k=8)  # a draft round costs 40% of a verify
-    assert policy.choose(SpecMode.AUTO, model_cands(1, alpha=0.05)) == 0
-    assert policy.choose(SpecMode.AUTO, model_cands(1, alpha=0.95)) > 0
+    assert policy.choose(Speculation.AUTO, model_cands(1, alpha=0.05)) == 0
+    assert policy.choose(Speculation.AUTO, model_cands(1, alpha=0.95)) > 0
 
 
 def test_free_lookup_drafts_pay_even_on_a_cpu_when_they_land() -> None:
     policy = SpecPolicy(CostCurve(((1, 0.05), (4, 0.08), (8, 0.15))), None, max_k=8)
     lookups = [Candidate(0.9, 6, False)]
-    assert policy.choose(SpecMode.AUTO, lookups) > 0
+    assert policy.choose(Speculation.AUTO, lookups) > 0
 
 
 def test_auto_drafts_only_for_a_clear_gain() -> None:
@@ -70,16 +70,16 @@ def test_auto_drafts_only_for_a_clear_gain() -> None:
     policy = SpecPolicy(target, None, max_k=1)
     lookups = [Candidate(0.8, 1, False)]
     assert policy.rate(1, lookups) / policy.rate(0, lookups) == pytest.approx(1.065, abs=0.01)
-    assert policy.choose(SpecMode.AUTO, lookups) == 0
+    assert policy.choose(Speculation.AUTO, lookups) == 0
     assert policy.rate(3, model_cands(1)) == 0.0  # model drafts without a draft model: never
 
 
 def test_forced_mode_always_drafts_and_off_never() -> None:
     policy = SpecPolicy(CPU, DRAFT_CPU, max_k=5, verify_rows=4)
-    assert policy.choose(SpecMode.ON, model_cands(2)) == 1  # a loss here: the least drafting
-    assert policy.choose(SpecMode.OFF, model_cands(2)) == 0
+    assert policy.choose(Speculation.ON, model_cands(2)) == 1  # a loss here: the least drafting
+    assert policy.choose(Speculation.OFF, model_cands(2)) == 0
     fast = SpecPolicy(GPU, DRAFT_GPU, max_k=5, verify_rows=4)
-    assert fast.choose(SpecMode.ON, model_cands(1, alpha=0.95)) == 3  # a verify run must fit 4 rows
+    assert fast.choose(Speculation.ON, model_cands(1, alpha=0.95)) == 3  # a verify run must fit 4 rows
     assert policy.choices == {1: 1, 0: 1}
 
 
@@ -129,11 +129,11 @@ def test_costs_seen_in_service_correct_an_optimistic_calibration() -> None:
     optimistic = CostCurve(((1, 0.050), (2, 0.052), (4, 0.19), (8, 0.38)))
     policy = SpecPolicy(optimistic, CostCurve(((1, 0.005), (4, 0.012))), max_k=3)
     cands = [Candidate(0.8, 3, True)]
-    assert policy.choose(SpecMode.AUTO, cands) == 1
+    assert policy.choose(Speculation.AUTO, cands) == 1
     for _ in range(40):  # in service, 2-token batches really cost 1.9 times one
         policy.observe(target_tokens=2, target_s=0.095)
     assert policy.target(2) == pytest.approx(0.095, rel=0.02)
-    assert policy.choose(SpecMode.AUTO, cands) == 0
+    assert policy.choose(Speculation.AUTO, cands) == 0
     assert policy.target.observed(3, 1.0) is policy.target  # only measured sizes move
 
 
