@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.engine import InvalidRequest, Role, Sampling
-from planner.settings import PlannerSettings
+from planner.settings import PlannerSettings, field_meta
 from service.engine.config import ConfigError, ContextConfig, EngineConfig
 from service.remote.config import RemoteConfig, RemoteConfigError, RemoteRoleConfig
 
@@ -45,44 +45,32 @@ class SettingsError(ValueError):
     """A setting is unknown, malformed, out of range or inconsistent; the message names it and its source."""
 
 
-def _m(help: str, lo: float | None = None, hi: float | None = None, *, choices: Sequence[str] = (),
-       secret: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"help": help}
-    if lo is not None:
-        meta["min"] = lo
-    if hi is not None:
-        meta["max"] = hi
-    if choices:
-        meta["choices"] = tuple(choices)
-    if secret:
-        meta["secret"] = True
-    return meta
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
     """One model role: which GGUF and how its llama context runs (a subset of ContextConfig)."""
 
-    model: str = field(default="small", metadata=_m(
+    model: str = field(default="small", metadata=field_meta(
         "'small', 'large' (the default models, fetched with `espalier models fetch`) or a GGUF path"))
-    slots: int = field(default=16, metadata=_m("sequences decoded together (parallel points)", 1, 64))
-    n_ctx: int = field(default=8192, metadata=_m("KV cache cells shared by all sequences", 256, 1 << 20))
-    n_batch: int = field(default=512, metadata=_m("most tokens one llama_decode call takes", 8, 8192))
-    threads: int = field(default=0, metadata=_m("CPU threads; 0 = all cores", 0, 1024))
-    n_gpu_layers: int = field(default=0, metadata=_m(
+    slots: int = field(default=16, metadata=field_meta("sequences decoded together (parallel points)", 1, 64))
+    n_ctx: int = field(default=8192, metadata=field_meta("KV cache cells shared by all sequences", 256, 1 << 20))
+    n_batch: int = field(default=512, metadata=field_meta("most tokens one llama_decode call takes", 8, 8192))
+    threads: int = field(default=0, metadata=field_meta("CPU threads; 0 = all cores", 0, 1024))
+    n_gpu_layers: int = field(default=0, metadata=field_meta(
         "layers offloaded to the GPU on a CUDA/Metal/Vulkan build; -1 = all", -1, 10_000))
-    flash_attn: str = field(default="auto", metadata=_m("flash attention", choices=("auto", "on", "off")))
-    draft: str = field(default="", metadata=_m(
+    flash_attn: str = field(default="auto", metadata=field_meta("flash attention", choices=("auto", "on", "off")))
+    draft: str = field(default="", metadata=field_meta(
         "draft model for speculative decoding ('small', 'large' or a GGUF path with this model's "
         "vocabulary); empty = none"))
-    draft_source: str = field(default="model", metadata=_m(
+    draft_source: str = field(default="model", metadata=field_meta(
         "where drafts come from: the draft model, prompt lookup (n-gram copies, no model needed) or both",
         choices=("model", "lookup", "both")))
-    speculation: str = field(default="auto", metadata=_m(
+    speculation: str = field(default="auto", metadata=field_meta(
         "default per request: auto (a cost model measured at start-up decides, never a loss), on, off",
         choices=("auto", "on", "off")))
-    draft_max: int = field(default=8, metadata=_m("most drafted tokens per sequence per step", 0, 32))
-    verify_rows: int = field(default=7, metadata=_m(
+    draft_max: int = field(default=8, metadata=field_meta("most drafted tokens per sequence per step", 0, 32))
+    verify_rows: int = field(default=7, metadata=field_meta(
         "most tokens per verify call; 7 keeps greedy output identical to plain decoding on the CPU, "
         "0 = no limit (fastest on a GPU)", 0, 512))
 
@@ -96,12 +84,12 @@ class ModelSettings:
 # Sampling carries no metadata of its own; its bounds are those of Sampling.validate. max_tokens and
 # stop are set per stage by the planner, so they are not settings.
 _SAMPLING_META: dict[str, dict[str, Any]] = {
-    "temperature": _m("sampling temperature; 0 = greedy and deterministic", 0, 5),
-    "top_p": _m("nucleus sampling, in (0, 1]; 1 = off", 0, 1),
-    "top_k": _m("top-k sampling; 0 = off", 0, 1000),
-    "min_p": _m("min-p sampling, in [0, 1); 0 = off", 0, 1),
-    "repeat_penalty": _m("repetition penalty; 1 = off", 0.5, 2),
-    "seed": _m("seed of the random sampler when temperature > 0", 0, 2**32 - 1),
+    "temperature": field_meta("sampling temperature; 0 = greedy and deterministic", 0, 5),
+    "top_p": field_meta("nucleus sampling, in (0, 1]; 1 = off", 0, 1),
+    "top_k": field_meta("top-k sampling; 0 = off", 0, 1000),
+    "min_p": field_meta("min-p sampling, in [0, 1); 0 = off", 0, 1),
+    "repeat_penalty": field_meta("repetition penalty; 1 = off", 0.5, 2),
+    "seed": field_meta("seed of the random sampler when temperature > 0", 0, 2**32 - 1),
 }
 
 _SMALL_ONLY_ROLES = ("skeleton_role", "router_role", "easy_role", "hard_role", "direct_role")
@@ -111,62 +99,62 @@ _SMALL_ONLY_ROLES = ("skeleton_role", "router_role", "easy_role", "hard_role", "
 class ServerSettings:
     """Everything `espalier serve` can be told. Call validate() once at start-up."""
 
-    host: str = field(default="127.0.0.1", metadata=_m(
+    host: str = field(default="127.0.0.1", metadata=field_meta(
         "address to listen on (localhost unless told otherwise; 0.0.0.0 or :: for all interfaces)"))
-    port: int = field(default=50051, metadata=_m("gRPC port; 0 = any free port", 0, 65535))
-    metrics_host: str = field(default="127.0.0.1", metadata=_m("address of the Prometheus /metrics endpoint"))
-    metrics_port: int = field(default=9464, metadata=_m(
+    port: int = field(default=50051, metadata=field_meta("gRPC port; 0 = any free port", 0, 65535))
+    metrics_host: str = field(default="127.0.0.1", metadata=field_meta("address of the Prometheus /metrics endpoint"))
+    metrics_port: int = field(default=9464, metadata=field_meta(
         "port of the Prometheus /metrics endpoint; 0 = any free port, -1 = off", -1, 65535))
     # 8, not 4: under 16 clients on 2 CPU cores (bench load, deploy/README.md) direct answers per minute
     # rose by a third and every mode's first token came sooner; skeleton answers held their rate.
-    max_in_flight: int = field(default=8, metadata=_m(
+    max_in_flight: int = field(default=8, metadata=field_meta(
         "requests planned or expanded at once (each may use several engine slots)", 1, 1024))
-    max_waiting: int = field(default=16, metadata=_m(
+    max_waiting: int = field(default=16, metadata=field_meta(
         "requests waiting for their turn; past this RESOURCE_EXHAUSTED with a retry hint", 0, 100_000))
-    max_streams: int = field(default=64, metadata=_m(
+    max_streams: int = field(default=64, metadata=field_meta(
         "Stream calls whose prompt is still arriving; past this RESOURCE_EXHAUSTED", 1, 100_000))
-    max_request_s: float = field(default=600.0, metadata=_m(
+    max_request_s: float = field(default=600.0, metadata=field_meta(
         "longest a request may plan and expand, in seconds (client deadlines still apply); 0 = no limit",
         0, 86_400))
-    grace_s: float = field(default=10.0, metadata=_m(
+    grace_s: float = field(default=10.0, metadata=field_meta(
         "on SIGTERM/SIGINT, seconds in-flight requests get to finish before they are cancelled", 0, 3600))
-    max_message_bytes: int = field(default=4 * 1024 * 1024, metadata=_m(
+    max_message_bytes: int = field(default=4 * 1024 * 1024, metadata=field_meta(
         "largest gRPC message received or sent, in bytes", 1024, 256 * 1024 * 1024))
-    max_question_chars: int = field(default=8000, metadata=_m(
+    max_question_chars: int = field(default=8000, metadata=field_meta(
         "longest question or streamed prompt, in characters", 1, 1_000_000))
-    max_system_chars: int = field(default=8000, metadata=_m(
+    max_system_chars: int = field(default=8000, metadata=field_meta(
         "most characters of a request's system text (system messages, Stream's open.system); past this "
         "INVALID_ARGUMENT naming the message", 0, 1_000_000))
-    max_history_chars: int = field(default=32000, metadata=_m(
+    max_history_chars: int = field(default=32000, metadata=field_meta(
         "most characters of a request's earlier turns; past this INVALID_ARGUMENT naming the message (within "
         "it the planner keeps the newest turns that fit planner.history_max_chars)", 0, 10_000_000))
-    max_tokens: int = field(default=4096, metadata=_m(
+    max_tokens: int = field(default=4096, metadata=field_meta(
         "largest token budget a request may ask for (point_max_tokens, answer_max_tokens, a node's max_tokens)",
         1, 32768))
-    tls_cert: str = field(default="", metadata=_m("PEM server certificate chain; empty = no TLS"))
-    tls_key: str = field(default="", metadata=_m("PEM private key of tls_cert"))
-    tls_client_ca: str = field(default="", metadata=_m(
+    tls_cert: str = field(default="", metadata=field_meta("PEM server certificate chain; empty = no TLS"))
+    tls_key: str = field(default="", metadata=field_meta("PEM private key of tls_cert"))
+    tls_client_ca: str = field(default="", metadata=field_meta(
         "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)"))
-    auth_token: str = field(default="", repr=False, metadata=_m(
+    auth_token: str = field(default="", repr=False, metadata=field_meta(
         "when set, every call but health checks needs metadata 'authorization: Bearer <token>' "
         "(prefer the environment or the config file to a flag: flags show in ps)", secret=True))
-    small_only: bool = field(default=False, metadata=_m(
+    small_only: bool = field(default=False, metadata=field_meta(
         "load only the small model and use it for every planner role (tests, small machines)"))
-    models_dir: str = field(default="", metadata=_m("cache of the default models; empty = the XDG cache"))
-    resident_prefixes: bool = field(default=True, metadata=_m(
+    models_dir: str = field(default="", metadata=field_meta("cache of the default models; empty = the XDG cache"))
+    resident_prefixes: bool = field(default=True, metadata=field_meta(
         "prefill the planner's fixed prompt parts once at start-up and fork them per request "
         "(faster requests, slower start)"))
-    log_level: str = field(default="info", metadata=_m(
+    log_level: str = field(default="info", metadata=field_meta(
         "log level", choices=("debug", "info", "warning", "error")))
-    log_format: str = field(default="text", metadata=_m(
+    log_format: str = field(default="text", metadata=field_meta(
         "log format: text lines or one JSON object per line", choices=("text", "json")))
-    large: ModelSettings = field(default_factory=lambda: ModelSettings(model="large"), metadata=_m(
+    large: ModelSettings = field(default_factory=lambda: ModelSettings(model="large"), metadata=field_meta(
         "the large model (skeletons, hard points, speculation target)"))
-    small: ModelSettings = field(default_factory=ModelSettings, metadata=_m(
+    small: ModelSettings = field(default_factory=ModelSettings, metadata=field_meta(
         "the small model (routing, easy points, drafts, tests)"))
-    planner: PlannerSettings = field(default_factory=PlannerSettings, metadata=_m(
+    planner: PlannerSettings = field(default_factory=PlannerSettings, metadata=field_meta(
         "planner defaults; a request's GenerationSettings override some per call"))
-    remote: RemoteConfig = field(default_factory=RemoteConfig, metadata=_m(
+    remote: RemoteConfig = field(default_factory=RemoteConfig, metadata=field_meta(
         "OpenAI-compatible servers per role; a role with URLs is served by them, not by a local model"))
 
     def validate(self) -> ServerSettings:

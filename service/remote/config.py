@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
 from urllib.parse import urlsplit
 
+from planner.settings import field_meta
 from service.remote.chat_templates import TEMPLATES
 
 
@@ -20,39 +20,35 @@ class RemoteConfigError(ValueError):
     """A remote setting is malformed or out of range; the message names it."""
 
 
-def _m(help: str, lo: float | None = None, hi: float | None = None, **more: Any) -> dict[str, Any]:
-    """Field metadata in service.settings' vocabulary: help, min, max, choices, secret."""
-    bounds = {"min": lo, "max": hi}
-    return {"help": help, **{k: v for k, v in bounds.items() if v is not None}, **more}
 
 
 @dataclass(frozen=True, slots=True)
 class RemoteRoleConfig:
     """One role's servers. A role with no URLs is not remote (the embedded engine serves it)."""
 
-    urls: tuple[str, ...] = field(default=(), metadata=_m(
+    urls: tuple[str, ...] = field(default=(), metadata=field_meta(
         "base URLs of OpenAI-compatible servers for this role, such as http://host:8080/v1; when set, "
         "the role is served by them instead of a local model"))
-    model: str = field(default="", metadata=_m(
+    model: str = field(default="", metadata=field_meta(
         "model name sent with each request (empty: omitted, the server's only or default model)"))
-    api_key: str = field(default="", repr=False, metadata=_m(
+    api_key: str = field(default="", repr=False, metadata=field_meta(
         "sent as 'Authorization: Bearer <key>' when set", secret=True))
-    slots: int = field(default=4, metadata=_m(
+    slots: int = field(default=4, metadata=field_meta(
         "requests one server decodes at once (llama-server --parallel); sizes free_slots and stats", 1, 1024))
-    chat_template: str = field(default="chatml", metadata=_m(
+    chat_template: str = field(default="chatml", metadata=field_meta(
         "how chat messages become prompt text (servers get raw text through /v1/completions): chatml for "
         "Qwen2.5 and other ChatML models, llama3 for Llama 3", choices=tuple(TEMPLATES)))
-    connect_timeout_s: float = field(default=5.0, metadata=_m(
+    connect_timeout_s: float = field(default=5.0, metadata=field_meta(
         "seconds to open a connection before trying another server", 0.1, 600))
-    first_byte_timeout_s: float = field(default=120.0, metadata=_m(
+    first_byte_timeout_s: float = field(default=120.0, metadata=field_meta(
         "seconds from sending a request to its first streamed token (covers queueing and prefill) before "
         "trying another server", 0.1, 3600))
-    idle_timeout_s: float = field(default=60.0, metadata=_m(
+    idle_timeout_s: float = field(default=60.0, metadata=field_meta(
         "seconds between two streamed tokens before the sequence fails", 0.1, 3600))
-    retries: int = field(default=2, metadata=_m(
+    retries: int = field(default=2, metadata=field_meta(
         "further servers tried when one fails before its first token (refused, reset, 429/502/503/504, "
         "first-byte timeout); never after text was returned", 0, 16))
-    eject_s: float = field(default=5.0, metadata=_m(
+    eject_s: float = field(default=5.0, metadata=field_meta(
         "seconds a failing server is passed over (doubling on repeated failures, at most 60)", 0, 600))
 
     @property
@@ -97,7 +93,7 @@ def check_base_url(url: str, where: str) -> None:
 class RemoteConfig:
     """Remote servers per role; `[remote.large]` and `[remote.small]` in the TOML file."""
 
-    large: RemoteRoleConfig = field(default_factory=RemoteRoleConfig, metadata=_m(
+    large: RemoteRoleConfig = field(default_factory=RemoteRoleConfig, metadata=field_meta(
         "servers for the large role"))
-    small: RemoteRoleConfig = field(default_factory=RemoteRoleConfig, metadata=_m(
+    small: RemoteRoleConfig = field(default_factory=RemoteRoleConfig, metadata=field_meta(
         "servers for the small role"))
