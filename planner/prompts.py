@@ -242,10 +242,10 @@ def with_standing(own: str, context: Conversation) -> str:
 def _in_context(question: str, context: Conversation, *, standing: bool = True) -> str:
     """The question's turn of a task prompt (skeleton, router): the earlier turns quoted, then the question,
     then (standing: for a prompt that writes the answer) the caller's standing instructions."""
-    standing = f"{STANDING_TAG}{context.system}" if context.system and standing else ""
+    tail = _reminder(context) if standing else ""
     if not context.history:
-        return QUESTION_LEAD + question + standing
-    return TRANSCRIPT_LEAD + context.transcript() + "Question (my latest message):\n" + question + standing
+        return QUESTION_LEAD + question + tail
+    return TRANSCRIPT_LEAD + context.transcript() + "Question (my latest message):\n" + question + tail
 
 
 def _turns(system: str, context: Conversation) -> list[Message]:

@@ -104,12 +104,17 @@ class _Callback(Collector):
     def __init__(self, kind: str, name: str, help: str, labels: Sequence[str], fn: Callable[[], Samples]) -> None:
         self.kind, self.name, self.help, self.labels, self.fn = kind, name, help, tuple(labels), fn
 
-    def collect(self) -> Iterator[Metric]:
-        family: Metric
+    def _family(self) -> Metric:
         if self.kind == "counter":  # the library adds `_total` back to the family's samples
-            family = CounterMetricFamily(self.name.removesuffix("_total"), self.help, labels=self.labels)
-        else:
-            family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
+            return CounterMetricFamily(self.name.removesuffix("_total"), self.help, labels=self.labels)
+        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples: registration checks names without reading fn()."""
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
         try:
             samples = list(self.fn())
         except Exception:
