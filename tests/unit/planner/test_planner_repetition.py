@@ -34,11 +34,11 @@ def test_a_loop_is_caught_only_when_the_repeat_is_complete() -> None:
 
 @pytest.mark.parametrize("text", [
     # a phrase that comes back is not a loop: the stretches between differ
-    "Check the author: this helps ensure the information is accurate. Check the date: this helps ensure "
-    "the information is accurate. Check the sources: this helps ensure the information is accurate.",
+    ("Check the author: this helps ensure the information is accurate. Check the date: this helps ensure "
+    "the information is accurate. Check the sources: this helps ensure the information is accurate."),
     # code: closing braces and a repeated call are short units
-    "```cpp\nfor (int i = 0; i < n; i++) {\n  for (int j = 0; j < n - i - 1; j++) {\n    if (a[j] > a[j + 1]) {\n"
-    "      std::swap(a[j], a[j + 1]);\n    }\n  }\n}\n```\n",
+    ("```cpp\nfor (int i = 0; i < n; i++) {\n  for (int j = 0; j < n - i - 1; j++) {\n    if (a[j] > a[j + 1]) {\n"
+    "      std::swap(a[j], a[j + 1]);\n    }\n  }\n}\n```\n"),
     # a table's rules and rows
     "| mode | speed |\n| --- | --- |\n| direct | 1.0 |\n| sot | 1.4 |\n| sgd | 1.3 |\n",
     # a table of figures: its rows share their shape, not their numbers
