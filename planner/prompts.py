@@ -301,11 +301,12 @@ POINT_INSTRUCTIONS: dict[PointLength, str] = {
     # title was a question, "Bubble sort: O(n^2)" where code was asked for. So a detailed point may
     # take several lines, and is told to answer its own title and to carry the code or steps asked for.
     PointLength.DETAILED: _POINT_LEAD + (
-        "A numbered point: explain it in two short sentences, one of them a concrete example or detail, and if "
-        "its title is a question, answer it; where the question asks for code, steps or examples, give "
-        "them in this point (a code block or a short bulleted list). Keep to the question as it is asked: its "
-        "premise (for a \"what if\" question, the imagined alternative, not what really happened) and its "
-        "instructions. The other parts are written separately."
+        "A numbered point: two short sentences, the first explaining the point itself and the second giving "
+        "a specific example or detail. If its title is a question, answer it; "
+        "where the question asks for code, steps or examples, give them in this point (a code block or a "
+        "short bulleted list). Keep to the question as it is asked: its premise (for a \"what if\" question, "
+        "the imagined alternative, not what really happened) and its instructions. The other parts are "
+        "written separately: keep to this point's own title."
     ),
 }
 # Said with either length; a plan with no opening never asks for one. The closing is named only in the

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 
@@ -52,8 +53,11 @@ from planner.events import (
     PlanReady,
 )
 from planner.plan import Difficulty, Node, Part, Plan, Route
+from planner.repetition import ends_in_loop
 from planner.sentences import first_sentence_end
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
+
+log = logging.getLogger(__name__)
 
 _DONE = object()
 
@@ -301,7 +305,9 @@ class _Expansion:
         """Stream one node into `parts` (kept by the caller even if this raises).
 
         The opening and closing are one sentence: a model asked for one sometimes writes a paragraph,
-        so they end at their first proven sentence end (the rest is never streamed).
+        so they end at their first proven sentence end (the rest is never streamed). Any part ends as
+        a stop where its text falls into a loop (planner.repetition), instead of repeating itself to
+        the end of its budget.
         """
         tokens = 0
         last: Chunk | None = None
@@ -321,6 +327,10 @@ class _Expansion:
                     parts.append(text)
                     self.meter.mark_first_token()
                     self.emit(NodeDelta(node.id, text, chunk.tokens))
+                if last.finish is None and text.strip() and ends_in_loop("".join(parts)):
+                    log.info("%s node %d ended in a loop after %d tokens", self.request_id or "request",
+                             node.id, tokens)
+                    last = dataclasses.replace(chunk, text=text, finish=FinishReason.STOP)
                 if last.finish is not None:
                     break
         return last, tokens

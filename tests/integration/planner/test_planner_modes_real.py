@@ -157,3 +157,23 @@ async def test_a_point_asked_for_code_carries_a_code_block_and_stops_at_the_next
             # a point never runs on into the next numbered part of the outline
             assert not re.search(r"^\s*\d+\.\s", e.text.strip(), re.MULTILINE) or "```" in e.text, e.text
 
+
+
+async def _direct(engine: Engine, question: str, budget: int) -> tuple[str, int, FinishReason]:
+    settings = PlannerSettings(direct_max_tokens=budget)
+    async with asyncio.timeout(240), aclosing(pipeline.answer(engine, question, Mode.DIRECT, settings)) as stream:
+        events = [e async for e in stream]
+    (finished,) = [e for e in events if isinstance(e, NodeFinished)]
+    return finished.text, finished.tokens, finished.finish
+
+
+async def test_an_answer_that_falls_into_a_loop_ends_there_and_a_count_does_not(engine: Engine) -> None:
+    # the small model repeats the word to the end of any budget; the loop rule cannot tell that from a
+    # loop (nor should it: a stretch of ten words twice), so the answer ends after 20 of them
+    text, tokens, finish = await _direct(engine, "Repeat the word hello 100 times.", 160)
+    assert finish is FinishReason.STOP and tokens < 40, (tokens, text)
+    assert 20 <= text.lower().count("hello") < 30, text
+    # a count repeats its shape but not its words: it runs to its end
+    text, tokens, finish = await _direct(engine, "Count from 1 to 20, one number per line, nothing else.", 200)
+    numbers = [int(n) for n in re.findall(r"\b\d+\b", text)]
+    assert numbers[:20] == list(range(1, 21)), (finish, tokens, text)

@@ -426,3 +426,22 @@ async def test_a_point_that_opens_with_code_or_a_list_starts_under_its_heading()
     events = await collect(engine, graph(Node(1, "Code"), Node(2, "List"), Node(3, "Prose")))
     assert events[-1].text.split("\n\n") == [  # type: ignore[union-attr]
         "1. **Code**:\n```python\nprint('hi')\n```", "2. **List**:\n- one\n- two", "3. **Prose**: Plain text."]
+
+
+async def test_a_part_that_falls_into_a_loop_ends_there() -> None:
+    # what the large model wrote for "They use filler words", to the end of its budget
+    fillers = '"um", "uh", "like", "ummm", "ahhh", "yeah", "no", "right", "wrong", "okay", "oh", "well",'
+    engine = FakeEngine()
+    engine.script_point(1, " Fillers give it away: " + " ".join([fillers] * 20))
+    plan = graph(Node(1, "They use filler words"), Node(2, "They avoid eye contact"))
+    events = await collect(engine, plan)
+    check_event_grammar(events, plan)
+    looped, other = (next(e for e in events if isinstance(e, NodeFinished) and e.node_id == n) for n in (1, 2))
+    assert looped.finish is FinishReason.STOP and looped.tokens == 4 + 2 * 12
+    assert looped.text == " Fillers give it away: " + " ".join([fillers] * 2)
+    assert other.text.strip() == "Some helpful text."
+    # a short sentence is a loop once it has come 4 times (24 words): the check spares short repeats
+    engine = FakeEngine()
+    engine.script("time management", "Use a timer. " + "Write it down, then do it. " * 40)
+    direct = await collect(engine, Plan.direct())
+    assert direct[-1].text == "Use a timer. " + "Write it down, then do it. " * 3 + "Write it down, then do it."  # type: ignore[union-attr]
