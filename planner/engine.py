@@ -30,6 +30,19 @@ class Speculation(enum.StrEnum):
     OFF = "off"
 
 
+class Priority(enum.IntEnum):
+    """Which waiting sequence gets the next free slot: lower first, first come first served within one.
+
+    Under load every slot is taken by the points of answers already under way. A request's first
+    sequence (its skeleton, its router's question, its direct answer, its opening) gates everything
+    the caller sees of it, so it takes the next free slot ahead of further points: a newcomer starts
+    showing text after one point ends instead of after the whole queue ahead of it.
+    """
+
+    FIRST = 0
+    NORMAL = 1
+
+
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-generation token or a stop string
     LENGTH = "length"  # max_tokens reached
@@ -202,6 +215,7 @@ class GenerateRequest:
     request_id: str = ""
     speculation: Speculation = Speculation.DEFAULT
     top_logprobs: int = 0
+    priority: Priority = Priority.NORMAL  # the embedded engine's slot order; remote servers ignore it
 
     def validate(self) -> None:
         """Raise InvalidRequest naming the first bad field (the sampling settings, then top_logprobs)."""

@@ -18,7 +18,7 @@ from contextlib import aclosing
 from planner import prompts, router, runner
 from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import cancel_and_wait, collect, resolve_role
-from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Role
+from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Priority, Role
 from planner.events import Event, Meter, NodePlanned
 from planner.plan import Mode, Node, Plan, PlanInvalid, Route, framed
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
@@ -92,6 +92,7 @@ async def _write_skeleton(engine: Engine, question: str, route: Route, settings:
         ),
         request_id=f"{request_id}/skeleton" if request_id else "",
         speculation=settings.speculation,
+        priority=Priority.FIRST,  # every point waits for it
     )
     outline = OutlineReader(graph=route is Route.GRAPH, max_nodes=settings.max_nodes, min_nodes=settings.min_nodes,
                             max_depth=settings.max_depth)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from planner.conversation import NO_CONTEXT, Conversation
 from planner.decode import collect, resolve_role
-from planner.engine import Engine, GenerateRequest, Sampling
+from planner.engine import Engine, GenerateRequest, Priority, Sampling
 from planner.events import Meter
 from planner.plan import Route
 from planner.prompts import ROUTER_LETTERS, router_prompt
@@ -268,6 +268,7 @@ async def model_route(
         prompt=router_prompt(engine, role, question, context),
         role=role,
         sampling=Sampling(temperature=0.0, max_tokens=settings.router_max_tokens, stop=("\n",)),
+        priority=Priority.FIRST,  # the whole answer waits for it
     )
     out = await collect(engine, request, meter)
     chosen = parse_router_answer(out.text)

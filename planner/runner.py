@@ -40,6 +40,7 @@ from planner.engine import (
     GenerateRequest,
     InvalidRequest,
     Prefix,
+    Priority,
     Role,
 )
 from planner.events import (
@@ -56,6 +57,7 @@ from planner.plan import Difficulty, Node, Part, Plan, Route
 from planner.repetition import ends_in_loop
 from planner.sentences import first_sentence_end
 from planner.settings import DEFAULT_SETTINGS, PlannerSettings
+from planner.slot_share import SlotShare
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ class _Expansion:
         self.done = {n.id: asyncio.Event() for n in plan.nodes}
         self.roles: dict[int, Role] = {}
         self.prefixes: dict[Role, Prefix] = {}
-        self.limits: dict[Role, asyncio.Semaphore] = {}
+        self.limits: dict[Role, SlotShare | asyncio.Semaphore] = {}
         self.direct_prompt = direct_prompt
         self.early = early
 
@@ -160,8 +162,7 @@ class _Expansion:
         per_role = Counter(self.roles.values())
         async with contextlib.AsyncExitStack() as stack:
             for role in sorted(per_role):
-                free = self.engine.free_slots(role)
-                self.limits[role] = asyncio.Semaphore(max(1, min(self.settings.max_concurrency, free)))
+                self.limits[role] = SlotShare(self.engine, role, self.settings.max_concurrency)
                 if plan.route is not Route.DIRECT and per_role[role] >= 2:
                     await self._open_prefix(stack, role)
             async with asyncio.TaskGroup() as group:
@@ -213,7 +214,8 @@ class _Expansion:
         if self.plan.route is Route.DIRECT:
             prompt = self.direct_prompt or prompts.direct_prompt(self.engine, role, self.question, self.context).full
             sampling = dataclasses.replace(s.sampling, max_tokens=s.direct_max_tokens, stop=())
-            return GenerateRequest(prompt + written, role, sampling, None, rid, s.speculation)
+            return GenerateRequest(prompt + written, role, sampling, None, rid, s.speculation,
+                                   priority=Priority.FIRST)
         forward = prompts.CLOSING_FORWARD_CHARS if node.part is Part.CLOSING else s.forward_max_chars
         rendered = prompts.point_prompt(
             self.engine, role, self.question, self.plan, node.id, parents, forward, s.point_length, self.context
@@ -228,10 +230,13 @@ class _Expansion:
             s.sampling, max_tokens=budget, min_tokens=min(least, budget),
             stop=prompts.point_stop(self.plan, node.id, s.point_length),
         )
+        # the opening is the first text a reader sees of a skeleton answer
+        priority = Priority.FIRST if node.part is Part.OPENING else Priority.NORMAL
         prefix = self.prefixes.get(role)
         if prefix is not None and rendered.prefix and rendered.prefix == prefix.text:
-            return GenerateRequest(rendered.tail + written, role, sampling, prefix, rid, s.speculation)
-        return GenerateRequest(rendered.full + written, role, sampling, None, rid, s.speculation)
+            return GenerateRequest(rendered.tail + written, role, sampling, prefix, rid, s.speculation,
+                                   priority=priority)
+        return GenerateRequest(rendered.full + written, role, sampling, None, rid, s.speculation, priority=priority)
 
     def _waits_for(self, node: Node) -> tuple[int, ...]:
         """The nodes this one starts after and is shown: its parents; for a closing, every point."""

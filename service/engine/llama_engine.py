@@ -145,7 +145,7 @@ class LlamaEngine:
             parent = request.prefix.holder()
         delivery = Delivery(asyncio.get_running_loop())
         job = worker.submit(request.prompt, request.sampling, parent, delivery, request.speculation,
-                            request.top_logprobs)
+                            request.top_logprobs, request.priority)
         try:
             while True:
                 item = await delivery.queue.get()

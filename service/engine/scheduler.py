@@ -50,6 +50,7 @@ class Seq:
     reserved: int = 0  # KV cells this sequence may occupy at most: unshared prompt + max_new
     children: int = 0  # waiting sequences that will fork from this one (prefix holders only)
     released: bool = False  # a prefix holder whose owner is done with it
+    priority: int = 1  # lower is admitted first (planner.engine.Priority); equal ones in arrival order
 
     @property
     def active(self) -> bool:
@@ -171,7 +172,11 @@ class Scheduler:
         seq.state = SeqState.WAITING
         if seq.parent is not None:
             seq.parent.children += 1
-        self._waiting.append(seq)
+        # behind every waiting sequence of the same or a lower number, ahead of the rest
+        at = len(self._waiting)
+        while at > 0 and self._waiting[at - 1].priority > seq.priority:
+            at -= 1
+        self._waiting.insert(at, seq)
 
     def abort(self, seq: Seq) -> None:
         """Drop a sequence wherever it is; its slot is free at once, its KV removed when needed or idle."""
@@ -301,7 +306,8 @@ class Scheduler:
         return seq.parent is None or seq.parent.state is SeqState.READY
 
     def _admit(self, plan: StepPlan) -> None:
-        # First come, first served, but a sequence whose parent is still prefilling does not block
+        # In priority order, first come first served within one (add keeps the queue so), but a
+        # sequence whose parent is still prefilling does not block
         # the ones behind it. Parents are released only after the loop: a parent retired here must
         # not be cleaned in this same plan, whose frees run before the forks that copy from it.
         forked: list[Seq] = []

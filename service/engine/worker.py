@@ -30,6 +30,7 @@ from planner.engine import (
     Exhausted,
     FinishReason,
     InvalidRequest,
+    Priority,
     Role,
     RoleStats,
     Sampling,
@@ -123,13 +124,15 @@ class ContextWorker:
     # --- API for the event loop -------------------------------------------------------------
 
     def submit(self, prompt: str | Sequence[int], sampling: Sampling, parent: PrefixHolder | None,
-               delivery: Delivery, speculation: Speculation = Speculation.DEFAULT, top_logprobs: int = 0) -> Job:
+               delivery: Delivery, speculation: Speculation = Speculation.DEFAULT, top_logprobs: int = 0,
+               priority: Priority = Priority.NORMAL) -> Job:
         """speculation: auto, on, off, or default (this context's); plain without a speculator.
+        priority: the slot order among waiting sequences (planner.engine.Priority).
 
         top_logprobs > 0 forces plain decoding: logprobs are read in _sample, from the row the token
         is sampled from; a verify step (_verify) samples several rows at once and reads none.
         """
-        seq = Seq(key=next(_keys), tokens=(), max_new=sampling.max_tokens)
+        seq = Seq(key=next(_keys), tokens=(), max_new=sampling.max_tokens, priority=int(priority))
         mode = Speculation.OFF
         if self.spec is not None and top_logprobs <= 0:
             requested = Speculation(speculation)  # a caller may still hand the value as text

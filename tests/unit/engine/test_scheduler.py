@@ -261,3 +261,35 @@ def test_fork_from_a_parent_that_differs_after_a_point_copies_only_the_common_st
 ])
 def test_common_prefix_len(a, b, n):
     assert common_prefix_len(a, b) == n == common_prefix_len(b, a)
+
+
+def test_a_first_sequence_takes_the_next_free_slot_ahead_of_waiting_points():
+    s = make(slots=1, max_waiting=4)
+    running = Seq(1, tokens=[1, 2], max_new=3)
+    s.add(running)
+    run_to_sample(s, running)
+    points = [Seq(k, tokens=[1, 2], max_new=3) for k in (2, 3)]
+    skeletons = [Seq(k, tokens=[1, 2], max_new=3, priority=0) for k in (4, 5)]
+    for seq in (points[0], skeletons[0], points[1], skeletons[1]):
+        s.add(seq)
+    admitted = []
+    for _ in range(4):
+        s.finish(next(q for q in [running, *points, *skeletons] if q.state is SeqState.SAMPLE))
+        s.after_decode(s.schedule())
+        (now,) = [q for q in [*points, *skeletons] if q.state is SeqState.SAMPLE]
+        admitted.append(now.key)
+        running = now
+    assert admitted == [4, 5, 2, 3]  # both skeletons first, each kind in arrival order
+
+
+def test_a_first_sequence_that_does_not_fit_the_kv_budget_holds_back_the_rest():
+    s = make(slots=2, n_ctx=10, max_waiting=4)
+    running = Seq(1, tokens=[1, 2], max_new=4)
+    s.add(running)
+    run_to_sample(s, running)
+    point = Seq(2, tokens=[1], max_new=1)
+    skeleton = Seq(3, tokens=[1, 2, 3], max_new=3, priority=0)  # 6 cells: 6 + 6 > 10
+    s.add(point)
+    s.add(skeleton)
+    s.schedule()
+    assert point.state is SeqState.WAITING and skeleton.state is SeqState.WAITING  # no overtaking

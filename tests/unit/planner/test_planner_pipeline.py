@@ -10,7 +10,7 @@ import pytest
 from engine_fakes import FakeEngine
 
 from planner import pipeline
-from planner.engine import InvalidRequest, Role
+from planner.engine import InvalidRequest, Priority, Role
 from planner.events import AnswerDone, Event, NodeFinished, NodePlanned, NodeStarted, PlanReady
 from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
 from planner.settings import PlannerSettings
@@ -100,6 +100,8 @@ async def test_auto_mode_uses_rules_then_the_router_model() -> None:
     plan = await run(lambda: pipeline.make_plan(engine, OPEN_Q, Mode.AUTO, ROUTED))
     assert plan.route is Route.GRAPH and "model" in plan.reason
     assert [c.request.role for c in engine.calls] == [Role.SMALL, Role.LARGE]  # router, then skeleton
+    # the whole answer waits for both: under load they take the next free slot ahead of points
+    assert [c.request.priority for c in engine.calls] == [Priority.FIRST, Priority.FIRST]
 
 
 async def test_skeleton_role_is_configurable() -> None:

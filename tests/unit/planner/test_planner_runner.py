@@ -9,7 +9,7 @@ import pytest
 from engine_fakes import FakeEngine
 
 from planner import prompts, runner
-from planner.engine import EngineFault, FinishReason, InvalidRequest, Role
+from planner.engine import EngineFault, FinishReason, InvalidRequest, Priority, Role
 from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
 from planner.plan import Difficulty, Node, Plan, PlanInvalid, PointLength, Route, framed
 from planner.settings import PlannerSettings
@@ -90,6 +90,24 @@ async def test_concurrency_bounded_by_free_slots_and_settings() -> None:
     engine = FakeEngine(slots=0, delay=0.001)  # no free slot at start: still makes progress, one at a time
     await collect(engine, plan)
     assert engine.max_in_flight[Role.LARGE] == 1
+
+
+async def test_slots_that_free_up_while_an_answer_runs_are_taken_up() -> None:
+    # planned while the engine was full (other answers), the points ran one at a time to the end
+    plan = graph(*(Node(i, f"Point {i}") for i in range(1, 7)), route=Route.PARALLEL)
+    engine = FakeEngine(slots=0, delay=0.1)  # a point outlasts a poll of the engine's free slots
+    hold = asyncio.Event()
+    engine.script_point(1, "first point", hold=hold, delay=0.001)
+    answer = asyncio.create_task(collect(engine, plan))
+    while not engine.calls:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.3)  # several polls: still one at a time while nothing is free
+    assert len(engine.calls) == 1
+    engine.slots = 4  # the other answers finished
+    hold.set()
+    events = await answer
+    check_event_grammar(events, plan)
+    assert engine.max_in_flight[Role.LARGE] == 4
 
 
 async def test_forwarding_and_shared_prefix() -> None:
@@ -295,6 +313,7 @@ async def test_direct_plan_is_one_plain_node() -> None:
     (call,) = engine.calls
     assert call.request.prefix is None and call.request.sampling.stop == ()
     assert call.request.sampling.max_tokens == PlannerSettings().direct_max_tokens
+    assert call.request.priority is Priority.FIRST  # the only sequence of the answer
     assert "Outline" not in call.full_prompt and engine.prefix_opens == []
     done = events[-1]
     assert isinstance(done, AnswerDone) and done.text == "Some helpful text." and done.route is Route.DIRECT
@@ -400,6 +419,8 @@ async def test_the_opening_ends_at_its_first_sentence() -> None:
     assert events[-1].text.startswith("Time is the one thing you cannot buy back.\n\n1. **Alpha**")  # type: ignore[union-attr]
     (call,) = engine.calls_for_point("Opening:")
     assert call.request.sampling.stop == ("\n",) and call.request.sampling.max_tokens == prompts.FRAME_MAX_TOKENS
+    assert call.request.priority is Priority.FIRST  # what a reader sees first
+    assert {c.request.priority for c in engine.calls_for_point(1) + engine.calls_for_point(2)} == {Priority.NORMAL}
 
 
 async def test_a_node_budget_wins_over_the_point_budget() -> None:
