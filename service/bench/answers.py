@@ -55,6 +55,7 @@ from service.bench.checklist import (
     load_checklists,
 )
 from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
+from service.bench.stats import PERCENTILE_METHOD, geomean, median, percentile
 from service.console import progress_lines
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
@@ -86,35 +87,6 @@ def split_mode(mode: str) -> tuple[str, dict[str, Any]]:
         except (ValueError, KeyError):
             raise ValueError(f"unknown mode {mode!r}: {value!r} is not a value of {key}") from None
     return name, changes
-PERCENTILE_METHOD = "linear interpolation between closest ranks (numpy default)"
-
-
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear between the closest ranks; None for no values."""
-    if not values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError("q must be between 0 and 100")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def geomean(values: Sequence[float]) -> float | None:
-    """Geometric mean of positive values; None when there are none (or any is not positive)."""
-    if not values or any(v <= 0 for v in values):
-        return None
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
 
 def rotated(modes: Sequence[str], index: int) -> list[str]:
     """The order of modes for question `index`: start at mode index mod n, wrap around."""
