@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from service.engine.scheduler import (
     common_prefix_len,
 )
 from service.engine.spec_policy import CostCurve, pack_verifies
-from service.engine.speculator import Offer, Proposal, Speculator
+from service.engine.speculator import Offer, Proposal, SpecStats, Speculator
 from service.engine.textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,12 @@ class Stop:
 Command = Submit | Cancel | OpenPrefix | ClosePrefix | ProbeKv | Stop
 
 
+class _Published(NamedTuple):
+    slots_busy: int
+    waiting: int
+    spec: SpecStats | None
+
+
 class ContextWorker:
     """One llama context, one thread. Public methods are safe to call from any thread."""
 
@@ -144,7 +150,8 @@ class ContextWorker:
         self.ctx = ctx
         self.sched = scheduler
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._occupancy = (0, 0)  # (slots busy, sequences waiting), published by the worker (_publish)
+        # what the event loop reads, published by the worker after each command drain and step (_publish)
+        self._published = _Published(0, 0, None)
         self._jobs: dict[int, Job] = {}
         self._prefixes: dict[int, PrefixHolder] = {}
         self._outbox: list[tuple[Delivery, Chunk | BaseException]] = []
@@ -203,9 +210,8 @@ class ContextWorker:
         self._post(Stop(grace_s))
 
     def stats(self) -> RoleStats:
-        """Called on the event loop: the occupancy the worker published last, never its live lists."""
-        spec = self.spec.stats() if self.spec is not None else None
-        busy, waiting = self._occupancy
+        """Called on the event loop: what the worker published last, never its live lists."""
+        busy, waiting, spec = self._published
         return RoleStats(
             role=self.role, model=self.model.description, slots_total=self.sched.slots_total,
             slots_busy=busy, queue_depth=waiting,
@@ -217,12 +223,17 @@ class ContextWorker:
         )
 
     def free_slots(self) -> int:
-        busy, waiting = self._occupancy
+        busy, waiting, _ = self._published
         return max(0, self.sched.slots_total - busy - waiting)
 
+    def spec_stats(self) -> SpecStats | None:
+        """Called on the event loop: the speculator's counters as the worker published them last."""
+        return self._published.spec
+
     def _publish(self) -> None:
-        """Worker thread: the occupancy the event loop reads (one tuple, replaced whole: an atomic store)."""
-        self._occupancy = (self.sched.slots_busy, self.sched.queue_depth)
+        """Worker thread: what the event loop reads (one frozen tuple, replaced whole: an atomic store)."""
+        spec = self.spec.stats() if self.spec is not None else None
+        self._published = _Published(self.sched.slots_busy, self.sched.queue_depth, spec)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
