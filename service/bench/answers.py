@@ -268,7 +268,7 @@ _PB_PART_UNSPECIFIED, _PB_PART_POINT = 0, 1  # NodePart values of a numbered poi
 
 
 class TargetRunner:
-    """A running server through EspalierClient.ask; routes of auto answers are remembered for the
+    """A running server through its Answer and Plan calls; routes of auto answers are remembered for the
     router accuracy (a Plan call in auto mode would write the same greedy skeleton again)."""
 
     def __init__(self, client: Any, generation: Any, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -289,7 +289,7 @@ class TargetRunner:
         nodes = 0
         reason = ""
         try:
-            async for event in self.client.ask(question, mode=mode, generation=self.generation):
+            async for event in self.client.answer(question, mode, self.generation):
                 kind = event.WhichOneof("event")
                 if kind == "node_delta" and first is None and event.node_delta.text:
                     first = self.clock() - t0
@@ -322,7 +322,7 @@ class TargetRunner:
         known = self._routes.get(normalize(question))
         if known is not None:
             return known, "server (auto answer)"
-        reply = await self.client.plan(question, mode="auto", generation=self.generation)
+        reply = await self.client.plan(question, "auto", self.generation)
         return _PB_ROUTES.get(int(reply.graph.route), "unknown"), "server (Plan)"
 
 
@@ -879,17 +879,18 @@ async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels:
 
 async def _run_target(opts: AnswersOptions, questions: list[Question], labels: list[Question] | None,
                       config: BenchConfig, judge: judging.Judge | None) -> dict[str, Any]:
-    from clients.python.client import EspalierClient
-    from clients.python.client import settings as generation_settings
+    from espalier.v1 import espalier_pb2 as pb
+
+    from service.bench.target import ServerCalls
 
     assert opts.target is not None
     if judge is None and opts.judge == "embedded":
         _log("the embedded judge needs local models: with --target, give --judge-url/--judge-model "
              "(judging skipped)")
     config.judge_name = judge.name if judge is not None else "none"
-    generation = generation_settings(temperature=0.0, point_max_tokens=opts.point_tokens,
-                                     answer_max_tokens=opts.answer_tokens)
-    async with EspalierClient(opts.target, token=opts.token, timeout_s=None) as client:
+    budgets = {"point_max_tokens": opts.point_tokens, "answer_max_tokens": opts.answer_tokens}
+    generation = pb.GenerationSettings(temperature=0.0, **{k: v for k, v in budgets.items() if v is not None})
+    async with ServerCalls(opts.target, token=opts.token) as client:
         _log(f"waiting for {opts.target} to serve")
         await client.wait_serving(timeout_s=600)
         config.models = {"server": opts.target}

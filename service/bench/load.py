@@ -31,6 +31,7 @@ from espalier.v1 import espalier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.bench.stats import PERCENTILE_METHOD, percentile
+from service.bench.target import MODES
 from service.errors import FIELD_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
 
 # Scenario weights of the default mix: mostly whole answers, with every kind of fault a busy server
@@ -47,7 +48,6 @@ QUESTIONS = (
     "How do I make a good cup of coffee?",
     "What should I pack for a week of hiking?",
 )
-MODES = {"direct": pb.MODE_DIRECT, "sot": pb.MODE_SOT, "sgd": pb.MODE_SGD, "auto": pb.MODE_AUTO}
 EXPECTED = {"cancel": grpc.StatusCode.CANCELLED, "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
             "stream-abandoned": grpc.StatusCode.CANCELLED}
 
