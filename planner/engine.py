@@ -8,10 +8,11 @@ Nothing here imports grpc or llama_cpp: the planner depends on this module only.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Self, runtime_checkable
+
+from planner.fields import field_meta, first_bad_field
 
 
 class Role(enum.StrEnum):
@@ -95,13 +96,16 @@ MAX_STOPS = 16  # a detailed point has 16 (planner.prompts.point_stop)
 class Sampling:
     """Per-sequence sampling settings. temperature 0 means greedy and deterministic."""
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0  # 1 = off
-    seed: int = 0
-    max_tokens: int = 256
+    # The bounds are the server's settings' too (service/settings.py exposes the first six).
+    temperature: float = field(default=0.0, metadata=field_meta(
+        "sampling temperature; 0 = greedy and deterministic", 0, 5))
+    top_p: float = field(default=1.0, metadata=field_meta("nucleus sampling; 1 = off", 0, 1, lo_open=True))
+    top_k: int = field(default=0, metadata=field_meta("top-k sampling; 0 = off", 0, 1000))
+    min_p: float = field(default=0.0, metadata=field_meta("min-p sampling; 0 = off", 0, 1, hi_open=True))
+    repeat_penalty: float = field(default=1.0, metadata=field_meta("repetition penalty; 1 = off", 0.5, 2))
+    seed: int = field(default=0, metadata=field_meta("seed of the random sampler when temperature > 0",
+                                                     0, 2**32 - 1))
+    max_tokens: int = field(default=256, metadata=field_meta("most tokens to generate", 1, 32768))
     # Text that ends the sequence (not sent). A stop made only of whitespace matches only after the
     # first non-whitespace text in the embedded engine; a remote server applies stops its own way.
     stop: tuple[str, ...] = ()
@@ -110,29 +114,18 @@ class Sampling:
     # could end it, before it has said something (a point pre-filled with its title otherwise sometimes
     # ends at once); after its first word a code block or list may start a line. Embedded engine; a
     # remote server gets `min_tokens` (vLLM honours it) and the planner retries an empty point.
-    min_tokens: int = 0
+    min_tokens: int = field(default=0, metadata=field_meta("tokens before an end may come", 0, 256))
 
     def validate(self) -> None:
         """Raise InvalidRequest naming the first bad field."""
-        checks: list[tuple[str, bool, str]] = [
-            ("temperature", math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0,
-             "must be between 0 and 5"),
-            ("top_p", math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
-            ("top_k", 0 <= self.top_k <= 1000, "must be between 0 and 1000"),
-            ("min_p", math.isfinite(self.min_p) and 0.0 <= self.min_p < 1.0, "must be in [0, 1)"),
-            ("repeat_penalty", math.isfinite(self.repeat_penalty) and 0.5 <= self.repeat_penalty <= 2.0,
-             "must be between 0.5 and 2"),
-            ("seed", 0 <= self.seed < 2**32, "must fit in 32 bits"),
-            ("max_tokens", 1 <= self.max_tokens <= 32768, "must be between 1 and 32768"),
-            ("min_tokens", 0 <= self.min_tokens <= min(self.max_tokens, 256),
-             "must be between 0 and max_tokens (at most 256)"),
-            ("stop", len(self.stop) <= MAX_STOPS and all(0 < len(s) <= 64 for s in self.stop),
-             f"at most {MAX_STOPS} strings of 1 to 64 characters"),
-        ]
-        for name, ok, why in checks:
-            if not ok:
-                raise InvalidRequest(f"sampling.{name} {why} (got {getattr(self, name)!r})",
-                                     field=f"sampling.{name}")
+        bad = first_bad_field(self)
+        if bad is None and self.min_tokens > self.max_tokens:
+            bad = "min_tokens", f"must not exceed max_tokens (got {self.min_tokens!r})"
+        if bad is None and not (len(self.stop) <= MAX_STOPS and all(0 < len(s) <= 64 for s in self.stop)):
+            bad = "stop", f"must be at most {MAX_STOPS} strings of 1 to 64 characters (got {self.stop!r})"
+        if bad is not None:
+            name, why = bad
+            raise InvalidRequest(f"sampling.{name} {why}", field=f"sampling.{name}")
 
 
 @runtime_checkable

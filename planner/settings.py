@@ -8,31 +8,12 @@ metadata so a config loader can build flags and messages from it without repeati
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from planner.engine import InvalidRequest, Role, Sampling, Speculation
+from planner.fields import field_meta, first_bad_field
 from planner.plan import DEFAULT_MAX_NODES, PointLength, Route
-
-
-def field_meta(help: str, lo: float | None = None, hi: float | None = None, *, choices: Sequence[str] = (),
-               secret: bool = False) -> dict[str, Any]:
-    """A settings field's metadata, the one vocabulary every settings class uses (planner, server, remote
-    roles): help text, numeric bounds (min, max), allowed values (choices) and whether it is a secret
-    (never printed). Config loaders build flags, environment names and error messages from it."""
-    meta: dict[str, Any] = {"help": help}
-    if lo is not None:
-        meta["min"] = lo
-    if hi is not None:
-        meta["max"] = hi
-    if choices:
-        meta["choices"] = tuple(choices)
-    if secret:
-        meta["secret"] = True
-    return meta
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,26 +138,10 @@ class PlannerSettings:
 
     def validate(self) -> PlannerSettings:
         """Raise InvalidRequest naming the first bad field (as planner.<name>); return self."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            name = f"planner.{f.name}"
-            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-            if kind == "Role" and not isinstance(value, Role):
-                raise InvalidRequest(f"{name} must be one of {', '.join(Role)} (got {value!r})", field=name)
-            if kind == "Route" and not isinstance(value, Route):
-                raise InvalidRequest(f"{name} must be one of {', '.join(Route)} (got {value!r})", field=name)
-            if kind == "PointLength" and not isinstance(value, PointLength):
-                raise InvalidRequest(f"{name} must be one of {', '.join(PointLength)} (got {value!r})", field=name)
-            if kind == "str" and not isinstance(value, str):
-                raise InvalidRequest(f"{name} must be a string (got {value!r})", field=name)
-            if kind == "bool" and not isinstance(value, bool):
-                raise InvalidRequest(f"{name} must be true or false (got {value!r})", field=name)
-            if kind == "int":
-                lo, hi = f.metadata["min"], f.metadata["max"]
-                if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                    raise InvalidRequest(
-                        f"{name} must be an integer from {lo} to {hi} (got {value!r})", field=name
-                    )
+        bad = first_bad_field(self)
+        if bad is not None:
+            name, why = bad
+            raise InvalidRequest(f"planner.{name} {why}", field=f"planner.{name}")
         if self.min_nodes > self.max_nodes:
             raise InvalidRequest(
                 "planner.min_nodes must not exceed planner.max_nodes", field="planner.min_nodes"

@@ -15,7 +15,6 @@ is what a caller can fix; the planner speaks of `plan.` and `planner.`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,22 +153,14 @@ def planner_settings(msg: pb.GenerationSettings, base: PlannerSettings, limits: 
 
     sampling = base.sampling
     changes: dict[str, object] = {}
-    if msg.HasField("temperature"):
-        t = msg.temperature
-        if not (math.isfinite(t) and 0.0 <= t <= 5.0):
-            raise bad("temperature", "must be between 0 and 5", t)
-        sampling = dataclasses.replace(sampling, temperature=float(t))
-    if msg.HasField("top_p"):
-        p = msg.top_p
-        if not (math.isfinite(p) and 0.0 < p <= 1.0):
-            raise bad("top_p", "must be in (0, 1]", p)
-        sampling = dataclasses.replace(sampling, top_p=float(p))
-    if msg.HasField("top_k"):
-        if not 0 <= msg.top_k <= 1000:
-            raise bad("top_k", "must be between 0 and 1000", msg.top_k)
-        sampling = dataclasses.replace(sampling, top_k=msg.top_k)
-    if msg.HasField("seed"):
-        sampling = dataclasses.replace(sampling, seed=msg.seed)
+    for name, cast in (("temperature", float), ("top_p", float), ("top_k", int), ("seed", int)):
+        if msg.HasField(name):  # type: ignore[arg-type]
+            sampling = dataclasses.replace(sampling, **{name: cast(getattr(msg, name))})
+    try:
+        sampling.validate()  # the bounds are Sampling's own (planner.engine)
+    except InvalidRequest as exc:
+        name = (exc.field or "").removeprefix("sampling.")
+        raise InvalidRequest(str(exc).replace("sampling.", f"{field}.", 1), field=f"{field}.{name}") from None
     budgets = (("point_max_tokens", "point_max_tokens", 4096), ("answer_max_tokens", "direct_max_tokens", 32768))
     for pb_name, name, hi in budgets:
         if msg.HasField(pb_name):  # type: ignore[arg-type]

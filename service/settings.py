@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import math
 import os
 import tomllib
 import typing
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from planner.engine import InvalidRequest, Role, Sampling
-from planner.settings import PlannerSettings, field_meta
+from planner.fields import bounds_text, field_meta, within
+from planner.settings import PlannerSettings
 from service.engine.config import ConfigError, ContextConfig, EngineConfig
 from service.remote.config import RemoteConfig, RemoteConfigError, RemoteRoleConfig
 
@@ -47,50 +47,9 @@ class SettingsError(ValueError):
 
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSettings:
-    """One model role: which GGUF and how its llama context runs (a subset of ContextConfig)."""
-
-    model: str = field(default="small", metadata=field_meta(
-        "'small', 'large' (the default models, fetched with `espalier models fetch`) or a GGUF path"))
-    slots: int = field(default=16, metadata=field_meta("sequences decoded together (parallel points)", 1, 64))
-    n_ctx: int = field(default=8192, metadata=field_meta("KV cache cells shared by all sequences", 256, 1 << 20))
-    n_batch: int = field(default=512, metadata=field_meta("most tokens one llama_decode call takes", 8, 8192))
-    threads: int = field(default=0, metadata=field_meta("CPU threads; 0 = all cores", 0, 1024))
-    n_gpu_layers: int = field(default=0, metadata=field_meta(
-        "layers offloaded to the GPU on a CUDA/Metal/Vulkan build; -1 = all", -1, 10_000))
-    flash_attn: str = field(default="auto", metadata=field_meta("flash attention", choices=("auto", "on", "off")))
-    draft: str = field(default="", metadata=field_meta(
-        "draft model for speculative decoding ('small', 'large' or a GGUF path with this model's "
-        "vocabulary); empty = none"))
-    draft_source: str = field(default="model", metadata=field_meta(
-        "where drafts come from: the draft model, prompt lookup (n-gram copies, no model needed) or both",
-        choices=("model", "lookup", "both")))
-    speculation: str = field(default="auto", metadata=field_meta(
-        "default per request: auto (a cost model measured at start-up decides, never a loss), on, off",
-        choices=("auto", "on", "off")))
-    draft_max: int = field(default=8, metadata=field_meta("most drafted tokens per sequence per step", 0, 32))
-    verify_rows: int = field(default=7, metadata=field_meta(
-        "most tokens per verify call; 7 keeps greedy output identical to plain decoding on the CPU, "
-        "0 = no limit (fastest on a GPU)", 0, 512))
-
-    def context_config(self) -> ContextConfig:
-        return ContextConfig(model=self.model, slots=self.slots, n_ctx=self.n_ctx, n_batch=self.n_batch,
-                             threads=self.threads, n_gpu_layers=self.n_gpu_layers, flash_attn=self.flash_attn,
-                             draft=self.draft, draft_source=self.draft_source, speculation=self.speculation,
-                             draft_max=self.draft_max, verify_rows=self.verify_rows)
-
-
-# Sampling carries no metadata of its own; its bounds are those of Sampling.validate. max_tokens and
-# stop are set per stage by the planner, so they are not settings.
-_SAMPLING_META: dict[str, dict[str, Any]] = {
-    "temperature": field_meta("sampling temperature; 0 = greedy and deterministic", 0, 5),
-    "top_p": field_meta("nucleus sampling, in (0, 1]; 1 = off", 0, 1),
-    "top_k": field_meta("top-k sampling; 0 = off", 0, 1000),
-    "min_p": field_meta("min-p sampling, in [0, 1); 0 = off", 0, 1),
-    "repeat_penalty": field_meta("repetition penalty; 1 = off", 0.5, 2),
-    "seed": field_meta("seed of the random sampler when temperature > 0", 0, 2**32 - 1),
-}
+# The sampling settings a server sets for every request (max_tokens and stop are set per stage by the
+# planner, min_tokens by the point budget); help and bounds are Sampling's own field metadata.
+SAMPLING_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
 
 _SMALL_ONLY_ROLES = ("skeleton_role", "router_role", "easy_role", "hard_role", "direct_role")
 
@@ -148,9 +107,9 @@ class ServerSettings:
         "log level", choices=("debug", "info", "warning", "error")))
     log_format: str = field(default="text", metadata=field_meta(
         "log format: text lines or one JSON object per line", choices=("text", "json")))
-    large: ModelSettings = field(default_factory=lambda: ModelSettings(model="large"), metadata=field_meta(
+    large: ContextConfig = field(default_factory=lambda: ContextConfig(model="large"), metadata=field_meta(
         "the large model (skeletons, hard points, speculation target)"))
-    small: ModelSettings = field(default_factory=ModelSettings, metadata=field_meta(
+    small: ContextConfig = field(default_factory=ContextConfig, metadata=field_meta(
         "the small model (routing, easy points, drafts, tests)"))
     planner: PlannerSettings = field(default_factory=PlannerSettings, metadata=field_meta(
         "planner defaults; a request's GenerationSettings override some per call"))
@@ -206,8 +165,8 @@ class ServerSettings:
     def engine_config(self) -> EngineConfig:
         """The roles to load locally: both, or the small one alone with small_only, less the remote ones."""
         remote = self.remote_roles()
-        large = None if self.small_only or Role.LARGE in remote else self.large.context_config()
-        small = None if Role.SMALL in remote else self.small.context_config()
+        large = None if self.small_only or Role.LARGE in remote else self.large
+        small = None if Role.SMALL in remote else self.small
         return EngineConfig(large=large, small=small, models_dir=self.models_dir or None)
 
     @property
@@ -226,10 +185,15 @@ class Option:
     kind: type
     default: Any
     help: str
-    lo: float | None = None
-    hi: float | None = None
-    choices: tuple[str, ...] = ()
-    secret: bool = False
+    meta: Mapping[str, Any]  # the field's metadata (planner.fields.field_meta): bounds, choices, secret
+
+    @property
+    def secret(self) -> bool:
+        return bool(self.meta.get("secret", False))
+
+    @property
+    def lo(self) -> float | None:
+        return self.meta.get("min")
 
     @property
     def key(self) -> str:
@@ -254,9 +218,11 @@ class Option:
         return value
 
     def all_choices(self) -> tuple[str, ...]:
+        if self.meta.get("choices"):
+            return tuple(self.meta["choices"])
         if isinstance(self.kind, type) and issubclass(self.kind, enum.Enum):
             return tuple(str(e.value) for e in self.kind)
-        return self.choices
+        return ()
 
     def parse(self, raw: Any, source: str, *, text: bool) -> Any:
         """A TOML value (text=False: its type must fit) or a string from the environment or a flag
@@ -305,9 +271,7 @@ class Option:
                 raise bad
             if self.kind is int and not isinstance(value, int):
                 raise bad
-            if not math.isfinite(value):
-                raise bad
-            if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            if not within(value, self.meta):
                 raise bad
         else:
             if not isinstance(value, str):
@@ -328,16 +292,8 @@ class Option:
             return "one of " + ", ".join(choices)
         if self.kind in (int, float):
             word = "an integer" if self.kind is int else "a number"
-            lo = _num(self.lo) if self.lo is not None else None
-            hi = _num(self.hi) if self.hi is not None else None
-            if lo is not None and hi is not None:
-                return f"{word} from {lo} to {hi}"
-            return word
+            return f"{word} {bounds_text(self.meta)}".strip()
         return "a string"
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _walk(cls: type, prefix: tuple[str, ...], default: Any, out: list[Option]) -> None:
@@ -347,8 +303,9 @@ def _walk(cls: type, prefix: tuple[str, ...], default: Any, out: list[Option]) -
         value = getattr(default, f.name)
         path = (*prefix, f.name)
         if kind is Sampling:
-            for name, meta in _SAMPLING_META.items():
-                out.append(_option((*path, name), type(getattr(value, name)), getattr(value, name), meta))
+            metas = {f.name: f.metadata for f in dataclasses.fields(Sampling)}
+            for name in SAMPLING_SETTINGS:
+                out.append(_option((*path, name), type(getattr(value, name)), getattr(value, name), metas[name]))
         elif dataclasses.is_dataclass(kind):
             _walk(kind, path, value, out)  # type: ignore[arg-type]
         else:
@@ -358,8 +315,7 @@ def _walk(cls: type, prefix: tuple[str, ...], default: Any, out: list[Option]) -
 def _option(path: tuple[str, ...], kind: type, default: Any, meta: Mapping[str, Any]) -> Option:
     if typing.get_origin(kind) is tuple:
         kind = tuple  # tuple[str, ...]: the only list setting so far (remote URLs)
-    return Option(path, kind, default, meta.get("help", ""), meta.get("min"), meta.get("max"),
-                  tuple(meta.get("choices", ())), bool(meta.get("secret", False)))
+    return Option(path, kind, default, meta.get("help", ""), meta)
 
 
 _OPTIONS: tuple[Option, ...] | None = None
@@ -459,7 +415,7 @@ def _build(cls: type, prefix: tuple[str, ...], default: Any, values: Mapping[str
         key = ".".join(path)
         current = getattr(default, f.name)
         if kind is Sampling:
-            sub = {name: values[f"{key}.{name}"] for name in _SAMPLING_META if f"{key}.{name}" in values}
+            sub = {name: values[f"{key}.{name}"] for name in SAMPLING_SETTINGS if f"{key}.{name}" in values}
             if sub:
                 changes[f.name] = dataclasses.replace(current, **sub)
         elif dataclasses.is_dataclass(kind):

@@ -1,48 +1,25 @@
-"""Test harness: async tests without plugins, on asyncio and on uvloop, and the real-model fixtures.
+"""Test harness: async tests through anyio's pytest plugin, on asyncio and on uvloop, and the real-model fixtures.
 
-An `async def test_...` runs in a fresh event loop. Unit tests run once per loop kind (asyncio and
-uvloop, the server's loop); integration tests run on uvloop only, since they cost model time.
+anyio's plugin runs every `async def test_...` (anyio_mode = auto in pyproject.toml) in a fresh event
+loop of the `anyio_backend` fixture's kind: unit tests once per loop kind (asyncio, and uvloop, the
+server's loop); integration tests on uvloop only (tests/integration/conftest.py), since they cost
+model time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-LOOP_KINDS = ("asyncio", "uvloop")
-
-
-def _loop_factory(kind: str):
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
+from event_loops import BACKENDS
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if inspect.iscoroutinefunction(metafunc.function):
-        integration = "integration" in Path(str(metafunc.definition.fspath)).parts
-        metafunc.fixturenames.append("loop_kind")
-        metafunc.parametrize("loop_kind", ("uvloop",) if integration else LOOP_KINDS)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    func = pyfuncitem.obj
-    if not inspect.iscoroutinefunction(func):
-        return None
-    kind = pyfuncitem.funcargs.get("loop_kind", "asyncio")
-    names = pyfuncitem._fixtureinfo.argnames
-    kwargs = {name: pyfuncitem.funcargs[name] for name in names if name in pyfuncitem.funcargs}
-    with asyncio.Runner(loop_factory=_loop_factory(kind)) as runner:
-        runner.run(func(**kwargs))
-    return True
+@pytest.fixture(params=[pytest.param(backend, id=kind) for kind, backend in BACKENDS.items()])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    return request.param
 
 
 # --- real models -------------------------------------------------------------------------------

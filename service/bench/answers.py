@@ -55,6 +55,7 @@ from service.bench.checklist import (
     load_checklists,
 )
 from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
+from service.bench.stats import PERCENTILE_METHOD, geomean, median, percentile
 from service.console import progress_lines
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
@@ -86,35 +87,6 @@ def split_mode(mode: str) -> tuple[str, dict[str, Any]]:
         except (ValueError, KeyError):
             raise ValueError(f"unknown mode {mode!r}: {value!r} is not a value of {key}") from None
     return name, changes
-PERCENTILE_METHOD = "linear interpolation between closest ranks (numpy default)"
-
-
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear between the closest ranks; None for no values."""
-    if not values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError("q must be between 0 and 100")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def geomean(values: Sequence[float]) -> float | None:
-    """Geometric mean of positive values; None when there are none (or any is not positive)."""
-    if not values or any(v <= 0 for v in values):
-        return None
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
 
 def rotated(modes: Sequence[str], index: int) -> list[str]:
     """The order of modes for question `index`: start at mode index mod n, wrap around."""
@@ -296,7 +268,7 @@ _PB_PART_UNSPECIFIED, _PB_PART_POINT = 0, 1  # NodePart values of a numbered poi
 
 
 class TargetRunner:
-    """A running server through EspalierClient.ask; routes of auto answers are remembered for the
+    """A running server through its Answer and Plan calls; routes of auto answers are remembered for the
     router accuracy (a Plan call in auto mode would write the same greedy skeleton again)."""
 
     def __init__(self, client: Any, generation: Any, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -317,7 +289,7 @@ class TargetRunner:
         nodes = 0
         reason = ""
         try:
-            async for event in self.client.ask(question, mode=mode, generation=self.generation):
+            async for event in self.client.answer(question, mode, self.generation):
                 kind = event.WhichOneof("event")
                 if kind == "node_delta" and first is None and event.node_delta.text:
                     first = self.clock() - t0
@@ -350,7 +322,7 @@ class TargetRunner:
         known = self._routes.get(normalize(question))
         if known is not None:
             return known, "server (auto answer)"
-        reply = await self.client.plan(question, mode="auto", generation=self.generation)
+        reply = await self.client.plan(question, "auto", self.generation)
         return _PB_ROUTES.get(int(reply.graph.route), "unknown"), "server (Plan)"
 
 
@@ -907,17 +879,18 @@ async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels:
 
 async def _run_target(opts: AnswersOptions, questions: list[Question], labels: list[Question] | None,
                       config: BenchConfig, judge: judging.Judge | None) -> dict[str, Any]:
-    from clients.python.client import EspalierClient
-    from clients.python.client import settings as generation_settings
+    from espalier.v1 import espalier_pb2 as pb
+
+    from service.bench.target import ServerCalls
 
     assert opts.target is not None
     if judge is None and opts.judge == "embedded":
         _log("the embedded judge needs local models: with --target, give --judge-url/--judge-model "
              "(judging skipped)")
     config.judge_name = judge.name if judge is not None else "none"
-    generation = generation_settings(temperature=0.0, point_max_tokens=opts.point_tokens,
-                                     answer_max_tokens=opts.answer_tokens)
-    async with EspalierClient(opts.target, token=opts.token, timeout_s=None) as client:
+    budgets = {"point_max_tokens": opts.point_tokens, "answer_max_tokens": opts.answer_tokens}
+    generation = pb.GenerationSettings(temperature=0.0, **{k: v for k, v in budgets.items() if v is not None})
+    async with ServerCalls(opts.target, token=opts.token) as client:
         _log(f"waiting for {opts.target} to serve")
         await client.wait_serving(timeout_s=600)
         config.models = {"server": opts.target}

@@ -30,6 +30,8 @@ from espalier.v1 import espalier_pb2 as pb
 from espalier.v1 import espalier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.bench.stats import PERCENTILE_METHOD, percentile
+from service.bench.target import MODES
 from service.errors import FIELD_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
 
 # Scenario weights of the default mix: mostly whole answers, with every kind of fault a busy server
@@ -46,7 +48,6 @@ QUESTIONS = (
     "How do I make a good cup of coffee?",
     "What should I pack for a week of hiking?",
 )
-MODES = {"direct": pb.MODE_DIRECT, "sot": pb.MODE_SOT, "sgd": pb.MODE_SGD, "auto": pb.MODE_AUTO}
 EXPECTED = {"cancel": grpc.StatusCode.CANCELLED, "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
             "stream-abandoned": grpc.StatusCode.CANCELLED}
 
@@ -159,13 +160,13 @@ class StreamCheck:
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "n": 0}
-    ordered = sorted(values)
+    """p50, p90 and p99 (service.bench.stats: the same method as every bench) and the count."""
+    out: dict[str, float | None] = {f"p{q}": _round3(percentile(values, q)) for q in (50, 90, 99)}
+    return {**out, "n": len(values)}
 
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "n": len(ordered)}
+
+def _round3(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 class LoadRun:
@@ -426,6 +427,7 @@ class LoadRun:
             "answers_per_minute_total": round(len(answered) / minutes, 2),
             "busy_retries": sum(r.busy_retries for r in self.records),
             "retry_after_ms_mean": round(statistics.mean(waits)) if waits else None,
+            "percentile_method": PERCENTILE_METHOD,
             "latency_s": {
                 "first_event": percentiles([r.first_event_s for r in answered if r.first_event_s is not None]),
                 "first_token": percentiles([r.first_token_s for r in answered if r.first_token_s is not None]),

@@ -18,6 +18,7 @@ from planner.engine import GenerateRequest, Message, Role, Sampling, Speculation
 from service.console import progress_lines
 from service.engine.config import ContextConfig, EngineConfig
 from service.engine.llama_engine import LlamaEngine
+from service.engine.spec_policy import DraftSource
 
 # Point-expansion-like requests: the shape of text Espalier decodes most.
 QUESTIONS = (
@@ -100,8 +101,8 @@ async def run_spec_bench(s: SpecBenchSettings) -> dict[str, object]:
     source = s.source
     cfg = EngineConfig(large=ContextConfig(
         model=s.target, slots=max(s.counts), n_ctx=4096, n_batch=512, threads=s.threads,
-        n_gpu_layers=s.gpu_layers, draft=s.draft if source != "lookup" else "", draft_source=source,
-        speculation="auto", draft_max=s.draft_max, verify_rows=s.verify_rows))
+        n_gpu_layers=s.gpu_layers, draft=s.draft if source != "lookup" else "", draft_source=DraftSource(source),
+        speculation=Speculation.AUTO, draft_max=s.draft_max, verify_rows=s.verify_rows))
     _progress(f"loading target {s.target} and draft {s.draft if source != 'lookup' else '(prompt lookup)'}; "
               "measuring decode costs")
     t0 = time.perf_counter()

@@ -5,73 +5,74 @@ Validation happens once, at start-up, with messages that name the setting and th
 
 from __future__ import annotations
 
+import enum
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from planner.engine import Role
+from planner.engine import Role, Speculation
+from planner.fields import field_meta, first_bad_field
+from service.engine.spec_policy import DraftSource
 
 
 class ConfigError(ValueError):
     """A setting is out of range or inconsistent; the message names it."""
 
 
+class FlashAttn(enum.StrEnum):
+    AUTO = "auto"  # llama.cpp decides per device
+    ON = "on"
+    OFF = "off"
+
+
 @dataclass(frozen=True, slots=True)
 class ContextConfig:
-    """One llama context: a model and how it is run."""
+    """One llama context: a model and how it is run. The server's `[large]` and `[small]` settings."""
 
-    model: str  # "small", "large" (the default models) or a path to any GGUF file
-    # Sequences that decode together (parallel points). 16: a skeleton answer runs up to 10 points and
-    # its opening at once, and even on 2 CPU cores a batch of 16 decodes 1.6x the tokens/s of 8
-    # (`bench engine --model large --sequences 8 12 16`: 57, 76, 92 tok/s on 2026-12-01).
-    slots: int = 16
-    n_ctx: int = 8192  # KV cells shared by all sequences of this context (unified cache)
-    n_batch: int = 512  # most tokens one llama_decode takes
-    prefill_chunk: int = 64  # prompt tokens per step while other sequences decode
-    prefix_slots: int = 16  # sequence ids for shared, resident and streamed-prompt prefixes
-    max_waiting: int = 64  # requests queued for a slot before new ones are refused
-    threads: int = 0  # 0 = all cores
-    threads_batch: int = 0  # 0 = same as threads
-    n_gpu_layers: int = 0  # layers offloaded to the GPU on a CUDA/Metal/Vulkan build; -1 = all
-    flash_attn: str = "auto"  # auto | on | off
-    # Speculative decoding (SeeD): a draft proposes tokens for every running sequence, this
-    # context verifies them in one batch. draft: "small", "large" or a GGUF path sharing this
-    # model's vocabulary; "" = no draft model. draft_source "lookup" needs no draft model.
-    draft: str = ""
-    draft_source: str = "model"  # model | lookup | both
-    speculation: str = "auto"  # the default per request: auto (cost model decides) | on | off
-    draft_max: int = 8  # most drafted tokens per sequence per step
-    draft_p_min: float = 0.3  # a draft stops where its top token is less likely than this
-    # Most tokens per verify decode call. llama.cpp's CPU attention switches to a tiled kernel
-    # with other rounding at 8 rows, so 7 keeps greedy output identical to plain decoding; 0 = no
-    # limit (fastest on a GPU, where outputs may then differ from plain decoding in near-ties).
-    verify_rows: int = 7
+    model: str = field(default="small", metadata=field_meta(
+        "'small', 'large' (the default models, fetched with `espalier models fetch`) or a GGUF path"))
+    # 16: a skeleton answer runs up to 10 points and its opening at once, and even on 2 CPU cores a batch
+    # of 16 decodes 1.6x the tokens/s of 8 (`bench engine --model large --sequences 8 12 16`: 57, 76, 92
+    # tok/s on 2026-12-01).
+    slots: int = field(default=16, metadata=field_meta("sequences decoded together (parallel points)", 1, 64))
+    n_ctx: int = field(default=8192, metadata=field_meta("KV cache cells shared by all sequences", 256, 1 << 20))
+    n_batch: int = field(default=512, metadata=field_meta("most tokens one llama_decode call takes", 8, 8192))
+    prefill_chunk: int = field(default=64, metadata=field_meta(
+        "prompt tokens per step while other sequences decode", 1, 8192))
+    prefix_slots: int = field(default=16, metadata=field_meta(
+        "sequence ids for shared, resident and streamed-prompt prefixes", 1, 64))
+    max_waiting: int = field(default=64, metadata=field_meta(
+        "sequences queued for a slot before new ones are refused", 0, 100_000))
+    threads: int = field(default=0, metadata=field_meta("CPU threads; 0 = all cores", 0, 1024))
+    threads_batch: int = field(default=0, metadata=field_meta("CPU threads for prompt batches; 0 = threads", 0, 1024))
+    n_gpu_layers: int = field(default=0, metadata=field_meta(
+        "layers offloaded to the GPU on a CUDA/Metal/Vulkan build; -1 = all", -1, 10_000))
+    flash_attn: FlashAttn = field(default=FlashAttn.AUTO, metadata=field_meta("flash attention"))
+    # Speculative decoding (SeeD): a draft proposes tokens for every running sequence, this context
+    # verifies them in one batch.
+    draft: str = field(default="", metadata=field_meta(
+        "draft model for speculative decoding ('small', 'large' or a GGUF path with this model's "
+        "vocabulary); empty = none"))
+    draft_source: DraftSource = field(default=DraftSource.MODEL, metadata=field_meta(
+        "where drafts come from: the draft model, prompt lookup (n-gram copies, no model needed) or both"))
+    speculation: Speculation = field(default=Speculation.AUTO, metadata=field_meta(
+        "default per request: auto (a cost model measured at start-up decides, never a loss), on, off",
+        choices=("auto", "on", "off")))
+    draft_max: int = field(default=8, metadata=field_meta("most drafted tokens per sequence per step", 0, 32))
+    draft_p_min: float = field(default=0.3, metadata=field_meta(
+        "a draft stops where its top token is less likely than this", 0, 1, hi_open=True))
+    # llama.cpp's CPU attention switches to a tiled kernel with other rounding at 8 rows, so 7 keeps greedy
+    # output identical to plain decoding; 0 = no limit (fastest on a GPU, where outputs may then differ
+    # from plain decoding in near-ties).
+    verify_rows: int = field(default=7, metadata=field_meta(
+        "most tokens per verify call; 7 keeps greedy output identical to plain decoding on the CPU, "
+        "0 = no limit (fastest on a GPU)", 0, 512))
 
     def validate(self, where: str) -> None:
-        bounds = {
-            "slots": (1, 64), "n_ctx": (256, 1 << 20), "n_batch": (8, 8192), "prefill_chunk": (1, 8192),
-            "prefix_slots": (1, 64), "max_waiting": (0, 100_000), "threads": (0, 1024),
-            "threads_batch": (0, 1024), "n_gpu_layers": (-1, 10_000),
-        }
-        for f in fields(self):
-            if f.name in bounds:
-                lo, hi = bounds[f.name]
-                value = getattr(self, f.name)
-                if not lo <= value <= hi:
-                    raise ConfigError(f"{where}.{f.name} must be between {lo} and {hi} (got {value})")
-        if not 0 <= self.verify_rows <= 512:
-            raise ConfigError(f"{where}.verify_rows must be between 0 and 512 (got {self.verify_rows})")
-        if not 0 <= self.draft_max <= 32:
-            raise ConfigError(f"{where}.draft_max must be between 0 and 32 (got {self.draft_max})")
-        if not 0.0 <= self.draft_p_min < 1.0:
-            raise ConfigError(f"{where}.draft_p_min must be in [0, 1) (got {self.draft_p_min})")
-        if self.draft_source not in ("model", "lookup", "both"):
-            raise ConfigError(f"{where}.draft_source must be model, lookup or both (got {self.draft_source!r})")
-        if self.speculation not in ("auto", "on", "off"):
-            raise ConfigError(f"{where}.speculation must be auto, on or off (got {self.speculation!r})")
-        if self.draft_source == "both" and not self.draft:
+        bad = first_bad_field(self)
+        if bad is not None:
+            raise ConfigError(f"{where}.{bad[0]} {bad[1]}")
+        if self.draft_source is DraftSource.BOTH and not self.draft:
             raise ConfigError(f"{where}.draft_source both needs {where}.draft (a draft model)")
-        if self.flash_attn not in ("auto", "on", "off"):
-            raise ConfigError(f"{where}.flash_attn must be auto, on or off (got {self.flash_attn!r})")
         if not self.model:
             raise ConfigError(f"{where}.model is empty: name 'small', 'large' or a GGUF path")
 

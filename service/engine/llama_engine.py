@@ -220,8 +220,8 @@ class LlamaEngine:
 
     def speculation_choices(self, role: Role) -> dict[int, int]:
         """How often the cost model chose each k so far (empty without speculation)."""
-        spec = self.worker(role).spec
-        return dict(spec.policy.choices) if spec is not None else {}
+        spec = self.worker(role).spec_stats()
+        return dict(spec.choices) if spec is not None else {}
 
     def model(self, role: Role) -> Model:
         """The loaded model of a role (for tokenization in tools and benchmarks)."""

@@ -45,6 +45,7 @@ class SpecStats:
     verify_cost: tuple[tuple[int, float], ...]  # (k, cost of a k-token target batch / 1 token)
     draft_round_s: float  # measured cost of one draft round of one token (0 without a draft model)
     target_token_s: float  # measured cost of a one-token target batch
+    choices: tuple[tuple[int, int], ...] = ()  # (k, how often the cost model chose it)
 
 
 class Speculator:
@@ -144,7 +145,8 @@ class Speculator:
         draft = self.policy.draft(1) if self.policy.draft is not None else 0.0
         return SpecStats(k=self.policy.last_k, drafted=self.drafted, accepted=self.accepted,
                          verify_cost=tuple(self.policy.target.relative(ks).items()),
-                         draft_round_s=round(draft, 5), target_token_s=round(self.policy.target(1), 5))
+                         draft_round_s=round(draft, 5), target_token_s=round(self.policy.target(1), 5),
+                         choices=tuple(sorted(self.policy.choices.items())))
 
     # --- internals ---------------------------------------------------------------------------------------
 

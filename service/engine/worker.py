@@ -3,7 +3,7 @@
 Owns: the step loop (apply frees and forks, build one batch of every active sequence's next tokens,
 llama_decode once, sample per sequence, route text back), per-sequence jobs (sampler chain, text
 stream, delivery queue, token log-probabilities when asked), prefix holders, and the counters
-behind stats(). Requests arrive as closures on a thread-safe queue and results go back to asyncio
+behind stats(). Requests arrive as typed commands (below) on a thread-safe queue, and results go back to asyncio
 with one call_soon_threadsafe per step, so the event loop never calls llama.cpp and wakes at most
 once per step.
 """
@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from service.engine.scheduler import (
     common_prefix_len,
 )
 from service.engine.spec_policy import CostCurve, pack_verifies
-from service.engine.speculator import Offer, Proposal, Speculator
+from service.engine.speculator import Offer, Proposal, SpecStats, Speculator
 from service.engine.textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,52 @@ class PrefixHolder:
     text: str = ""
 
 
+# --- commands: everything the event loop asks of the worker thread, carried out in order between steps
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    job: Job
+    prompt: str | Sequence[int]
+    parent: PrefixHolder | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPrefix:
+    holder: PrefixHolder
+    text: str
+    loop: asyncio.AbstractEventLoop | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePrefix:
+    holder: PrefixHolder
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeKv:
+    done: asyncio.Future[dict[str, list[int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    grace_s: float
+
+
+Command = Submit | Cancel | OpenPrefix | ClosePrefix | ProbeKv | Stop
+
+
+class _Published(NamedTuple):
+    slots_busy: int
+    waiting: int
+    spec: SpecStats | None
+
+
 class ContextWorker:
     """One llama context, one thread. Public methods are safe to call from any thread."""
 
@@ -104,8 +150,9 @@ class ContextWorker:
         self.model = model
         self.ctx = ctx
         self.sched = scheduler
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._occupancy = (0, 0)  # (slots busy, sequences waiting), published by the worker (_publish)
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        # what the event loop reads, published by the worker after each command drain and step (_publish)
+        self._published = _Published(0, 0, None)
         self._jobs: dict[int, Job] = {}
         self._prefixes: dict[int, PrefixHolder] = {}
         self._outbox: list[tuple[Delivery, Chunk | BaseException]] = []
@@ -138,20 +185,20 @@ class ContextWorker:
             requested = Speculation(speculation)  # a caller may still hand the value as text
             mode = self.spec.default_mode if requested is Speculation.DEFAULT else requested
         job = Job(seq, sampling, delivery, TextStream(sampling.stop), spec_mode=mode, top_logprobs=top_logprobs)
-        self._post(lambda: self._admit(job, prompt, parent))
+        self._post(Submit(job, prompt, parent))
         return job
 
     def cancel(self, job: Job) -> None:
-        self._post(lambda: self._end(job, None))
+        self._post(Cancel(job))
 
     def open_prefix(self, text: str, ready: asyncio.Future[int] | None, *,
                     loop: asyncio.AbstractEventLoop | None = None) -> PrefixHolder:
         holder = PrefixHolder(Seq(key=next(_keys), tokens=(), is_prefix=True), ready, text)
-        self._post(lambda: self._admit_prefix(holder, text, loop))
+        self._post(OpenPrefix(holder, text, loop))
         return holder
 
     def close_prefix(self, holder: PrefixHolder) -> None:
-        self._post(lambda: self._release_prefix(holder))
+        self._post(ClosePrefix(holder))
 
     def kv_positions(self, done: asyncio.Future[dict[str, list[int]]]) -> None:
         """Resolve `done` with the highest KV position of every sequence id, per context (-1 = empty).
@@ -159,25 +206,15 @@ class ContextWorker:
         Runs on the worker thread between steps; tests and diagnostics use it to prove that
         finished and cancelled sequences left nothing behind in either context.
         """
-        def probe() -> None:
-            out = {"target": [self.ctx.seq_pos_max(s) for s in range(self.sched.n_seq_max)]}
-            if self.spec is not None and self.spec.drafter is not None:
-                dctx = self.spec.drafter.ctx
-                out["draft"] = [dctx.seq_pos_max(s) for s in range(self.sched.n_seq_max)]
-            _call_on_loop(done.get_loop(), _set_result, done, out)
-        self._post(probe)
+        self._post(ProbeKv(done))
 
     def stop(self, grace_s: float) -> None:
         """Take no new work; let running sequences finish for up to grace_s, then end them."""
-        def begin() -> None:
-            self._stopping = True
-            self._drain_deadline = time.monotonic() + grace_s
-        self._post(begin)
+        self._post(Stop(grace_s))
 
     def stats(self) -> RoleStats:
-        """Called on the event loop: the occupancy the worker published last, never its live lists."""
-        spec = self.spec.stats() if self.spec is not None else None
-        busy, waiting = self._occupancy
+        """Called on the event loop: what the worker published last, never its live lists."""
+        busy, waiting, spec = self._published
         return RoleStats(
             role=self.role, model=self.model.description, slots_total=self.sched.slots_total,
             slots_busy=busy, queue_depth=waiting,
@@ -189,20 +226,46 @@ class ContextWorker:
         )
 
     def free_slots(self) -> int:
-        busy, waiting = self._occupancy
+        busy, waiting, _ = self._published
         return max(0, self.sched.slots_total - busy - waiting)
 
+    def spec_stats(self) -> SpecStats | None:
+        """Called on the event loop: the speculator's counters as the worker published them last."""
+        return self._published.spec
+
     def _publish(self) -> None:
-        """Worker thread: the occupancy the event loop reads (one tuple, replaced whole: an atomic store)."""
-        self._occupancy = (self.sched.slots_busy, self.sched.queue_depth)
+        """Worker thread: what the event loop reads (one frozen tuple, replaced whole: an atomic store)."""
+        spec = self.spec.stats() if self.spec is not None else None
+        self._published = _Published(self.sched.slots_busy, self.sched.queue_depth, spec)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
     # --- worker thread ---------------------------------------------------------------------------
 
-    def _post(self, fn: Callable[[], None]) -> None:
-        self._commands.put(fn)
+    def _post(self, command: Command) -> None:
+        self._commands.put(command)
+
+    def _apply(self, command: Command) -> None:
+        """Worker thread: carry out one command from the event loop."""
+        match command:
+            case Submit(job, prompt, parent):
+                self._admit(job, prompt, parent)
+            case Cancel(job):
+                self._end(job, None)
+            case OpenPrefix(holder, text, loop):
+                self._admit_prefix(holder, text, loop)
+            case ClosePrefix(holder):
+                self._release_prefix(holder)
+            case ProbeKv(done):
+                out = {"target": [self.ctx.seq_pos_max(s) for s in range(self.sched.n_seq_max)]}
+                if self.spec is not None and self.spec.drafter is not None:
+                    dctx = self.spec.drafter.ctx
+                    out["draft"] = [dctx.seq_pos_max(s) for s in range(self.sched.n_seq_max)]
+                _call_on_loop(done.get_loop(), _set_result, done, out)
+            case Stop(grace_s):
+                self._stopping = True
+                self._drain_deadline = time.monotonic() + grace_s
 
     def _run(self) -> None:
         try:
@@ -227,16 +290,16 @@ class ContextWorker:
         """Run the commands posted so far; with block, first wait for one. Every change the loop must see
         (new work, a cancel, stop) arrives as a command, so an idle worker sleeps until one does."""
         try:
-            fn = self._commands.get() if block else self._commands.get_nowait()
+            command = self._commands.get() if block else self._commands.get_nowait()
         except queue.Empty:
             return
         while True:
             try:
-                fn()
+                self._apply(command)
             except Exception:  # a command must never kill the loop
-                log.exception("worker command failed")
+                log.exception("worker command %s failed", type(command).__name__)
             try:
-                fn = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return
 

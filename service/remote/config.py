@@ -2,17 +2,16 @@
 
 Owns `RemoteRoleConfig` (base URLs, model name, API key, slots per server, chat template, timeouts,
 retries, ejection) and its validation. Each field carries `help` and bounds in its metadata, the same
-vocabulary as planner.settings, so service.settings derives the TOML keys (`[remote.large]`), the
+vocabulary as planner.fields, so service.settings derives the TOML keys (`[remote.large]`), the
 ESPALIER_REMOTE_* variables and the --remote-* flags from this one declaration.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from planner.settings import field_meta
+from planner.fields import field_meta, first_bad_field
 from service.remote.chat_templates import TEMPLATES
 
 
@@ -57,16 +56,9 @@ class RemoteRoleConfig:
 
     def validate(self, where: str) -> None:
         """Raise RemoteConfigError naming `where.<field>` for the first bad value."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if number and (not math.isfinite(value) or (lo is not None and value < lo)
-                           or (hi is not None and value > hi)):
-                raise RemoteConfigError(f"{where}.{f.name} must be between {lo} and {hi} (got {value})")
-        if self.chat_template not in TEMPLATES:
-            raise RemoteConfigError(f"{where}.chat_template must be one of {', '.join(TEMPLATES)} "
-                                    f"(got {self.chat_template!r})")
+        bad = first_bad_field(self)  # bounds and the chat template's choices
+        if bad is not None:
+            raise RemoteConfigError(f"{where}.{bad[0]} {bad[1]}")
         if len(set(self.urls)) != len(self.urls):
             raise RemoteConfigError(f"{where}.urls names a server twice")
         for url in self.urls:

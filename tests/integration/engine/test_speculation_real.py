@@ -16,6 +16,7 @@ from planner.engine import GenerateRequest, Message, Role, Sampling
 from service.engine.config import ConfigError, ContextConfig, EngineConfig
 from service.engine.llama_engine import LlamaEngine, check_draft_vocab
 from service.engine.native import Model
+from service.engine.spec_policy import DraftSource
 
 pytestmark = pytest.mark.model
 
@@ -44,7 +45,7 @@ def pair_engine(small_model: Path) -> Iterator[LlamaEngine]:
 @pytest.fixture(scope="module")
 def lookup_engine(small_model: Path) -> Iterator[LlamaEngine]:
     yield from _load(EngineConfig(small=ContextConfig(model=str(small_model), slots=4, n_ctx=2048, n_batch=256,
-                                                      threads=2, draft_source="lookup")))
+                                                      threads=2, draft_source=DraftSource.LOOKUP)))
 
 
 def prompt(engine: LlamaEngine, role: Role, text: str) -> str:

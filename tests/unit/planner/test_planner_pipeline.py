@@ -288,10 +288,10 @@ async def close_at(kind: type, answer: AsyncIterator[Event]) -> None:
 async def test_closing_the_answer_while_the_skeleton_is_written_frees_its_sequence() -> None:
     engine = FakeEngine(delay=0.05)
     engine.script("You are an organizer", " One\n2. Two\n3. Three\n4. Four\n5. Five\n")
-
+    before = asyncio.all_tasks()
     await close_at(NodePlanned, pipeline.answer(engine, OPEN_Q, Mode.SOT, ROUTED))
     assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
-    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    assert asyncio.all_tasks() - before == set()  # nothing left running
 
 
 def early_events(events: list[Event]) -> tuple[list[int], list[int]]:
@@ -349,8 +349,8 @@ async def test_the_budget_follows_the_measured_batch_cost() -> None:
 async def test_closing_the_answer_mid_skeleton_frees_the_early_points_too() -> None:
     engine = FakeEngine(delay=0.05)
     engine.script("You are an organizer", " One\n2. Two\n3. Three\n4. Four\n5. Five\n", delay=0.05)
-
+    before = asyncio.all_tasks()
     await close_at(NodeStarted, pipeline.answer(engine, OPEN_Q, Mode.SOT, PlannerSettings(early_points=3)))
     assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
     assert any(c.request.prompt.endswith("1. One:") or c.full_prompt.endswith("1. One:") for c in engine.calls)
-    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    assert asyncio.all_tasks() - before == set()  # nothing left running

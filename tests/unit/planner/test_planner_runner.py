@@ -255,6 +255,7 @@ async def test_whole_request_cancellation_frees_everything() -> None:
                 seen.append(e)
 
     async def main() -> None:
+        before = asyncio.all_tasks()
         async with asyncio.timeout(5):
             task = asyncio.create_task(consume())
             while not any(isinstance(e, NodeFinished) and e.node_id == 3 for e in seen):
@@ -271,8 +272,7 @@ async def test_whole_request_cancellation_frees_everything() -> None:
             assert engine.open_sequences == 0 and all(c.closed for c in engine.calls)
             assert len(engine.prefix_closes) == len(engine.prefix_opens) == 1
             assert not engine.calls_for_point(4)  # never started
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            assert others == []
+            assert asyncio.all_tasks() - before == set()  # nothing left running
 
     await main()
     assert not any(isinstance(e, AnswerDone) for e in seen)
@@ -283,6 +283,7 @@ async def test_closing_the_iterator_early_cancels_the_nodes() -> None:
     plan = graph(*(Node(i, f"P{i}") for i in range(1, 5)), route=Route.PARALLEL)
 
     async def main() -> None:
+        before = asyncio.all_tasks()
         async with asyncio.timeout(5):
             async with aclosing(runner.run(engine, Q, plan, PlannerSettings())) as events:
                 async for e in events:
@@ -290,7 +291,7 @@ async def test_closing_the_iterator_early_cancels_the_nodes() -> None:
                         break
             assert engine.open_sequences == 0
             assert engine.prefix_closes == engine.prefix_opens
-            assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+            assert asyncio.all_tasks() - before == set()  # nothing left running
 
     await main()
 
