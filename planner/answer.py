@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from planner.plan import Node, Part, Plan, Route
-from planner.prompts import title_colon
+from espalier.planner.plan import Node, Part, Plan, Route
+from espalier.planner.prompts import title_colon
 
 
 def assemble(plan: Plan, texts: Mapping[int, str], failures: Mapping[int, tuple[str, str]]) -> str:

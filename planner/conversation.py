@@ -4,7 +4,7 @@ Owns what a request carries besides the question itself: the caller's system tex
 language, house style, safety rules) and the earlier user and assistant turns, oldest first, and how
 they are fitted to the prompts' budget (earlier turns trimmed oldest first; the system text is never
 trimmed, the service bounds it). Every prompt that writes the answer places them the same way
-(planner.prompts): the system text after the planner's own instructions, as the user's standing
+(espalier.planner.prompts): the system text after the planner's own instructions, as the user's standing
 instructions; the earlier turns as real chat turns where the model writes the answer (direct answers,
 points, opening and closing) and as a quoted transcript where it does a task about the question (the
 skeleton and the router, whose worked examples would otherwise read as part of the conversation).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from planner.engine import InvalidRequest, Message
+from espalier.planner.engine import InvalidRequest, Message
 
 TURN_ROLES = ("user", "assistant")
 ROUTER_PREVIOUS_CHARS = 400  # of the previous turn, in front of a question a router reads

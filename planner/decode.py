@@ -14,8 +14,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from planner.engine import Chunk, Engine, FinishReason, GenerateRequest, Role, RoleNotLoaded
-from planner.events import Meter
+from espalier.planner.engine import Chunk, Engine, FinishReason, GenerateRequest, Role, RoleNotLoaded
+from espalier.planner.events import Meter
 
 log = logging.getLogger(__name__)
 

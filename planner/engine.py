@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Self, runtime_checkable
 
-from planner.fields import field_meta, first_bad_field
+from espalier.planner.fields import field_meta, first_bad_field
 
 
 class Role(enum.StrEnum):
@@ -89,7 +89,7 @@ class EngineFault(EngineError):
 # --- request / response ---
 
 
-MAX_STOPS = 16  # a detailed point has 16 (planner.prompts.point_stop)
+MAX_STOPS = 16  # a detailed point has 16 (espalier.planner.prompts.point_stop)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from planner.engine import FinishReason, Role
-from planner.plan import Node, Plan, Route
+from espalier.planner.engine import FinishReason, Role
+from espalier.planner.plan import Node, Plan, Route
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,14 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Self
 
-from planner import prompts, runner
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.decode import metered, resolve_role
-from planner.engine import Engine, EngineError, GenerateRequest, Prefix
-from planner.events import Event
-from planner.plan import Mode, Plan, Route
-from planner.sentences import complete_prefix, split_sentences
-from planner.settings import PlannerSettings
+from espalier.planner import prompts, runner
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.decode import metered, resolve_role
+from espalier.planner.engine import Engine, EngineError, GenerateRequest, Prefix
+from espalier.planner.events import Event
+from espalier.planner.plan import Mode, Plan, Route
+from espalier.planner.sentences import complete_prefix, split_sentences
+from espalier.planner.settings import PlannerSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ import re
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
-from planner import prompts, router, runner
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.decode import cancel_and_wait, collect, resolve_role
-from planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Priority, Role
-from planner.events import Event, Meter, NodePlanned
-from planner.plan import Mode, Node, Plan, PlanInvalid, Route, framed
-from planner.settings import DEFAULT_SETTINGS, PlannerSettings
-from planner.skeleton_parser import OutlineReader, parse_skeleton
+from espalier.planner import prompts, router, runner
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.decode import cancel_and_wait, collect, resolve_role
+from espalier.planner.engine import Engine, FinishReason, GenerateRequest, InvalidRequest, Priority, Role
+from espalier.planner.events import Event, Meter, NodePlanned
+from espalier.planner.plan import Mode, Node, Plan, PlanInvalid, Route, framed
+from espalier.planner.settings import DEFAULT_SETTINGS, PlannerSettings
+from espalier.planner.skeleton_parser import OutlineReader, parse_skeleton
 
 
 def _check_question(question: str) -> str:

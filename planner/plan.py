@@ -15,7 +15,7 @@ import graphlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from planner.engine import InvalidRequest, Role
+from espalier.planner.engine import InvalidRequest, Role
 
 DEFAULT_MAX_NODES = 10
 MAX_TITLE_CHARS = 300

@@ -20,7 +20,7 @@ that sees the question and the skeleton and is pre-filled with "i. <title>:" (af
 points, for a dependent one). The answer's opening and closing sentences are two more such
 sequences, pre-filled with "Opening:" and "Closing:", which the outline lists around the points.
 
-The caller's conversation (planner.conversation) reaches every prompt that writes the answer: its
+The caller's conversation (espalier.planner.conversation) reaches every prompt that writes the answer: its
 system text after the planner's instructions in the system turn (`with_standing`), its earlier turns
 as chat turns before the question (direct answers, points, frame) or as a quoted transcript in the
 question's turn (skeleton, router). So the fixed, resident part of each prompt ends at the question's
@@ -34,10 +34,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.decode import resolve_role
-from planner.engine import Engine, Message, Role
-from planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route, framed
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.decode import resolve_role
+from espalier.planner.engine import Engine, Message, Role
+from espalier.planner.plan import CLOSING_TITLE, OPENING_TITLE, Node, Part, Plan, PointLength, Route, framed
 
 SPLIT = "\u2060<espalier:split>\u2060"  # marks where the variable part starts; never sent to a model
 

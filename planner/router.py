@@ -1,6 +1,6 @@
 """The router: which route (parallel points, a graph of points, or a direct answer) suits a question.
 
-Owns the order of the deciders: the near-certain rules, then the learned router (planner.router_model)
+Owns the order of the deciders: the near-certain rules, then the learned router (espalier.planner.router_model)
 where its weights fit the loaded model; without it the cheap rules (code, math, estimates, creative
 writing, role-play, short facts and small talk go direct; counterfactuals, how-tos and "what are the
 ways/factors/differences" questions get a skeleton), then the one-token prompting router on the small
@@ -21,14 +21,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.decode import collect, resolve_role
-from planner.engine import Engine, GenerateRequest, Priority, Sampling
-from planner.events import Meter
-from planner.plan import Route
-from planner.prompts import ROUTER_LETTERS, router_prompt
-from planner.router_model import LearnedRouter, learned_router
-from planner.settings import DEFAULT_SETTINGS, PlannerSettings
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.decode import collect, resolve_role
+from espalier.planner.engine import Engine, GenerateRequest, Priority, Sampling
+from espalier.planner.events import Meter
+from espalier.planner.plan import Route
+from espalier.planner.prompts import ROUTER_LETTERS, router_prompt
+from espalier.planner.router_model import LearnedRouter, learned_router
+from espalier.planner.settings import DEFAULT_SETTINGS, PlannerSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,5 +312,5 @@ def _score(pairs: Iterable[tuple[int, RouteDecision]]) -> dict[str, object]:
 
 def evaluate_rules(rows: Iterable[tuple[int, str]], default: Route = Route.DIRECT) -> dict[str, object]:
     """Scores of the rules alone on (label, question) rows (undecided questions get `default`); reading a
-    labelled file is the service's (service.bench.questions.label_rows)."""
+    labelled file is the service's (espalier.service.bench.questions.label_rows)."""
     return _score((label, rules_only_route(q, default)) for label, q in rows)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from planner.engine import Embedder, Engine, EngineError, Message, ModelIdentity, Pooling, Role
+from espalier.planner.engine import Embedder, Engine, EngineError, Message, ModelIdentity, Pooling, Role
 
 # What the feature asks: the state after it is what the model would answer, so a linear read of it
 # carries the model's own yes/no view of the question together with what the question is about. The
@@ -81,7 +81,7 @@ class RouterWeights:
     def load(cls, path: str | Path | None = None) -> RouterWeights:
         """From a file, or the packaged default weights when path is None."""
         if path is None:
-            return cls.from_json(resources.files("planner.data").joinpath(DEFAULT_WEIGHTS).read_text("utf-8"))
+            return cls.from_json(resources.files("espalier.planner.data").joinpath(DEFAULT_WEIGHTS).read_text("utf-8"))
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 

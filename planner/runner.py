@@ -28,11 +28,11 @@ import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 
-from planner import prompts
-from planner.answer import assemble
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.decode import cancel_and_wait, metered, resolve_role
-from planner.engine import (
+from espalier.planner import prompts
+from espalier.planner.answer import assemble
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.decode import cancel_and_wait, metered, resolve_role
+from espalier.planner.engine import (
     Chunk,
     Engine,
     EngineError,
@@ -43,7 +43,7 @@ from planner.engine import (
     Priority,
     Role,
 )
-from planner.events import (
+from espalier.planner.events import (
     AnswerDone,
     Event,
     Meter,
@@ -53,11 +53,11 @@ from planner.events import (
     NodeStarted,
     PlanReady,
 )
-from planner.plan import Difficulty, Node, Part, Plan, Route
-from planner.repetition import ends_in_loop
-from planner.sentences import first_sentence_end
-from planner.settings import DEFAULT_SETTINGS, PlannerSettings
-from planner.slot_share import SlotShare
+from espalier.planner.plan import Difficulty, Node, Part, Plan, Route
+from espalier.planner.repetition import ends_in_loop
+from espalier.planner.sentences import first_sentence_end
+from espalier.planner.settings import DEFAULT_SETTINGS, PlannerSettings
+from espalier.planner.slot_share import SlotShare
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class _Expansion:
 
         The opening and closing are one sentence: a model asked for one sometimes writes a paragraph,
         so they end at their first proven sentence end (the rest is never streamed). Any part ends as
-        a stop where its text falls into a loop (planner.repetition), instead of repeating itself to
+        a stop where its text falls into a loop (espalier.planner.repetition), instead of repeating itself to
         the end of its budget.
         """
         tokens = 0

@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from planner.engine import InvalidRequest, Role, Sampling, Speculation
-from planner.fields import field_meta, first_bad_field
-from planner.plan import DEFAULT_MAX_NODES, PointLength, Route
+from espalier.planner.engine import InvalidRequest, Role, Sampling, Speculation
+from espalier.planner.fields import field_meta, first_bad_field
+from espalier.planner.plan import DEFAULT_MAX_NODES, PointLength, Route
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from planner.plan import DEFAULT_MAX_NODES, MAX_TITLE_CHARS, Difficulty, Node, Plan, Route
+from espalier.planner.plan import DEFAULT_MAX_NODES, MAX_TITLE_CHARS, Difficulty, Node, Plan, Route
 
 _NUMBERED = re.compile(
     r"""^(?:\#{1,6}\s*)?(?:[*_]{1,3})?\s*

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from planner.engine import Engine, Role
+from espalier.planner.engine import Engine, Role
 
 POLL_S = 0.1
 

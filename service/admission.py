@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from service.errors import NotServing, Overloaded
+from espalier.service.errors import NotServing, Overloaded
 
 MAX_RETRY_AFTER_MS = 30_000
 

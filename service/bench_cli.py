@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from planner.settings import DEFAULT_SETTINGS
+from espalier.planner.settings import DEFAULT_SETTINGS
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from service.engine.bench import BenchSettings, run_engine_bench
+    from espalier.service.engine.bench import BenchSettings, run_engine_bench
 
     settings = BenchSettings(model=args.model, tokens=32 if args.quick else args.tokens,
                              counts=tuple(args.sequences), threads=args.threads,
@@ -32,7 +32,7 @@ def _engine(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> int:
-    from service.engine.bench_spec import SpecBenchSettings, run_spec_bench
+    from espalier.service.engine.bench_spec import SpecBenchSettings, run_spec_bench
 
     settings = SpecBenchSettings(target=args.target, draft=args.draft, source=args.source, tokens=args.tokens,
                                  rounds=args.rounds, threads=args.threads, gpu_layers=args.gpu_layers,
@@ -58,7 +58,7 @@ def _spec(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from service.bench.stream_bench import StreamBenchOptions, run_stream_bench, summary_lines
+    from espalier.service.bench.stream_bench import StreamBenchOptions, run_stream_bench, summary_lines
 
     opts = StreamBenchOptions(set_path=Path(args.set) if args.set else None, limit=args.limit, pace_cpm=args.pace,
                               ways=tuple(w.strip() for w in args.ways.split(",") if w.strip()),
@@ -89,7 +89,7 @@ def _read_result(path: str) -> dict[str, object]:
 
 
 def _blind(args: argparse.Namespace) -> int:
-    from service.bench.calibration import write_blind
+    from espalier.service.bench.calibration import write_blind
 
     try:
         modes = [m for m in args.modes.split(",") if m.strip()] if args.modes else None
@@ -102,7 +102,7 @@ def _blind(args: argparse.Namespace) -> int:
 
 
 def _agree(args: argparse.Namespace) -> int:
-    from service.bench.calibration import agreement, agreement_lines, read_verdicts, strong_outcomes
+    from espalier.service.bench.calibration import agreement, agreement_lines, read_verdicts, strong_outcomes
 
     try:
         result = _read_result(args.result)
@@ -120,8 +120,8 @@ def _agree(args: argparse.Namespace) -> int:
 
 
 def _answers(args: argparse.Namespace) -> int:
-    from service.bench.answers import AnswersOptions, run_answers
-    from service.bench.report import summary_lines
+    from espalier.service.bench.answers import AnswersOptions, run_answers
+    from espalier.service.bench.report import summary_lines
 
     if args.embedded and args.target:
         print("espalier bench answers: --embedded and --target exclude each other", file=sys.stderr)
@@ -163,7 +163,7 @@ def _hardware_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from service.bench.load import DEFAULT_MIX, LoadOptions, ok, run_load, write_json
+    from espalier.service.bench.load import DEFAULT_MIX, LoadOptions, ok, run_load, write_json
 
     only = [name for name in (args.only or "").split(",") if name]
     if any(name not in DEFAULT_MIX for name in only):
@@ -185,7 +185,7 @@ def _load(args: argparse.Namespace) -> int:
     async def main() -> dict[str, object]:
         if args.target:
             return await run_load(options)
-        from service.bench.load_server import embedded_server
+        from espalier.service.bench.load_server import embedded_server
 
         async with embedded_server(args.server_args) as (port, metrics_port):
             return await run_load(dataclasses.replace(

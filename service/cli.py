@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 # Each entry registers one command group: (module path, function name). Imported lazily so that
 # `espalier models list` does not pay for loading llama.cpp or grpc.
 _GROUPS: tuple[tuple[str, str, str], ...] = (
-    ("models", "service.engine.models_cli", "Fetch and list the default GGUF models"),
-    ("bench", "service.bench_cli", "Benchmarks that print what they measured"),
-    ("serve", "service.serve_cli", "Run the gRPC server"),
-    ("router", "service.router_cli", "Train and evaluate the learned router"),
-    ("ask", "clients.python.ask_cli", "Ask a running server and watch the answer being built"),
+    ("models", "espalier.service.engine.models_cli", "Fetch and list the default GGUF models"),
+    ("bench", "espalier.service.bench_cli", "Benchmarks that print what they measured"),
+    ("serve", "espalier.service.serve_cli", "Run the gRPC server"),
+    ("router", "espalier.service.router_cli", "Train and evaluate the learned router"),
+    ("ask", "espalier.clients.python.ask_cli", "Ask a running server and watch the answer being built"),
 )
 
 

@@ -19,15 +19,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from espalier.planner import events as ev
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.engine import FinishReason, InvalidRequest, Message, Role, RoleNotLoaded, Speculation
+from espalier.planner.live import TypingProgress
+from espalier.planner.plan import MAX_NODE_TOKENS, Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
+from espalier.planner.runner import role_for
+from espalier.planner.settings import PlannerSettings
 from espalier.v1 import espalier_pb2 as pb
-
-from planner import events as ev
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.engine import FinishReason, InvalidRequest, Message, Role, RoleNotLoaded, Speculation
-from planner.live import TypingProgress
-from planner.plan import MAX_NODE_TOKENS, Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
-from planner.runner import role_for
-from planner.settings import PlannerSettings
 
 _MODES = {pb.MODE_UNSPECIFIED: Mode.AUTO, pb.MODE_AUTO: Mode.AUTO, pb.MODE_DIRECT: Mode.DIRECT,
           pb.MODE_SOT: Mode.SOT, pb.MODE_SGD: Mode.SGD, pb.MODE_LIVE: Mode.LIVE}
@@ -157,7 +156,7 @@ def planner_settings(msg: pb.GenerationSettings, base: PlannerSettings, limits: 
         if msg.HasField(name):  # type: ignore[arg-type]
             sampling = dataclasses.replace(sampling, **{name: cast(getattr(msg, name))})
     try:
-        sampling.validate()  # the bounds are Sampling's own (planner.engine)
+        sampling.validate()  # the bounds are Sampling's own (espalier.planner.engine)
     except InvalidRequest as exc:
         name = (exc.field or "").removeprefix("sampling.")
         raise InvalidRequest(str(exc).replace("sampling.", f"{field}.", 1), field=f"{field}.{name}") from None

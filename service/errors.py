@@ -1,6 +1,6 @@
 """The one place where errors become gRPC status codes.
 
-Owns the mapping table from the domain error hierarchy (planner.engine's EngineError family, plus
+Owns the mapping table from the domain error hierarchy (espalier.planner.engine's EngineError family, plus
 the few errors the service itself raises, defined here) to status codes, the details text a client
 sees, and the trailing metadata that goes with it (`retry-after-ms` for RESOURCE_EXHAUSTED,
 `espalier-field` for INVALID_ARGUMENT, `x-request-id` always). Classification is by exception type
@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import grpc
 
-from planner.engine import (
+from espalier.planner.engine import (
     EngineClosed,
     EngineError,
     EngineFault,

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     Embedder,
     Engine,

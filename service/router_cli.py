@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from planner.engine import Pooling, Role
-from planner.plan import Route
-from planner.settings import DEFAULT_SETTINGS
-from service.bench.questions import label_rows
+from espalier.planner.engine import Pooling, Role
+from espalier.planner.plan import Route
+from espalier.planner.settings import DEFAULT_SETTINGS
+from espalier.service.bench.questions import label_rows
 
 
 def _progress(label: str):
@@ -34,8 +34,8 @@ def _progress(label: str):
 
 
 async def _engine(args: argparse.Namespace, role: Role):
-    from service.engine.config import ContextConfig, EngineConfig
-    from service.engine.llama_engine import LlamaEngine
+    from espalier.service.engine.config import ContextConfig, EngineConfig
+    from espalier.service.engine.llama_engine import LlamaEngine
 
     model = args.model or role.value  # "small" / "large": the default model of that role
     print(f"[router] loading the {role.value} model ({model})", file=sys.stderr, flush=True)
@@ -44,7 +44,7 @@ async def _engine(args: argparse.Namespace, role: Role):
 
 
 async def _train(args: argparse.Namespace) -> int:
-    from service.router_training import Recipe, train
+    from espalier.service.router_training import Recipe, train
 
     recipe = Recipe(role=Role(args.role), pooling=Pooling(args.pooling), depth=args.depth)
     engine = await _engine(args, recipe.role)
@@ -62,7 +62,7 @@ async def _train(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> Path | None:
-    from service.engine.models import default_cache_dir
+    from espalier.service.engine.models import default_cache_dir
 
     return None if args.no_cache else default_cache_dir() / "router-features"
 
@@ -71,9 +71,9 @@ async def _cross_validate(args: argparse.Namespace) -> dict[str, object]:
     """Nested 5-fold cross-validation of the router as it runs, with the weights' recipe."""
     import numpy as np
 
-    from planner.router import NEAR_CERTAIN, rules_route
-    from planner.router_model import RouterWeights
-    from service.router_training import Recipe, features, nested_cross_validation
+    from espalier.planner.router import NEAR_CERTAIN, rules_route
+    from espalier.planner.router_model import RouterWeights
+    from espalier.service.router_training import Recipe, features, nested_cross_validation
 
     w = RouterWeights.load(args.weights or None)
     recipe = Recipe(role=w.role, pooling=w.pooling, depth=w.depth, instruction=w.instruction,
@@ -96,11 +96,11 @@ async def _cross_validate(args: argparse.Namespace) -> dict[str, object]:
 
 
 async def _evaluate(args: argparse.Namespace) -> dict[str, object]:
-    from service.router_training import evaluate
+    from espalier.service.router_training import evaluate
 
     role = Role.SMALL
     if args.weights not in ("", "none"):
-        from planner.router_model import RouterWeights
+        from espalier.planner.router_model import RouterWeights
 
         role = RouterWeights.load(args.weights).role
     engine = await _engine(args, role)

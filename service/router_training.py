@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.engine import Embedder, Engine, ModelIdentity, Pooling, Role
-from planner.plan import Route
-from planner.router import route, rules_only_route, scores
-from planner.router_model import FEATURE_INSTRUCTION, RouterWeights, feature_prompt
-from planner.settings import PlannerSettings
-from service.bench.questions import label_rows
+from espalier.planner.engine import Embedder, Engine, ModelIdentity, Pooling, Role
+from espalier.planner.plan import Route
+from espalier.planner.router import route, rules_only_route, scores
+from espalier.planner.router_model import FEATURE_INSTRUCTION, RouterWeights, feature_prompt
+from espalier.planner.settings import PlannerSettings
+from espalier.service.bench.questions import label_rows
 
 FOLDS = 5
 # Regularisation strengths tried (inverse: smaller is stronger); ~900 features from ~1,000 questions
@@ -166,7 +166,7 @@ def nested_cross_validation(x: np.ndarray, y: np.ndarray, ruled: Sequence[bool |
 
 async def evaluate(engine: Engine, labels_path: str | Path, settings: PlannerSettings,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
-    """The router as `auto` runs it (planner.router.route with these settings) on a labelled set,
+    """The router as `auto` runs it (espalier.planner.router.route with these settings) on a labelled set,
     beside the rules alone: the scores, who decided, how often a near-certain rule overrode the
     classifier, the time to route, and every question's decision."""
     rows = label_rows(labels_path)

@@ -1,6 +1,6 @@
-"""`espalier serve`: the command-line face of service.server.
+"""`espalier serve`: the command-line face of espalier.service.server.
 
-Owns turning argv + environment + config file into ServerSettings (via service.settings, which also
+Owns turning argv + environment + config file into ServerSettings (via espalier.service.settings, which also
 writes `--help`), the process's logging (text or JSON lines, every record tagged with the request id
 of the call it belongs to) and running `serve` on uvloop. Exit status: 0 after a clean shutdown,
 1 when the models could not be loaded, 2 for bad settings.
@@ -16,14 +16,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from service.settings import SettingsError, build_parser, from_flags, to_toml
+from espalier.service.settings import SettingsError, build_parser, from_flags, to_toml
 
 
 class RequestIdFilter(logging.Filter):
     """Adds `request_id` (the call being served, or '-') to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from service.servicer import REQUEST_ID
+        from espalier.service.servicer import REQUEST_ID
 
         if not hasattr(record, "request_id"):
             record.request_id = REQUEST_ID.get()
@@ -70,7 +70,7 @@ def run(argv: Sequence[str]) -> int:
         return 0
     configure_logging(settings.log_level, settings.log_format)
 
-    from service.server import serve  # grpc and the planner load only when actually serving
+    from espalier.service.server import serve  # grpc and the planner load only when actually serving
 
     try:
         import uvloop

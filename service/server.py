@@ -4,7 +4,7 @@ Owns the server's assembly (`build`: the Espalier servicer, the standard health
 service, server reflection, the shared-token interceptor, TLS credentials, message size limits,
 the metrics catalogue wired to the engine and admission) and the process lifecycle (`serve`):
 listen first with health NOT_SERVING, load the models (`load_engines`: the roles with remote URLs
-go to service.remote, the rest to the embedded engine), register the planner's resident prefixes,
+go to espalier.service.remote, the rest to the embedded engine), register the planner's resident prefixes,
 flip to SERVING; on SIGTERM/SIGINT the fixed shutdown order (habit 8): health NOT_SERVING, refuse
 new work, `server.stop(grace)`, engine drain and close. Nothing here is global (habit 1): tests
 build servers on port 0 around whatever engine they like.
@@ -23,20 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from espalier.v1 import espalier_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the aio health servicer (health.aio in the package)
 from grpc_reflection.v1alpha import reflection
 
-from planner import pipeline
-from planner.engine import Engine, EngineError
-from planner.settings import PlannerSettings
-from service import errors, wire_decoding
-from service.metrics import ServiceMetrics, start_metrics_server
-from service.mixed_engine import MixedEngine
-from service.remote.remote_engine import RemoteEngine
-from service.servicer import EspalierServicer
-from service.settings import ServerSettings
+from espalier.planner import pipeline
+from espalier.planner.engine import Engine, EngineError
+from espalier.planner.settings import PlannerSettings
+from espalier.service import errors, wire_decoding
+from espalier.service.metrics import ServiceMetrics, start_metrics_server
+from espalier.service.mixed_engine import MixedEngine
+from espalier.service.remote.remote_engine import RemoteEngine
+from espalier.service.servicer import EspalierServicer
+from espalier.service.settings import ServerSettings
+from espalier.v1 import espalier_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ async def warm_up(engine: Engine, planner: PlannerSettings) -> int:
 
 
 async def load_llama_engine(settings: ServerSettings) -> Engine:
-    from service.engine.llama_engine import LlamaEngine  # imported late: llama.cpp is heavy
+    from espalier.service.engine.llama_engine import LlamaEngine  # imported late: llama.cpp is heavy
 
     return await LlamaEngine.load(settings.engine_config())
 

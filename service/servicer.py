@@ -1,9 +1,9 @@
 """EspalierServicer: the gRPC face of the planner (Plan, Expand, Answer, Stream).
 
 Owns the per-call flow, kept thin: request id (from `x-request-id` metadata or generated; sent back in
-initial metadata and set in the logging context), validation and translation (service.convert),
-admission (service.admission), the planner call, per-call metrics, and errors turned into statuses
-by service.errors only. Handlers use the reader/writer API (`context.write`) rather than async
+initial metadata and set in the logging context), validation and translation (espalier.service.convert),
+admission (espalier.service.admission), the planner call, per-call metrics, and errors turned into statuses
+by espalier.service.errors only. Handlers use the reader/writer API (`context.write`) rather than async
 generators, so that a client cancel or deadline always lands as CancelledError inside our own
 frames, whose `aclosing`/`finally` blocks close the planner's iterators and free engine slots before
 the cancellation propagates (habit 6).
@@ -25,21 +25,21 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
+
+from espalier.planner import events as ev
+from espalier.planner import pipeline
+from espalier.planner.decode import cancel_and_wait
+from espalier.planner.engine import Engine, InvalidRequest, Role
+from espalier.planner.events import Meter
+from espalier.planner.live import StreamedPrompt
+from espalier.planner.settings import PlannerSettings
+from espalier.service import convert, errors
+from espalier.service.admission import Admission
+from espalier.service.metrics import ServiceMetrics
+from espalier.service.settings import ServerSettings
+from espalier.service.wire_decoding import checked, checked_stream
 from espalier.v1 import espalier_pb2 as pb
 from espalier.v1 import espalier_pb2_grpc as pb_grpc
-
-from planner import events as ev
-from planner import pipeline
-from planner.decode import cancel_and_wait
-from planner.engine import Engine, InvalidRequest, Role
-from planner.events import Meter
-from planner.live import StreamedPrompt
-from planner.settings import PlannerSettings
-from service import convert, errors
-from service.admission import Admission
-from service.metrics import ServiceMetrics
-from service.settings import ServerSettings
-from service.wire_decoding import checked, checked_stream
 
 log = logging.getLogger(__name__)
 

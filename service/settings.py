@@ -5,7 +5,7 @@ defaults) and the one loader that fills it from, in rising precedence: defaults,
 `ESPALIER_*` environment variables, command-line flags. Every setting is described once, in dataclass
 field metadata (help, min/max, choices); the TOML keys, environment names, flags, `--help` text and
 error messages are all derived from that, so they cannot drift apart. Planner settings reuse the
-metadata of planner.settings.PlannerSettings, remote servers that of service.remote.config.
+metadata of espalier.planner.settings.PlannerSettings, remote servers that of espalier.service.remote.config.
 
 Naming: a setting's key is its dotted path (`port`, `small.slots`, `planner.point_max_tokens`,
 `planner.sampling.temperature`); the TOML file nests tables the same way; the environment variable
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.engine import InvalidRequest, Role, Sampling
-from planner.fields import bounds_text, field_meta, within
-from planner.settings import PlannerSettings
-from service.engine.config import ConfigError, ContextConfig, EngineConfig
-from service.remote.config import RemoteConfig, RemoteConfigError, RemoteRoleConfig
+from espalier.planner.engine import InvalidRequest, Role, Sampling
+from espalier.planner.fields import bounds_text, field_meta, within
+from espalier.planner.settings import PlannerSettings
+from espalier.service.engine.config import ConfigError, ContextConfig, EngineConfig
+from espalier.service.remote.config import RemoteConfig, RemoteConfigError, RemoteRoleConfig
 
 ENV_PREFIX = "ESPALIER_"
 CONFIG_ENV = "ESPALIER_CONFIG"
@@ -185,7 +185,7 @@ class Option:
     kind: type
     default: Any
     help: str
-    meta: Mapping[str, Any]  # the field's metadata (planner.fields.field_meta): bounds, choices, secret
+    meta: Mapping[str, Any]  # the field's metadata (espalier.planner.fields.field_meta): bounds, choices, secret
 
     @property
     def secret(self) -> bool:

@@ -19,7 +19,7 @@ from google.protobuf import message as pb_message
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
-from planner.engine import InvalidRequest
+from espalier.planner.engine import InvalidRequest
 
 M = TypeVar("M", bound=pb_message.Message)
 

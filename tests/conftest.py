@@ -27,7 +27,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
 
 def small_model_path() -> Path:
     """The small default model, fetched by `make test` (or ESPALIER_TEST_MODEL, any GGUF)."""
-    from service.engine.models import resolve_model
+    from espalier.service.engine.models import resolve_model
 
     return resolve_model(os.environ.get("ESPALIER_TEST_MODEL", "small"))
 
@@ -40,8 +40,8 @@ def small_model() -> Path:
 @pytest.fixture(scope="session")
 def small_engine(small_model: Path) -> Iterator[object]:
     """An engine with only the small role loaded, shared by the integration tests of a session."""
-    from service.engine.config import ContextConfig, EngineConfig
-    from service.engine.llama_engine import LlamaEngine
+    from espalier.service.engine.config import ContextConfig, EngineConfig
+    from espalier.service.engine.llama_engine import LlamaEngine
 
     cfg = EngineConfig(small=ContextConfig(model=str(small_model), slots=4, n_ctx=4096, n_batch=256,
                                            threads=2))

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     EngineError,
     EngineFault,
@@ -241,7 +241,7 @@ def _writes_point(prompt: str, position: int | str) -> bool:
 
 
 class FakeEmbeddingEngine(FakeEngine):
-    """A FakeEngine that also embeds (planner.engine.Embedder): a text's vector is `featurize(text)`;
+    """A FakeEngine that also embeds (espalier.planner.engine.Embedder): a text's vector is `featurize(text)`;
     the model's identity is what `identity` says."""
 
     def __init__(self, featurize: Callable[[str], Sequence[float]], identity: ModelIdentity, **kw: Any) -> None:

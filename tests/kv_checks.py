@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from planner.engine import Role
+from espalier.planner.engine import Role
 
 
 async def kv_now(engine, role: Role = Role.SMALL) -> dict[str, list[int]]:

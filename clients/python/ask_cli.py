@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from clients.python.client import MODES, EspalierClient, TlsOptions, Turn, settings
-from clients.python.live_view import LiveView
+from espalier.clients.python.client import MODES, EspalierClient, TlsOptions, Turn, settings
+from espalier.clients.python.live_view import LiveView
 
 
 def _parser() -> argparse.ArgumentParser:

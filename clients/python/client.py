@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from espalier.v1 import espalier_pb2 as pb
 from espalier.v1 import espalier_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 T = TypeVar("T")
 

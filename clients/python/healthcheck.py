@@ -1,4 +1,4 @@
-"""`python -m clients.python.healthcheck`: the health probe the container images run.
+"""`python -m espalier.clients.python.healthcheck`: the health probe the container images run.
 
 Owns one question and its exit status: does the server answer the standard `grpc.health.v1` Check
 with SERVING? Exit 0 only then; 1 for NOT_SERVING (models loading, draining), an unknown service,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from clients.python.client import SERVICE_NAME, EspalierClient, TlsOptions
+from espalier.clients.python.client import SERVICE_NAME, EspalierClient, TlsOptions
 
 DEFAULT_PORT = "50051"
 EXIT_SERVING = 0
@@ -31,7 +31,7 @@ EXIT_UNHEALTHY = 1  # Docker reads 1 as unhealthy; 2 is reserved there, so no fa
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     port = environ.get("ESPALIER_PORT", "").strip() or DEFAULT_PORT
-    p = argparse.ArgumentParser(prog="python -m clients.python.healthcheck",
+    p = argparse.ArgumentParser(prog="python -m espalier.clients.python.healthcheck",
                                 description="Exit 0 when the Espalier server reports SERVING, else 1.")
     p.add_argument("--target", default=f"localhost:{port}",
                    help="host:port of the server (default localhost:$ESPALIER_PORT, else localhost:50051)")

@@ -28,7 +28,7 @@ class ChunkError(Exception):
     """A part or the whole file is missing, short or does not match its sha256."""
 
 
-# The same hashing loop as service.engine.models._sha256_file, written again on purpose: this script runs
+# The same hashing loop as espalier.service.engine.models._sha256_file, written again on purpose: this script runs
 # on the GPU box with the system Python before Espalier (or any environment) is installed there.
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()

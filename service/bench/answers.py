@@ -4,9 +4,9 @@ Owns the orchestration: runners that answer one question in one mode (embedded: 
 an in-process LlamaEngine; target: a running server through EspalierClient), the interleaved order
 (question i starts at mode i mod n, so drift and noise of the machine hit every mode alike), the
 pairwise judging of each mode against direct in both orders, router accuracy against labels, the
-statistics and the result JSON. Rendering lives in service.bench.report.
+statistics and the result JSON. Rendering lives in espalier.service.bench.report.
 
-Judging (service.bench.judge says how and why): a pair is scored by logprob margins when the
+Judging (espalier.service.bench.judge says how and why): a pair is scored by logprob margins when the
 judge gives them, since the small embedded judge is so position-biased that its text verdicts
 make every pair a tie; otherwise by text verdicts. With --judge-mode single each answer is graded
 alone instead (direct's once per question). Each pair records its method, and for margins or grades
@@ -38,14 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from planner import pipeline, router
-from planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
-from planner.events import AnswerDone, NodeDelta, NodeFailed, NodeFinished, NodePlanned, PlanReady
-from planner.plan import Mode, PointLength, Route
-from planner.router import scores
-from planner.settings import DEFAULT_SETTINGS, PlannerSettings
-from service.bench import judge as judging
-from service.bench.checklist import (
+from espalier.planner import pipeline, router
+from espalier.planner.engine import Engine, EngineError, GenerateRequest, Message, Role, Sampling, Speculation
+from espalier.planner.events import AnswerDone, NodeDelta, NodeFailed, NodeFinished, NodePlanned, PlanReady
+from espalier.planner.plan import Mode, PointLength, Route
+from espalier.planner.router import scores
+from espalier.planner.settings import DEFAULT_SETTINGS, PlannerSettings
+from espalier.service.bench import judge as judging
+from espalier.service.bench.checklist import (
     DEFAULT_TIE_BAND,
     ChecklistJudge,
     EndpointChecklistJudge,
@@ -54,9 +54,9 @@ from service.bench.checklist import (
     checklist_method,
     load_checklists,
 )
-from service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
-from service.bench.stats import PERCENTILE_METHOD, geomean, median, percentile
-from service.console import progress_lines
+from espalier.service.bench.questions import Question, load_labels, load_questions, match_labels, normalize
+from espalier.service.bench.stats import PERCENTILE_METHOD, geomean, median, percentile
+from espalier.service.console import progress_lines
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
 BASELINE = "direct"
@@ -497,7 +497,7 @@ def judge_method(judge: judging.Judge | None, rows: Sequence[dict[str, Any]], ti
 
 
 def router_score(pairs: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
-    """(label, route, source) triples -> the scores of `route != direct` against `label == 1` (planner.router.
+    """(label, route, source) triples -> the scores of `route != direct` against `label == 1` (espalier.planner.router.
     scores: accuracy, precision, recall, balanced accuracy, counts), the routes taken and who decided."""
     result: dict[str, Any] = dict(scores([lab for lab, _, _ in pairs], [r != "direct" for _, r, _ in pairs]))
     if not pairs:
@@ -844,8 +844,8 @@ def _recorded_settings(opts: AnswersOptions) -> dict[str, Any]:
 async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels: list[Question] | None,
                         config: BenchConfig, settings: PlannerSettings,
                         judge: judging.Judge | None) -> dict[str, Any]:
-    from service.engine.config import ContextConfig, EngineConfig
-    from service.engine.llama_engine import LlamaEngine
+    from espalier.service.engine.config import ContextConfig, EngineConfig
+    from espalier.service.engine.llama_engine import LlamaEngine
 
     def ctx(model: str) -> ContextConfig:
         return ContextConfig(model=model, slots=opts.slots, n_ctx=opts.n_ctx, threads=opts.threads,
@@ -879,9 +879,8 @@ async def _run_embedded(opts: AnswersOptions, questions: list[Question], labels:
 
 async def _run_target(opts: AnswersOptions, questions: list[Question], labels: list[Question] | None,
                       config: BenchConfig, judge: judging.Judge | None) -> dict[str, Any]:
+    from espalier.service.bench.target import ServerCalls
     from espalier.v1 import espalier_pb2 as pb
-
-    from service.bench.target import ServerCalls
 
     assert opts.target is not None
     if judge is None and opts.judge == "embedded":
@@ -969,8 +968,8 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
         return await rejudge(result, judge, tie_margin=tie_band(opts), mode=opts.judge_mode, checklists=checklists)
     if opts.judge != "embedded":
         raise ValueError("--rejudge needs a judge: --judge embedded or --judge-url")
-    from service.engine.config import ContextConfig, EngineConfig
-    from service.engine.llama_engine import LlamaEngine
+    from espalier.service.engine.config import ContextConfig, EngineConfig
+    from espalier.service.engine.llama_engine import LlamaEngine
 
     role, model = (Role.SMALL, opts.small) if opts.small_only else (Role.LARGE, opts.large)
     # a checklist's items are graded together, forked from the answer's prefill
@@ -988,7 +987,7 @@ async def _rejudge_saved(opts: AnswersOptions) -> dict[str, Any]:
 
 
 def write_outputs(result: dict[str, Any], opts: AnswersOptions) -> None:
-    from service.bench import report
+    from espalier.service.bench import report
 
     if opts.plot_path:
         result["plot"] = report.write_plot(result, opts.plot_path)

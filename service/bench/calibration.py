@@ -9,7 +9,7 @@ Owns two steps of `espalier bench blind` and `espalier bench agree`:
   made again) under neutral numbers, and a key that maps each number back to its question and mode.
   Hand each file to its own judge (a helper each, blind to the others) with MT-Bench's pairwise
   criteria; each writes one line per pair: `{"pair": N, "verdict": "A" | "B" | "tie"}`.
-- agree: the two verdict files combined per pair (the rule of service.bench.judge.combine: the same
+- agree: the two verdict files combined per pair (the rule of espalier.service.bench.judge.combine: the same
   outcome twice stands, a win or loss beside a tie stands, a win in one order and a loss in the other is
   a tie), then compared with the bench judge's outcomes in the result: the share of pairs on which both
   agree, Cohen's kappa over win / tie / lose, the confusion matrix, and per mode both net win rates.
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.bench.judge import Outcome, combine, margin_outcome
+from espalier.service.bench.judge import Outcome, combine, margin_outcome
 
 OUTCOMES: tuple[Outcome, ...] = ("win", "tie", "lose")
 # MT-Bench's pairwise criteria, in our own words.

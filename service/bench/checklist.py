@@ -10,7 +10,7 @@ each answer is graded item by item, each item alone (so one item's verdict canno
 an item's grade is the judge's probability of "yes" among yes and no at its first reply token, not its
 greedy word: a small judge's words are nearly always "yes", its probabilities still move with the text.
 An answer's score is the mean grade of its items, 0 to 100. Per question, a mode's score minus direct's,
-against a tie band in score points, gives win, tie or lose (service.bench.answers).
+against a tie band in score points, gives win, tie or lose (espalier.service.bench.answers).
 
 The item prompt puts the question and the answer first and the item last, so the engine prefills the
 answer once and forks it for every item (a checklist costs one answer's prefill, not eight).
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from planner import decode
-from planner.engine import (
+from espalier.planner import decode
+from espalier.planner.engine import (
     MAX_TOP_LOGPROBS,
     Engine,
     EngineError,
@@ -36,8 +36,8 @@ from planner.engine import (
     Role,
     Sampling,
 )
-from planner.prompts import SPLIT, render
-from service.bench.judge import (
+from espalier.planner.prompts import SPLIT, render
+from espalier.service.bench.judge import (
     DEFAULT_MAX_ANSWER_CHARS,
     JUDGE_TOP_LOGPROBS,
     JudgeError,
@@ -47,7 +47,7 @@ from service.bench.judge import (
     first_top_logprobs,
     label_logprob,
 )
-from service.bench.questions import QuestionSetError, jsonl_objects, normalize
+from espalier.service.bench.questions import QuestionSetError, jsonl_objects, normalize
 
 CHECK_SYSTEM = (
     "You are a careful, strict grader. You will see a question, an answer to it, and one yes/no question "

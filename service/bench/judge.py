@@ -46,9 +46,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from planner import decode
-from planner.engine import MAX_TOP_LOGPROBS, Chunk, Engine, GenerateRequest, Message, Role, Sampling
-from service.remote import http_client
+from espalier.planner import decode
+from espalier.planner.engine import MAX_TOP_LOGPROBS, Chunk, Engine, GenerateRequest, Message, Role, Sampling
+from espalier.service.remote import http_client
 
 Verdict = Literal["A", "B", "tie"]
 Outcome = Literal["win", "tie", "lose"]

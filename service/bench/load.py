@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from espalier.v1 import espalier_pb2 as pb
-from espalier.v1 import espalier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.bench.stats import PERCENTILE_METHOD, percentile
-from service.bench.target import MODES
-from service.errors import FIELD_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
+from espalier.service.bench.stats import PERCENTILE_METHOD, percentile
+from espalier.service.bench.target import MODES
+from espalier.service.errors import FIELD_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
+from espalier.v1 import espalier_pb2 as pb
+from espalier.v1 import espalier_pb2_grpc as pb_grpc
 
 # Scenario weights of the default mix: mostly whole answers, with every kind of fault a busy server
 # meets from real clients.
@@ -160,7 +160,7 @@ class StreamCheck:
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
-    """p50, p90 and p99 (service.bench.stats: the same method as every bench) and the count."""
+    """p50, p90 and p99 (espalier.service.bench.stats: the same method as every bench) and the count."""
     out: dict[str, float | None] = {f"p{q}": _round3(percentile(values, q)) for q in (50, 90, 99)}
     return {**out, "n": len(values)}
 

@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.server import serve
-from service.settings import load_settings
+from espalier.service.server import serve
+from espalier.service.settings import load_settings
 
 
 @asynccontextmanager

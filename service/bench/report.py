@@ -1,6 +1,6 @@
 """Rendering of `espalier bench answers` results: the markdown report, the PNG plot, the stdout summary.
 
-Owns presentation only: it reads the result dict built by service.bench.answers and never runs
+Owns presentation only: it reads the result dict built by espalier.service.bench.answers and never runs
 anything. matplotlib is optional (the `bench` extra) and imported lazily; without it the plot is
 skipped and the report says so.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.bench.judge import TEXT_METHOD
+from espalier.service.bench.judge import TEXT_METHOD
 
 MODE_COLOURS = {"direct": "#555555", "sot": "#1f77b4", "sgd": "#2ca02c", "auto": "#d62728"}
 
@@ -53,7 +53,7 @@ def _signed(x: Any) -> str:
 
 
 def _method_note(method: str) -> str:
-    """What the judging method means, for the report (service.bench.judge says why margins)."""
+    """What the judging method means, for the report (espalier.service.bench.judge says why margins)."""
     notes = []
     if "checklist grades" in method:
         notes.append("Each answer is graded on its question's checklist (yes/no items a strong model wrote once): "

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner import pipeline
-from planner.engine import Role
-from planner.events import AnswerDone, Event, NodeDelta
-from planner.live import StreamedPrompt
-from planner.plan import Mode
-from planner.settings import PlannerSettings
-from service.bench.stream_set import MCItem, grade, load_mc
-from service.console import progress_lines
+from espalier.planner import pipeline
+from espalier.planner.engine import Role
+from espalier.planner.events import AnswerDone, Event, NodeDelta
+from espalier.planner.live import StreamedPrompt
+from espalier.planner.plan import Mode
+from espalier.planner.settings import PlannerSettings
+from espalier.service.bench.stream_set import MCItem, grade, load_mc
+from espalier.service.console import progress_lines
 
 WAYS = ("whole", "plain", "live")
 
@@ -140,8 +140,8 @@ async def type_prompt(sp: StreamedPrompt, prompt: str, cps: float, notes: list[s
 
 
 async def run_stream_bench(opts: StreamBenchOptions) -> dict[str, object]:
-    from service.engine.config import ContextConfig, EngineConfig
-    from service.engine.llama_engine import LlamaEngine
+    from espalier.service.engine.config import ContextConfig, EngineConfig
+    from espalier.service.engine.llama_engine import LlamaEngine
 
     items = load_mc(opts.set_path)[: opts.limit or None]
     unknown = set(opts.ways) - set(WAYS)

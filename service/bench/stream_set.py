@@ -45,8 +45,8 @@ class MCItem:
 def load_mc(path: Path | None = None) -> list[MCItem]:
     """The items of `path`, or of the set packaged with Espalier when `path` is None."""
     if path is None:
-        name = f"service.bench/{PACKAGED}"
-        text = resources.files("service.bench").joinpath(PACKAGED).read_text(encoding="utf-8")
+        name = f"espalier.service.bench/{PACKAGED}"
+        text = resources.files("espalier.service.bench").joinpath(PACKAGED).read_text(encoding="utf-8")
     else:
         name, text = str(path), Path(path).read_text(encoding="utf-8")
     items: list[MCItem] = []

@@ -14,9 +14,10 @@ from types import TracebackType
 from typing import Self
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from espalier.v1 import espalier_pb2 as pb
 from espalier.v1 import espalier_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 MODES = {"direct": pb.MODE_DIRECT, "sot": pb.MODE_SOT, "sgd": pb.MODE_SGD, "auto": pb.MODE_AUTO}
 

@@ -13,11 +13,11 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from planner.engine import GenerateRequest, Message, Role, Sampling
-from service.console import progress_lines
-from service.engine.config import ContextConfig, EngineConfig
-from service.engine.llama_engine import LlamaEngine
-from service.engine.native import Context, ContextParams, Model, SamplerChain
+from espalier.planner.engine import GenerateRequest, Message, Role, Sampling
+from espalier.service.console import progress_lines
+from espalier.service.engine.config import ContextConfig, EngineConfig
+from espalier.service.engine.llama_engine import LlamaEngine
+from espalier.service.engine.native import Context, ContextParams, Model, SamplerChain
 
 TOPICS = ("the sea", "a clockmaker", "winter in a mountain village", "a lost robot", "the first train",
           "a lighthouse keeper", "an old library", "a desert caravan")

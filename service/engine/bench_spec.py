@@ -14,11 +14,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from planner.engine import GenerateRequest, Message, Role, Sampling, Speculation
-from service.console import progress_lines
-from service.engine.config import ContextConfig, EngineConfig
-from service.engine.llama_engine import LlamaEngine
-from service.engine.spec_policy import DraftSource
+from espalier.planner.engine import GenerateRequest, Message, Role, Sampling, Speculation
+from espalier.service.console import progress_lines
+from espalier.service.engine.config import ContextConfig, EngineConfig
+from espalier.service.engine.llama_engine import LlamaEngine
+from espalier.service.engine.spec_policy import DraftSource
 
 # Point-expansion-like requests: the shape of text Espalier decodes most.
 QUESTIONS = (

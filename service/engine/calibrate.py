@@ -11,8 +11,8 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from service.engine.native import Context
-from service.engine.spec_policy import CostCurve
+from espalier.service.engine.native import Context
+from espalier.service.engine.spec_policy import CostCurve
 
 # Small batches are what speculation uses most: measure them densely, three times each (the median
 # resists a noisy neighbour both ways); larger ones once, for the many-sequence steps. The policy

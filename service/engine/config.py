@@ -9,9 +9,9 @@ import enum
 import os
 from dataclasses import dataclass, field
 
-from planner.engine import Role, Speculation
-from planner.fields import field_meta, first_bad_field
-from service.engine.spec_policy import DraftSource
+from espalier.planner.engine import Role, Speculation
+from espalier.planner.fields import field_meta, first_bad_field
+from espalier.service.engine.spec_policy import DraftSource
 
 
 class ConfigError(ValueError):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine.native import Context, Model
-from service.engine.scheduler import common_prefix_len
+from espalier.service.engine.native import Context, Model
+from espalier.service.engine.scheduler import common_prefix_len
 
 
 @dataclass(slots=True)

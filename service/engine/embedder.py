@@ -12,8 +12,8 @@ import asyncio
 import concurrent.futures
 from collections.abc import Sequence
 
-from planner.engine import InvalidRequest, Pooling
-from service.engine.native import EmbeddingContext, Model
+from espalier.planner.engine import InvalidRequest, Pooling
+from espalier.service.engine.native import EmbeddingContext, Model
 
 # Cells of the embedding context: a router question with its instruction fits (the router cuts the
 # question to RouterWeights.max_question_chars); longer texts are refused, not truncated silently.

@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     EngineClosed,
     EngineFault,
@@ -27,21 +27,21 @@ from planner.engine import (
     RoleNotLoaded,
     Speculation,
 )
-from service.engine.calibrate import measure_curve
-from service.engine.config import ConfigError, ContextConfig, EngineConfig
-from service.engine.drafter import Drafter
-from service.engine.embedder import RoleEmbedder
-from service.engine.native import Context, ContextParams, Model
-from service.engine.scheduler import Scheduler
-from service.engine.spec_policy import CostCurve, DraftSource, SpecPolicy
-from service.engine.speculator import Speculator
-from service.engine.worker import ContextWorker, Delivery, PrefixHolder
+from espalier.service.engine.calibrate import measure_curve
+from espalier.service.engine.config import ConfigError, ContextConfig, EngineConfig
+from espalier.service.engine.drafter import Drafter
+from espalier.service.engine.embedder import RoleEmbedder
+from espalier.service.engine.native import Context, ContextParams, Model
+from espalier.service.engine.scheduler import Scheduler
+from espalier.service.engine.spec_policy import CostCurve, DraftSource, SpecPolicy
+from espalier.service.engine.speculator import Speculator
+from espalier.service.engine.worker import ContextWorker, Delivery, PrefixHolder
 
 log = logging.getLogger(__name__)
 
 
 class LlamaPrefix(PrefixBase):
-    """A shared prefix handle (see planner.engine.Prefix): prefilled in the role's context on opening."""
+    """A shared prefix handle (see espalier.planner.engine.Prefix): prefilled in the role's context on opening."""
 
     def __init__(self, engine: LlamaEngine, role: Role, text: str) -> None:
         super().__init__(role, text)
@@ -195,7 +195,7 @@ class LlamaEngine:
     async def model_identity(self, role: Role) -> ModelIdentity:
         self.worker(role)
         if role not in self._identities:
-            from service.engine.models import file_sha256
+            from espalier.service.engine.models import file_sha256
 
             path = Path(self._models[role].path)
             try:
@@ -259,7 +259,7 @@ class LlamaEngine:
 
 
 def _resolve(model: str, models_dir: str | None) -> Path:
-    from service.engine.models import resolve_model
+    from espalier.service.engine.models import resolve_model
 
     return resolve_model(model, Path(models_dir) if models_dir else None)
 

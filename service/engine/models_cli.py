@@ -1,4 +1,4 @@
-"""`espalier models ...`: the command-line face of service.engine.models.
+"""`espalier models ...`: the command-line face of espalier.service.engine.models.
 
 This module owns argument parsing, progress display and output formats only; every decision about
 where models live and when a file is trusted is made in `models`. Standard library only, so the
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.engine import models
-from service.engine.models import FetchProgress, ModelError, ModelStatus, human_bytes
+from espalier.service.engine import models
+from espalier.service.engine.models import FetchProgress, ModelError, ModelStatus, human_bytes
 
 
 class _ProgressPrinter:

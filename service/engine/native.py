@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np  # a dependency of llama-cpp-python itself
 
-from planner.engine import Sampling
+from espalier.planner.engine import Sampling
 
 _backend_lock = threading.Lock()
 _backend_ready = False

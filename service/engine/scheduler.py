@@ -50,7 +50,7 @@ class Seq:
     reserved: int = 0  # KV cells this sequence may occupy at most: unshared prompt + max_new
     children: int = 0  # waiting sequences that will fork from this one (prefix holders only)
     released: bool = False  # a prefix holder whose owner is done with it
-    priority: int = 1  # lower is admitted first (planner.engine.Priority); equal ones in arrival order
+    priority: int = 1  # lower is admitted first (espalier.planner.engine.Priority); equal ones in arrival order
 
     @property
     def active(self) -> bool:

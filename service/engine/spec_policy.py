@@ -15,7 +15,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.engine import Speculation
+from espalier.planner.engine import Speculation
 
 
 class DraftSource(enum.StrEnum):

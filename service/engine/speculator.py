@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from planner.engine import Speculation
-from service.engine.drafter import Drafter, DraftJob
-from service.engine.spec_policy import Acceptance, Candidate, DraftSource, SpecPolicy, prompt_lookup
+from espalier.planner.engine import Speculation
+from espalier.service.engine.drafter import Drafter, DraftJob
+from espalier.service.engine.spec_policy import Acceptance, Candidate, DraftSource, SpecPolicy, prompt_lookup
 
 
 @dataclass(frozen=True, slots=True)

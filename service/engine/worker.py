@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     EngineClosed,
     EngineError,
@@ -37,8 +37,8 @@ from planner.engine import (
     Speculation,
     TokenLogprobs,
 )
-from service.engine.native import Context, Model, SamplerChain
-from service.engine.scheduler import (
+from espalier.service.engine.native import Context, Model, SamplerChain
+from espalier.service.engine.scheduler import (
     Entry,
     QueueFull,
     Scheduler,
@@ -48,9 +48,9 @@ from service.engine.scheduler import (
     TooLong,
     common_prefix_len,
 )
-from service.engine.spec_policy import CostCurve, pack_verifies
-from service.engine.speculator import Offer, Proposal, SpecStats, Speculator
-from service.engine.textstream import TextStream
+from espalier.service.engine.spec_policy import CostCurve, pack_verifies
+from espalier.service.engine.speculator import Offer, Proposal, SpecStats, Speculator
+from espalier.service.engine.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class ContextWorker:
         self.sched = scheduler
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         # what the event loop reads, published by the worker after each command drain and step (_publish)
-        self._published = _Published(0, 0, None)
+        self._published = _Published(0, 0, speculator.stats() if speculator is not None else None)
         self._jobs: dict[int, Job] = {}
         self._prefixes: dict[int, PrefixHolder] = {}
         self._outbox: list[tuple[Delivery, Chunk | BaseException]] = []
@@ -174,7 +174,7 @@ class ContextWorker:
                delivery: Delivery, speculation: Speculation = Speculation.DEFAULT, top_logprobs: int = 0,
                priority: Priority = Priority.NORMAL) -> Job:
         """speculation: auto, on, off, or default (this context's); plain without a speculator.
-        priority: the slot order among waiting sequences (planner.engine.Priority).
+        priority: the slot order among waiting sequences (espalier.planner.engine.Priority).
 
         top_logprobs > 0 forces plain decoding: logprobs are read in _sample, from the row the token
         is sampled from; a verify step (_verify) samples several rows at once and reads none.

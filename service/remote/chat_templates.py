@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from planner.engine import Message
+from espalier.planner.engine import Message
 
 
 def chatml(messages: Sequence[Message], add_generation_prompt: bool) -> str:

@@ -2,7 +2,7 @@
 
 Owns `RemoteRoleConfig` (base URLs, model name, API key, slots per server, chat template, timeouts,
 retries, ejection) and its validation. Each field carries `help` and bounds in its metadata, the same
-vocabulary as planner.fields, so service.settings derives the TOML keys (`[remote.large]`), the
+vocabulary as espalier.planner.fields, so espalier.service.settings derives the TOML keys (`[remote.large]`), the
 ESPALIER_REMOTE_* variables and the --remote-* flags from this one declaration.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from planner.fields import field_meta, first_bad_field
-from service.remote.chat_templates import TEMPLATES
+from espalier.planner.fields import field_meta, first_bad_field
+from espalier.service.remote.chat_templates import TEMPLATES
 
 
 class RemoteConfigError(ValueError):

@@ -1,8 +1,8 @@
 """RemoteEngine: the Engine protocol over OpenAI-compatible HTTP servers, one set of servers per role.
 
-Owns the Engine face of service.remote: request checks, role lookup, chat formatting by the role's
+Owns the Engine face of espalier.service.remote: request checks, role lookup, chat formatting by the role's
 named template, prefixes, stats and orderly shutdown. The streaming itself (server choice, retries,
-timeouts, cancellation) belongs to service.remote.role_servers.
+timeouts, cancellation) belongs to espalier.service.remote.role_servers.
 
 Prefixes degrade to sending the full prompt: a remote server cannot be told to fork a sequence, so
 `prefix()` only remembers the text and every request sends prefix + prompt. Servers with prompt
@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     EngineClosed,
     EngineStats,
@@ -31,16 +31,16 @@ from planner.engine import (
     Role,
     RoleNotLoaded,
 )
-from service.remote import http_client
-from service.remote.chat_templates import TEMPLATES
-from service.remote.config import RemoteRoleConfig
-from service.remote.role_servers import RoleServers
+from espalier.service.remote import http_client
+from espalier.service.remote.chat_templates import TEMPLATES
+from espalier.service.remote.config import RemoteRoleConfig
+from espalier.service.remote.role_servers import RoleServers
 
 log = logging.getLogger(__name__)
 
 
 class RemotePrefix(PrefixBase):
-    """A prefix that is only text (see planner.engine.Prefix): nothing is prefilled here."""
+    """A prefix that is only text (see espalier.planner.engine.Prefix): nothing is prefilled here."""
 
     async def ready(self) -> int:
         return 0  # no tokens are prefilled on our side; the server's cache does the sharing

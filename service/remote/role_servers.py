@@ -1,6 +1,6 @@
 """One remote role: streaming one sequence from its servers, with retries, timeouts and counters.
 
-Owns the life of a request: choose a server (service.remote.pool), POST /completions with
+Owns the life of a request: choose a server (espalier.service.remote.pool), POST /completions with
 stream=true, wait for the first token within `first_byte_timeout_s`, then read tokens with at most
 `idle_timeout_s` between two, and turn events into Chunks. Until the first token arrives nothing
 has reached the caller, so a refused or reset connection, a 429/502/503/504 or a first-byte timeout
@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     EngineClosed,
     EngineError,
@@ -30,10 +30,10 @@ from planner.engine import (
     RoleStats,
     Sampling,
 )
-from service.remote import http_client, wire
-from service.remote.config import RemoteRoleConfig
-from service.remote.pool import Endpoint, UrlPool
-from service.remote.sse import SseError, SseEvent, SseParser
+from espalier.service.remote import http_client, wire
+from espalier.service.remote.config import RemoteRoleConfig
+from espalier.service.remote.pool import Endpoint, UrlPool
+from espalier.service.remote.sse import SseError, SseEvent, SseParser
 
 log = logging.getLogger(__name__)
 

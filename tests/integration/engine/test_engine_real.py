@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     FinishReason,
     GenerateRequest,

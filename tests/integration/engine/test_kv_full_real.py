@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from planner.decode import collect
-from planner.engine import EngineError, GenerateRequest, Role, Sampling
-from service.engine.config import ContextConfig, EngineConfig
-from service.engine.llama_engine import LlamaEngine
+from espalier.planner.decode import collect
+from espalier.planner.engine import EngineError, GenerateRequest, Role, Sampling
+from espalier.service.engine.config import ContextConfig, EngineConfig
+from espalier.service.engine.llama_engine import LlamaEngine
 
 pytestmark = pytest.mark.model
 

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from planner.engine import Chunk, GenerateRequest, InvalidRequest, Message, Role, Sampling
+from espalier.planner.engine import Chunk, GenerateRequest, InvalidRequest, Message, Role, Sampling
 
 pytestmark = pytest.mark.model
 

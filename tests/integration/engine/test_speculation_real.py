@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from planner.engine import GenerateRequest, Message, Role, Sampling
-from service.engine.config import ConfigError, ContextConfig, EngineConfig
-from service.engine.llama_engine import LlamaEngine, check_draft_vocab
-from service.engine.native import Model
-from service.engine.spec_policy import DraftSource
+from espalier.planner.engine import GenerateRequest, Message, Role, Sampling
+from espalier.service.engine.config import ConfigError, ContextConfig, EngineConfig
+from espalier.service.engine.llama_engine import LlamaEngine, check_draft_vocab
+from espalier.service.engine.native import Model
+from espalier.service.engine.spec_policy import DraftSource
 
 pytestmark = pytest.mark.model
 
@@ -35,7 +35,7 @@ def _load(cfg: EngineConfig) -> Iterator[LlamaEngine]:
 
 @pytest.fixture(scope="module")
 def pair_engine(small_model: Path) -> Iterator[LlamaEngine]:
-    from service.engine.models import resolve_model
+    from espalier.service.engine.models import resolve_model
 
     large = resolve_model("large")  # `make test` fetches both default models
     yield from _load(EngineConfig(large=ContextConfig(model=str(large), slots=4, n_ctx=2048, n_batch=256, threads=2,
@@ -159,7 +159,7 @@ async def test_cancelling_while_verifying_frees_both_contexts(pair_engine: Llama
 
 
 async def test_bad_speculation_value_is_refused(lookup_engine: LlamaEngine) -> None:
-    from planner.engine import InvalidRequest
+    from espalier.planner.engine import InvalidRequest
 
     with pytest.raises(InvalidRequest) as err:
         await answers(lookup_engine, Role.SMALL, ("hi",), "sometimes")

@@ -13,9 +13,9 @@ from contextlib import aclosing
 import pytest
 from kv_checks import kv_now, wait_back_to
 
-from planner import pipeline
-from planner.engine import Engine
-from planner.events import (
+from espalier.planner import pipeline
+from espalier.planner.engine import Engine
+from espalier.planner.events import (
     AnswerDone,
     Event,
     NodeDelta,
@@ -25,8 +25,8 @@ from planner.events import (
     NodeStarted,
     PlanReady,
 )
-from planner.plan import Mode, Route
-from planner.settings import PlannerSettings
+from espalier.planner.plan import Mode, Route
+from espalier.planner.settings import PlannerSettings
 
 pytestmark = pytest.mark.model
 

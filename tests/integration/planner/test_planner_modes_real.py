@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from planner import pipeline, prompts
-from planner.decode import collect
-from planner.engine import Engine, FinishReason, GenerateRequest, Role, Sampling
-from planner.events import (
+from espalier.planner import pipeline, prompts
+from espalier.planner.decode import collect
+from espalier.planner.engine import Engine, FinishReason, GenerateRequest, Role, Sampling
+from espalier.planner.events import (
     AnswerDone,
     Event,
     NodeDelta,
@@ -29,8 +29,8 @@ from planner.events import (
     NodeStarted,
     PlanReady,
 )
-from planner.plan import Mode, Node, Part, Plan, Route
-from planner.settings import PlannerSettings
+from espalier.planner.plan import Mode, Node, Part, Plan, Route
+from espalier.planner.settings import PlannerSettings
 
 pytestmark = pytest.mark.model
 

@@ -8,12 +8,12 @@ from contextlib import aclosing
 import pytest
 from kv_checks import kv_now, wait_back_to
 
-from planner import pipeline
-from planner.engine import Role
-from planner.events import AnswerDone
-from planner.live import StreamedPrompt, TypingProgress
-from planner.plan import Mode
-from planner.settings import PlannerSettings
+from espalier.planner import pipeline
+from espalier.planner.engine import Role
+from espalier.planner.events import AnswerDone
+from espalier.planner.live import StreamedPrompt, TypingProgress
+from espalier.planner.plan import Mode
+from espalier.planner.settings import PlannerSettings
 
 pytestmark = pytest.mark.model
 

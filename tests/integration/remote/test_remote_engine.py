@@ -24,11 +24,9 @@ from typing import Any
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
-from espalier.v1 import espalier_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from planner.engine import (
+from espalier.planner.engine import (
     Chunk,
     FinishReason,
     GenerateRequest,
@@ -37,11 +35,13 @@ from planner.engine import (
     Role,
     Sampling,
 )
-from service.remote import http_client, wire
-from service.remote.config import RemoteRoleConfig
-from service.remote.remote_engine import RemoteEngine
-from service.server import serve
-from service.settings import load_settings
+from espalier.service.remote import http_client, wire
+from espalier.service.remote.config import RemoteRoleConfig
+from espalier.service.remote.remote_engine import RemoteEngine
+from espalier.service.server import serve
+from espalier.service.settings import load_settings
+from espalier.v1 import espalier_pb2 as pb
+from espalier.v1 import espalier_pb2_grpc
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extra is not installed "
                     "(pip install -e '.[remote-test]')")

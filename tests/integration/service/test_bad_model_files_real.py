@@ -15,7 +15,7 @@ pytestmark = pytest.mark.model
 
 def serve_with(model: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--metrics-port", "-1", "--small-only",
+        [sys.executable, "-m", "espalier.service.cli", "serve", "--port", "0", "--metrics-port", "-1", "--small-only",
          "--small-model", str(model)],
         check=False, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

@@ -15,16 +15,16 @@ from contextlib import asynccontextmanager
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 
-from clients.python.client import EspalierClient, settings
-from planner import prompts
-from planner.conversation import Conversation
-from planner.engine import Message, Role
-from planner.plan import Node, Plan, Route
-from planner.settings import PlannerSettings
-from service.server import build
-from service.settings import ServerSettings
+from espalier.clients.python.client import EspalierClient, settings
+from espalier.planner import prompts
+from espalier.planner.conversation import Conversation
+from espalier.planner.engine import Message, Role
+from espalier.planner.plan import Node, Plan, Route
+from espalier.planner.settings import PlannerSettings
+from espalier.service.server import build
+from espalier.service.settings import ServerSettings
+from espalier.v1 import espalier_pb2 as pb
 
 pytestmark = pytest.mark.model
 

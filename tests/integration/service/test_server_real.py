@@ -19,17 +19,17 @@ from typing import Any
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
-from espalier.v1 import espalier_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from metric_samples import at, samples
 
-from planner.settings import PlannerSettings
-from service import errors
-from service.engine.config import ContextConfig, EngineConfig
-from service.engine.llama_engine import LlamaEngine
-from service.server import Server, build, serve, warm_up
-from service.settings import ServerSettings
+from espalier.planner.settings import PlannerSettings
+from espalier.service import errors
+from espalier.service.engine.config import ContextConfig, EngineConfig
+from espalier.service.engine.llama_engine import LlamaEngine
+from espalier.service.server import Server, build, serve, warm_up
+from espalier.service.settings import ServerSettings
+from espalier.v1 import espalier_pb2 as pb
+from espalier.v1 import espalier_pb2_grpc
 
 pytestmark = pytest.mark.model
 
@@ -341,7 +341,7 @@ async def test_a_fault_inside_one_sequence_fails_that_request_alone(engine: Llam
     request's node, reported in its own stream (node_failed, then answer_done listing it: a failing
     point never takes down a call); the requests decoding in the same batches finish untouched, and
     the server goes on answering."""
-    from service.engine import worker
+    from espalier.service.engine import worker
 
     sample = worker.ContextWorker._sample
 

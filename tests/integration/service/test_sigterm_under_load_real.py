@@ -12,9 +12,9 @@ import sys
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 
-from clients.python.client import EspalierClient, RetryPolicy, settings
+from espalier.clients.python.client import EspalierClient, RetryPolicy, settings
+from espalier.v1 import espalier_pb2 as pb
 
 pytestmark = pytest.mark.model
 
@@ -40,7 +40,7 @@ async def answer(client: EspalierClient, writing: asyncio.Event | None = None) -
 async def test_sigterm_lets_answers_in_flight_finish_and_refuses_new_ones() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--metrics-port", "-1", "--small-only",
+        sys.executable, "-m", "espalier.service.cli", "serve", "--port", str(port), "--metrics-port", "-1", "--small-only",
         "--grace-s", "60", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from service.bench.answers import RunResult
-from service.bench.checklist import Graded
+from espalier.service.bench.answers import RunResult
+from espalier.service.bench.checklist import Graded
 
 
 class StubRunner:

@@ -10,10 +10,10 @@ import pytest
 from bench_fakes import StubGrader, StubJudge, StubMarginJudge, StubRunner
 from engine_fakes import FakeEngine
 
-from planner.engine import Role
-from planner.settings import PlannerSettings
-from service import bench_cli
-from service.bench.answers import (
+from espalier.planner.engine import Role
+from espalier.planner.settings import PlannerSettings
+from espalier.service import bench_cli
+from espalier.service.bench.answers import (
     AnswersOptions,
     BenchConfig,
     EmbeddedRunner,
@@ -24,8 +24,8 @@ from service.bench.answers import (
     run_bench,
     write_outputs,
 )
-from service.bench.judge import EngineJudge
-from service.bench.questions import Question
+from espalier.service.bench.judge import EngineJudge
+from espalier.service.bench.questions import Question
 
 Q1, Q2, Q3 = "How can I relax?", "Solve 2x + 3 = 7", "What are the ways to learn?"
 MODES = ("direct", "sot", "sgd", "auto")

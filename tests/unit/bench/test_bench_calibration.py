@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service import bench_cli
-from service.bench.calibration import (
+from espalier.service import bench_cli
+from espalier.service.bench.calibration import (
     agreement,
     blind_pairs,
     cohen_kappa,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from bench_fakes import StubChecklistJudge, StubRunner
 
-from service import bench_cli
-from service.bench.answers import (
+from espalier.service import bench_cli
+from espalier.service.bench.answers import (
     AnswersOptions,
     BenchConfig,
     _questions,
@@ -20,8 +20,8 @@ from service.bench.answers import (
     run_bench,
     tie_band,
 )
-from service.bench.checklist import Graded, load_checklists, yes_probability
-from service.bench.questions import Question, QuestionSetError, normalize
+from espalier.service.bench.checklist import Graded, load_checklists, yes_probability
+from espalier.service.bench.questions import Question, QuestionSetError, normalize
 
 Q1, Q2, Q3 = "How can I relax?", "Solve 2x + 3 = 7", "What are the ways to learn?"
 MODES = ("direct", "sot", "sgd")
@@ -119,7 +119,7 @@ def test_point_defects_count_empty_and_short_points() -> None:
 
 
 def test_defects_come_from_the_points_of_each_run() -> None:
-    from service.bench.answers import mode_summary
+    from espalier.service.bench.answers import mode_summary
 
     rows = [{"modes": {"sot": {"error": None, "seconds": 1.0, "ttft_s": 0.1, "tokens": 3, "route": "parallel",
                                "failed_nodes": 0, "points": ["", "Too short to count.", "x " * 10]}}},

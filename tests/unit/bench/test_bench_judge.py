@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import pytest
 from engine_fakes import FakeEngine
 
-from planner.engine import Chunk, FinishReason, GenerateRequest, Role, TokenLogprobs
-from service.bench.judge import (
+from espalier.planner.engine import Chunk, FinishReason, GenerateRequest, Role, TokenLogprobs
+from espalier.service.bench.judge import (
     EngineJudge,
     GradeJudge,
     JudgeError,
@@ -300,7 +300,7 @@ async def test_openai_judge_grades(endpoint: str) -> None:
 
 
 async def test_an_endpoint_grades_checklist_items_by_its_top_logprobs(endpoint: str) -> None:
-    from service.bench.checklist import EndpointChecklistJudge
+    from espalier.service.bench.checklist import EndpointChecklistJudge
 
     _Handler.reply = {"choices": [{"message": {"role": "assistant", "content": "Yes"}, "logprobs": {
         "content": [{"token": "Yes", "logprob": math.log(0.6), "top_logprobs": [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.questions import QuestionSetError, load_labels, load_questions, match_labels
+from espalier.service.bench.questions import QuestionSetError, load_labels, load_questions, match_labels
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 

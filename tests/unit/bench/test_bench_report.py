@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from bench_fakes import StubJudge, StubMarginJudge, StubRunner
 
-from service.bench import report
-from service.bench.answers import BenchConfig, run_bench
-from service.bench.questions import Question
+from espalier.service.bench import report
+from espalier.service.bench.answers import BenchConfig, run_bench
+from espalier.service.bench.questions import Question
 
 Q1, Q2 = "How can I relax | unwind?", "Solve 2x + 3 = 7"
 

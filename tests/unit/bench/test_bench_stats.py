@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from service.bench.answers import ProgressBar, check_modes, rotated
-from service.bench.stats import geomean, median, percentile
+from espalier.service.bench.answers import ProgressBar, check_modes, rotated
+from espalier.service.bench.stats import geomean, median, percentile
 
 
 def test_median() -> None:
@@ -104,6 +104,6 @@ def test_progress_redraws_one_line_on_a_terminal() -> None:
 
 
 def test_the_load_bench_reports_percentiles_the_same_way() -> None:
-    from service.bench.load import percentiles
+    from espalier.service.bench.load import percentiles
     assert percentiles([4.0, 1.0, 3.0, 2.0]) == {"p50": 2.5, "p90": 3.7, "p99": 3.97, "n": 4}
     assert percentiles([]) == {"p50": None, "p90": None, "p99": None, "n": 0}

@@ -9,10 +9,10 @@ import time
 import pytest
 from engine_fakes import FakeEngine
 
-from planner.live import StreamedPrompt
-from planner.plan import Mode
-from planner.settings import PlannerSettings
-from service.bench.stream_bench import (
+from espalier.planner.live import StreamedPrompt
+from espalier.planner.plan import Mode
+from espalier.planner.settings import PlannerSettings
+from espalier.service.bench.stream_bench import (
     StreamBenchOptions,
     _summarise,
     paired_accuracy,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from planner.sentences import split_sentences
-from service.bench import stream_set
-from service.bench.stream_set import INSTRUCTION, MCItem, MCSetError, answer_letter, grade, load_mc
+from espalier.planner.sentences import split_sentences
+from espalier.service.bench import stream_set
+from espalier.service.bench.stream_set import INSTRUCTION, MCItem, MCSetError, answer_letter, grade, load_mc
 
 ROOT = Path(__file__).resolve().parents[3]
 GOOD_PROMPT = "Ann has two cats. How many cats does Ann have?\nA) 1\nB) 2\nC) 3\nD) 4\nAnswer with the letter only."
@@ -68,7 +68,7 @@ def test_some_items_change_the_question_in_the_last_sentence(item_id: str, asked
 
 def test_the_data_file_is_packaged() -> None:
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    globs = package_data["service.bench"]
+    globs = package_data["espalier.service.bench"]
     assert any(Path(stream_set.PACKAGED).match(g) for g in globs)
 
 

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 
-from clients.python import ask_cli
-from clients.python.client import asked
+from espalier.clients.python import ask_cli
+from espalier.clients.python.client import asked
+from espalier.v1 import espalier_pb2 as pb
 
 
 def test_a_bare_question_stays_a_question_and_a_conversation_becomes_messages() -> None:

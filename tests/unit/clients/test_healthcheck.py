@@ -15,8 +15,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from clients.python import healthcheck
-from clients.python.client import SERVICE_NAME
+from espalier.clients.python import healthcheck
+from espalier.clients.python.client import SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -95,13 +95,13 @@ def test_tls_flags_make_tls_options() -> None:
 
 async def test_python_dash_m_as_the_image_runs_it() -> None:
     async with health_server(SERVING) as (health, target):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "protos")])}
+        env = dict(os.environ)  # the installed package, as in the image
         port = target.rsplit(":", 1)[1]
         for status, expected in ((SERVING, 0), (NOT_SERVING, 1)):
             await health.set(SERVICE_NAME, status)
             # No --target: the image relies on ESPALIER_PORT, which the server in it reads too.
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clients.python.healthcheck", env={**env, "ESPALIER_PORT": port},
+                sys.executable, "-m", "espalier.clients.python.healthcheck", env={**env, "ESPALIER_PORT": port},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == expected, out.decode()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 
+from espalier.clients.python.live_view import LiveView
 from espalier.v1 import espalier_pb2 as pb
-
-from clients.python.live_view import LiveView
 
 
 def events() -> list[pb.AnswerEvent]:
@@ -75,7 +74,7 @@ def test_the_opening_and_closing_are_paragraphs_without_a_number():
 
 
 def test_wrapping_keeps_line_breaks_lists_and_code_blocks() -> None:
-    from clients.python.live_view import wrap_text
+    from espalier.clients.python.live_view import wrap_text
 
     text = ("Bubble sort swaps neighbours until the list is sorted, which takes quadratic time on average.\n"
             "```cpp\nvoid sort(std::vector<int>& v) {   // a line longer than the width stays whole\n}\n```\n"

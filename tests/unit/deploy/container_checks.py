@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
-PROBE_MODULE = "clients.python.healthcheck"
+PROBE_MODULE = "espalier.clients.python.healthcheck"
 
 
 @dataclass

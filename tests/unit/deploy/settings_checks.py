@@ -1,6 +1,6 @@
 """deploy/ as Espalier's own settings loader sees it.
 
-Owns the bridge between the deployment files and service.settings: which ESPALIER_* names are
+Owns the bridge between the deployment files and espalier.service.settings: which ESPALIER_* names are
 real settings, and the settings a container ends up with from its image's ENV, its own
 environment and the TOML file mounted for it, loaded by `load_settings` itself (the same code the
 server runs), so a file the server would refuse fails here first.
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.settings import CONFIG_ENV, ServerSettings, load_settings, options
+from espalier.service.settings import CONFIG_ENV, ServerSettings, load_settings, options
 
 KNOWN_ENV = frozenset({opt.env for opt in options()} | {CONFIG_ENV})
 ENV_TO_KEY = {opt.env: opt.key for opt in options()}

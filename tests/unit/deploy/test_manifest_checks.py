@@ -14,7 +14,7 @@ from container_checks import ROOT, compose_problems, dockerfile_problems, docker
 from k8s_checks import ManifestError, Obj, copied, json_patch, load_yaml, problems, render
 from settings_checks import settings_for
 
-from service.settings import SettingsError
+from espalier.service.settings import SettingsError
 
 BASE = ROOT / "deploy" / "k8s" / "base"
 GPU = ROOT / "deploy" / "k8s" / "overlays" / "gpu"
@@ -174,7 +174,7 @@ def test_a_broken_compose_file_is_rejected(change: Callable[[dict], None], expec
 @pytest.mark.parametrize(("old", "new", "expected"), [
     ("USER 10001:10001", "USER root", "non-root"),
     ("USER 10001:10001", "USER 0", "non-root"),
-    ('    CMD ["python", "-m", "clients.python.healthcheck"]', "    CMD curl -f http://localhost/", "HEALTHCHECK"),
+    ('    CMD ["python", "-m", "espalier.clients.python.healthcheck"]', "    CMD curl -f http://localhost/", "HEALTHCHECK"),
     ('CMD ["serve"]', 'CMD ["models", "list"]', "espalier serve"),
     ("ESPALIER_PORT=50051", "ESPALIER_PORT=50052", "not EXPOSEd"),
     ('VOLUME ["/models"]', "", "not a VOLUME"),

@@ -32,9 +32,9 @@ from container_checks import (
 from k8s_checks import Obj, env_value, load_yaml, pod_containers, problems, quantity, render, split_image
 from settings_checks import ENV_TO_KEY, KNOWN_ENV, PENDING_ENV, settings_for, toml_keys
 
-from service.engine.models import MODELS
-from service.server import UNWIND_S
-from service.settings import CONFIG_ENV, ServerSettings
+from espalier.service.engine.models import MODELS
+from espalier.service.server import UNWIND_S
+from espalier.service.settings import CONFIG_ENV, ServerSettings
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "k8s" / "base"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from service.engine.bench_spec import _Run, first_difference
+from espalier.service.engine.bench_spec import _Run, first_difference
 
 
 def run(*texts: str) -> _Run:

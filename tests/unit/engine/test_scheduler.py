@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engine.scheduler import QueueFull, Scheduler, Seq, SeqState, TooLong, common_prefix_len
+from espalier.service.engine.scheduler import QueueFull, Scheduler, Seq, SeqState, TooLong, common_prefix_len
 
 
 def make(slots=2, prefix_slots=2, n_ctx=1000, n_batch=16, prefill_chunk=4, max_waiting=2) -> Scheduler:

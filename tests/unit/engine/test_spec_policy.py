@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from planner.engine import Speculation
-from service.engine.spec_policy import (
+from espalier.planner.engine import Speculation
+from espalier.service.engine.spec_policy import (
     Acceptance,
     Candidate,
     CostCurve,

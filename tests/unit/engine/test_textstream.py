@@ -1,6 +1,6 @@
 """Incremental detokenization and stop strings."""
 
-from service.engine.textstream import TextStream
+from espalier.service.engine.textstream import TextStream
 
 
 def test_multibyte_character_split_across_pieces_is_held_until_whole():

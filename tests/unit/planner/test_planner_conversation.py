@@ -10,13 +10,13 @@ import pytest
 from engine_fakes import FakeEngine
 from test_planner_pipeline import engine_with_skeletons
 
-from planner import pipeline, prompts
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.engine import InvalidRequest, Message, Role
-from planner.events import AnswerDone, PlanReady
-from planner.live import StreamedPrompt
-from planner.plan import Mode, Node, Plan, PointLength, Route
-from planner.settings import PlannerSettings
+from espalier.planner import pipeline, prompts
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.engine import InvalidRequest, Message, Role
+from espalier.planner.events import AnswerDone, PlanReady
+from espalier.planner.live import StreamedPrompt
+from espalier.planner.plan import Mode, Node, Plan, PointLength, Route
+from espalier.planner.settings import PlannerSettings
 
 SYSTEM = "You are the support assistant of Acme Billing. Always answer in French."
 HISTORY = (Message("user", "Which two planets are closest to the Sun?"),

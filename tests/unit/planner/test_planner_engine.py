@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.engine import MAX_TOP_LOGPROBS, GenerateRequest, InvalidRequest, Sampling
+from espalier.planner.engine import MAX_TOP_LOGPROBS, GenerateRequest, InvalidRequest, Sampling
 
 
 def test_top_logprobs_accepted_are_exactly_zero_to_the_maximum() -> None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from planner.engine import InvalidRequest, Sampling
-from planner.fields import bounds_text, field_meta, first_bad_field
+from espalier.planner.engine import InvalidRequest, Sampling
+from espalier.planner.fields import bounds_text, field_meta, first_bad_field
 
 
 class Colour(enum.StrEnum):

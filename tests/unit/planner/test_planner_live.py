@@ -7,11 +7,11 @@ from contextlib import aclosing
 
 from engine_fakes import FakeEngine
 
-from planner.engine import Role
-from planner.events import AnswerDone, NodeDelta, PlanReady
-from planner.live import StreamedPrompt
-from planner.plan import Mode, Route
-from planner.settings import PlannerSettings
+from espalier.planner.engine import Role
+from espalier.planner.events import AnswerDone, NodeDelta, PlanReady
+from espalier.planner.live import StreamedPrompt
+from espalier.planner.plan import Mode, Route
+from espalier.planner.settings import PlannerSettings
 
 S1, S2, S3 = "The shop opens at nine. ", "It closes at five. ", "How long is it open?"
 
@@ -100,7 +100,7 @@ async def test_closing_without_an_end_cancels_the_work_and_releases_the_prefix()
 
 
 async def test_a_forced_skeleton_mode_prefills_the_skeleton_prompt_instead() -> None:
-    from planner import prompts
+    from espalier.planner import prompts
 
     engine = FakeEngine()
     settings = PlannerSettings().replace(skeleton_role=Role.SMALL)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from planner.plan import Difficulty, Plan, Route
-from planner.skeleton_parser import parse_skeleton
+from espalier.planner.plan import Difficulty, Plan, Route
+from espalier.planner.skeleton_parser import parse_skeleton
 
 E, H = Difficulty.EASY, Difficulty.HARD
 
@@ -196,7 +196,7 @@ def test_a_point_that_repeats_an_earlier_one_in_other_words_is_merged_into_it() 
 
 
 def test_the_outline_reader_reports_each_point_once_its_line_is_complete() -> None:
-    from planner.skeleton_parser import OutlineReader
+    from espalier.planner.skeleton_parser import OutlineReader
 
     reader = OutlineReader(graph=True, max_depth=2)
     assert reader.feed("1.") == [] and reader.feed(" Set goals (easy)") == []  # the line is not complete

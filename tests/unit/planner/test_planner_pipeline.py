@@ -9,11 +9,11 @@ from contextlib import aclosing
 import pytest
 from engine_fakes import FakeEngine
 
-from planner import pipeline
-from planner.engine import InvalidRequest, Priority, Role
-from planner.events import AnswerDone, Event, NodeFinished, NodePlanned, NodeStarted, PlanReady
-from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
-from planner.settings import PlannerSettings
+from espalier.planner import pipeline
+from espalier.planner.engine import InvalidRequest, Priority, Role
+from espalier.planner.events import AnswerDone, Event, NodeFinished, NodePlanned, NodeStarted, PlanReady
+from espalier.planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route
+from espalier.planner.settings import PlannerSettings
 
 OPEN_Q = "Why do some people enjoy being scared by horror movies while others avoid it?"
 GRAPH_SKELETON = (
@@ -333,7 +333,7 @@ async def test_a_point_that_needs_another_never_starts_early() -> None:
 
 
 async def test_the_budget_follows_the_measured_batch_cost() -> None:
-    from planner.runner import early_budget
+    from espalier.planner.runner import early_budget
 
     engine = FakeEngine()
     assert early_budget(engine, PlannerSettings()) == (0, "no measured batch cost")

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from planner.engine import EngineError, InvalidRequest, Role, Sampling
-from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route, framed
-from planner.settings import PlannerSettings
+from espalier.planner.engine import EngineError, InvalidRequest, Role, Sampling
+from espalier.planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route, framed
+from espalier.planner.settings import PlannerSettings
 
 
 def n(i: int, *deps: int, title: str = "", d: Difficulty = Difficulty.HARD) -> Node:

@@ -7,11 +7,11 @@ import os
 import pytest
 from engine_fakes import FakeEngine, chatml, llama3_trimming
 
-from planner import prompts
-from planner.engine import Role
-from planner.pipeline import resident_prefixes
-from planner.plan import Difficulty, Node, Part, Plan, PointLength, Route, framed
-from planner.settings import PlannerSettings
+from espalier.planner import prompts
+from espalier.planner.engine import Role
+from espalier.planner.pipeline import resident_prefixes
+from espalier.planner.plan import Difficulty, Node, Part, Plan, PointLength, Route, framed
+from espalier.planner.settings import PlannerSettings
 
 QUESTIONS = [
     "How can I improve my time management skills?",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.repetition import ends_in_loop
+from espalier.planner.repetition import ends_in_loop
 
 FILLERS = '"um", "uh", "like", "ummm", "ahhh", "yeah", "no", "right", "wrong", "okay", "oh", "well", '
 ITEM = "{n}. They use phrases like \"I'm not sure what you're trying to say\" or \"I don't know.\"\n"

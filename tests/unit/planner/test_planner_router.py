@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from engine_fakes import FakeEngine
 
-from planner import router
-from planner.engine import Role
-from planner.plan import Route
-from planner.settings import PlannerSettings
-from service.bench.questions import label_rows
+from espalier.planner import router
+from espalier.planner.engine import Role
+from espalier.planner.plan import Route
+from espalier.planner.settings import PlannerSettings
+from espalier.service.bench.questions import label_rows
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 

@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 from engine_fakes import FakeEmbeddingEngine, FakeEngine
 
-from planner.engine import ModelIdentity, Pooling, Role
-from planner.plan import Route
-from planner.router import route
-from planner.router_model import FEATURE_INSTRUCTION, RouterWeights
-from planner.settings import PlannerSettings
+from espalier.planner.engine import ModelIdentity, Pooling, Role
+from espalier.planner.plan import Route
+from espalier.planner.router import route
+from espalier.planner.router_model import FEATURE_INSTRUCTION, RouterWeights
+from espalier.planner.settings import PlannerSettings
 
 MODEL = ModelIdentity("tiny.gguf", "ab" * 32)
 OTHER = ModelIdentity("other.gguf", "cd" * 32)

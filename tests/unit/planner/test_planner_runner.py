@@ -8,11 +8,19 @@ from contextlib import aclosing
 import pytest
 from engine_fakes import FakeEngine
 
-from planner import prompts, runner
-from planner.engine import EngineFault, FinishReason, InvalidRequest, Priority, Role
-from planner.events import AnswerDone, Event, NodeDelta, NodeFailed, NodeFinished, NodeStarted, PlanReady
-from planner.plan import Difficulty, Node, Plan, PlanInvalid, PointLength, Route, framed
-from planner.settings import PlannerSettings
+from espalier.planner import prompts, runner
+from espalier.planner.engine import EngineFault, FinishReason, InvalidRequest, Priority, Role
+from espalier.planner.events import (
+    AnswerDone,
+    Event,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    PlanReady,
+)
+from espalier.planner.plan import Difficulty, Node, Plan, PlanInvalid, PointLength, Route, framed
+from espalier.planner.settings import PlannerSettings
 
 E, H = Difficulty.EASY, Difficulty.HARD
 Q = "How can I improve my time management skills?"
@@ -363,7 +371,7 @@ async def test_engine_fault_class_is_reported() -> None:
 
 
 async def test_the_speculation_setting_reaches_every_point_request() -> None:
-    from planner.engine import Speculation
+    from espalier.planner.engine import Speculation
 
     engine = FakeEngine()
     plan = graph(Node(1, "Set goals"), Node(2, "Review", (1,)))

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from planner.sentences import complete_prefix, split_sentences
+from espalier.planner.sentences import complete_prefix, split_sentences
 
 
 def complete(text: str) -> list[str]:
@@ -184,7 +184,7 @@ def test_realistic_prompt_in_sentences() -> None:
 
 
 def test_the_first_sentence_ends_once_the_next_one_has_begun() -> None:
-    from planner.sentences import first_sentence_end
+    from espalier.planner.sentences import first_sentence_end
 
     assert first_sentence_end("Time is short.") == 0  # not proven yet: "short.com" could follow
     text = "Time is short, e.g. for Dr. Smith. So plan it."

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from planner.engine import Role
-from service.remote.config import RemoteRoleConfig
-from service.remote.remote_engine import RemoteEngine
+from espalier.planner.engine import Role
+from espalier.service.remote.config import RemoteRoleConfig
+from espalier.service.remote.remote_engine import RemoteEngine
 
 
 @dataclass

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from espalier.v1 import espalier_pb2 as pb
-from espalier.v1 import espalier_pb2_grpc
 from remote_fakes import Received, ScriptedServer, end_stream, engine_for, event, send_chunk, start_stream
 
-from planner.settings import PlannerSettings
-from service.server import build
-from service.settings import ServerSettings
+from espalier.planner.settings import PlannerSettings
+from espalier.service.server import build
+from espalier.service.settings import ServerSettings
+from espalier.v1 import espalier_pb2 as pb
+from espalier.v1 import espalier_pb2_grpc
 
 
 async def dies_on_break(req: Received, writer: asyncio.StreamWriter) -> None:

@@ -1,10 +1,10 @@
-"""service.remote.pool: least outstanding requests, turns among equals, ejection and its end."""
+"""espalier.service.remote.pool: least outstanding requests, turns among equals, ejection and its end."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.remote.pool import UrlPool
+from espalier.service.remote.pool import UrlPool
 
 
 class Clock:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from engine_fakes import FakeEngine
 
-from planner.engine import GenerateRequest, Message, Role, RoleNotLoaded
-from service.mixed_engine import MixedEngine
-from service.remote.remote_engine import RemoteEngine
-from service.server import load_engines
-from service.settings import ServerSettings, SettingsError, load_settings, to_toml
+from espalier.planner.engine import GenerateRequest, Message, Role, RoleNotLoaded
+from espalier.service.mixed_engine import MixedEngine
+from espalier.service.remote.remote_engine import RemoteEngine
+from espalier.service.server import load_engines
+from espalier.service.settings import ServerSettings, SettingsError, load_settings, to_toml
 
 A, B = "http://127.0.0.1:9/v1", "https://gpu-box:8443/v1"
 

@@ -1,10 +1,10 @@
-"""service.remote.sse: events survive any split of the byte stream; comments, CRLF, multi-line data."""
+"""espalier.service.remote.sse: events survive any split of the byte stream; comments, CRLF, multi-line data."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.remote.sse import SseError, SseEvent, SseParser
+from espalier.service.remote.sse import SseError, SseEvent, SseParser
 
 STREAM = (": ping - 2024-01-01\r\n\r\n"
           "data: {\"a\": \"h\u00e9llo \u2603\"}\r\n\r\n"

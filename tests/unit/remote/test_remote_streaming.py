@@ -22,7 +22,7 @@ from remote_fakes import (
     stream_of,
 )
 
-from planner.engine import (
+from espalier.planner.engine import (
     EngineClosed,
     EngineFault,
     Exhausted,
@@ -34,7 +34,7 @@ from planner.engine import (
     RoleNotLoaded,
     Sampling,
 )
-from service.remote.remote_engine import RemoteEngine, RemotePrefix
+from espalier.service.remote.remote_engine import RemoteEngine, RemotePrefix
 
 HELLO = [event("Hel"), event("lo"), event(" world", "stop",
                                           usage={"prompt_tokens": 7, "completion_tokens": 5,
@@ -280,9 +280,9 @@ async def test_a_callers_system_text_and_earlier_turns_reach_the_remote_server()
     remote server receives the same turns the embedded engine decodes."""
     from contextlib import aclosing
 
-    from planner import pipeline
-    from planner.conversation import Conversation
-    from planner.settings import PlannerSettings
+    from espalier.planner import pipeline
+    from espalier.planner.conversation import Conversation
+    from espalier.planner.settings import PlannerSettings
 
     context = Conversation("Always answer in French.", (Message("user", "Name a planet."), Message("assistant", "Venus.")))
     async with ScriptedServer(stream_of(HELLO)) as server:

@@ -1,4 +1,4 @@
-"""service.remote.wire: Sampling to request fields, stream events to text/finish/usage, status to errors."""
+"""espalier.service.remote.wire: Sampling to request fields, stream events to text/finish/usage, status to errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from planner.engine import EngineFault, Exhausted, FinishReason, InvalidRequest, Sampling
-from service.remote.wire import StreamEvent, WireError, completion_body, parse_event, status_error
+from espalier.planner.engine import EngineFault, Exhausted, FinishReason, InvalidRequest, Sampling
+from espalier.service.remote.wire import StreamEvent, WireError, completion_body, parse_event, status_error
 
 
 def test_sampling_maps_to_request_fields() -> None:

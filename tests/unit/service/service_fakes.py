@@ -14,12 +14,12 @@ from typing import Any
 
 import grpc
 from engine_fakes import FakeEngine, Script
-from espalier.v1 import espalier_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from planner.settings import PlannerSettings
-from service.server import Server, build
-from service.settings import ServerSettings
+from espalier.planner.settings import PlannerSettings
+from espalier.service.server import Server, build
+from espalier.service.settings import ServerSettings
+from espalier.v1 import espalier_pb2_grpc
 
 __all__ = ["QUESTION", "FakeEngine", "Running", "Script", "engine_with_skeletons", "running", "settings"]
 

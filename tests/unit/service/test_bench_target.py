@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from espalier.v1 import espalier_pb2 as pb
 from service_fakes import engine_with_skeletons, running, settings
 
-from service.bench.answers import TargetRunner
-from service.bench.target import ServerCalls
+from espalier.service.bench.answers import TargetRunner
+from espalier.service.bench.target import ServerCalls
+from espalier.v1 import espalier_pb2 as pb
 
 Q = "What are the pros and cons of remote work?"
 

@@ -7,10 +7,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 from service_fakes import engine_with_skeletons, running, settings
 
-from service.bench.load import BAD_INPUTS, DEFAULT_MIX, LoadOptions, LoadRun, Problem, StreamCheck, ok
+from espalier.service.bench.load import (
+    BAD_INPUTS,
+    DEFAULT_MIX,
+    LoadOptions,
+    LoadRun,
+    Problem,
+    StreamCheck,
+    ok,
+)
+from espalier.v1 import espalier_pb2 as pb
 
 
 async def test_a_short_load_run_passes_and_every_bad_input_is_refused_with_its_field() -> None:

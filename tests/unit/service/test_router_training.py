@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from engine_fakes import FakeEmbeddingEngine, FakeEngine
 
-from planner.engine import ModelIdentity, Role
-from planner.router import scores
-from planner.router_model import RouterWeights, feature_prompt
-from planner.settings import PlannerSettings
-from service.router_training import Recipe, evaluate, fit_logistic, out_of_fold, train
+from espalier.planner.engine import ModelIdentity, Role
+from espalier.planner.router import scores
+from espalier.planner.router_model import RouterWeights, feature_prompt
+from espalier.planner.settings import PlannerSettings
+from espalier.service.router_training import Recipe, evaluate, fit_logistic, out_of_fold, train
 
 MODEL = ModelIdentity("tiny.gguf", "ab" * 32)
 LIST_WORDS = ("ways", "tips", "steps", "ideas", "benefits", "reasons")

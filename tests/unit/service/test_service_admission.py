@@ -1,4 +1,4 @@
-"""service.admission: bounded in-flight and waiting, FIFO, cancellation-safe, RESOURCE_EXHAUSTED past it."""
+"""espalier.service.admission: bounded in-flight and waiting, FIFO, cancellation-safe, RESOURCE_EXHAUSTED past it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from service.admission import Admission, AdmissionStats
-from service.errors import NotServing, Overloaded
+from espalier.service.admission import Admission, AdmissionStats
+from espalier.service.errors import NotServing, Overloaded
 
 
 async def _hold(adm: Admission, started: list[int], release: asyncio.Event, n: int) -> None:

@@ -1,4 +1,4 @@
-"""service.convert: requests -> planner inputs (with proto field names in errors), planner -> protobuf."""
+"""espalier.service.convert: requests -> planner inputs (with proto field names in errors), planner -> protobuf."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import math
 from dataclasses import replace
 
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 
-from planner import events as ev
-from planner.conversation import NO_CONTEXT, Conversation
-from planner.engine import FinishReason, InvalidRequest, Message, Role, RoleNotLoaded
-from planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route, framed
-from planner.settings import DEFAULT_SETTINGS, PlannerSettings
-from service import convert
+from espalier.planner import events as ev
+from espalier.planner.conversation import NO_CONTEXT, Conversation
+from espalier.planner.engine import FinishReason, InvalidRequest, Message, Role, RoleNotLoaded
+from espalier.planner.plan import Difficulty, Mode, Node, Part, Plan, PlanInvalid, Route, framed
+from espalier.planner.settings import DEFAULT_SETTINGS, PlannerSettings
+from espalier.service import convert
+from espalier.v1 import espalier_pb2 as pb
 
 LIMITS = convert.Limits(max_question_chars=100, max_tokens=64)
 BASE = PlannerSettings()
@@ -247,7 +247,7 @@ def test_events_convert_to_answer_events() -> None:
 
 
 def test_speculation_setting_maps_to_the_planner_and_refuses_unknown_values() -> None:
-    from planner.engine import Speculation
+    from espalier.planner.engine import Speculation
 
     base = PlannerSettings()
     assert base.speculation is Speculation.DEFAULT

@@ -1,4 +1,4 @@
-"""service.errors: the one table from domain errors to gRPC status codes."""
+"""espalier.service.errors: the one table from domain errors to gRPC status codes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ import logging
 import grpc
 import pytest
 
-from planner.engine import EngineClosed, EngineError, EngineFault, Exhausted, InvalidRequest, RoleNotLoaded
-from planner.plan import PlanInvalid
-from service import errors
+from espalier.planner.engine import (
+    EngineClosed,
+    EngineError,
+    EngineFault,
+    Exhausted,
+    InvalidRequest,
+    RoleNotLoaded,
+)
+from espalier.planner.plan import PlanInvalid
+from espalier.service import errors
 
 C = grpc.StatusCode
 
@@ -32,7 +39,7 @@ C = grpc.StatusCode
 ])
 def test_each_error_kind_maps_to_its_code(exc: Exception, code: grpc.StatusCode,
                                           caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.CRITICAL, logger="service.errors"):
+    with caplog.at_level(logging.CRITICAL, logger="espalier.service.errors"):
         status = errors.status_for(exc, "rid-1")
     assert status.code is code
     assert (errors.REQUEST_ID_KEY, "rid-1") in status.trailers
@@ -57,13 +64,13 @@ def test_resource_exhausted_carries_a_retry_hint() -> None:
 
 def test_internal_errors_are_logged_with_the_request_id_and_say_nothing_inside(
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="service.errors"):
+    with caplog.at_level(logging.ERROR, logger="espalier.service.errors"):
         status = errors.status_for(RuntimeError("secret path /home/x/model.gguf"), "req-42")
     assert status.code is C.INTERNAL
     assert "secret" not in status.details and "req-42" in status.details
     (record,) = caplog.records
     assert "req-42" in record.getMessage() and record.exc_info is not None
-    with caplog.at_level(logging.ERROR, logger="service.errors"):
+    with caplog.at_level(logging.ERROR, logger="espalier.service.errors"):
         status = errors.status_for(EngineFault("llama_decode failed with status -3"), "req-43")
     assert "-3" not in status.details and "decoder failed" in status.details
 

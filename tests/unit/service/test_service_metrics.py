@@ -1,4 +1,4 @@
-"""service.metrics: Prometheus text format and the /metrics HTTP endpoint."""
+"""espalier.service.metrics: Prometheus text format and the /metrics HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from metric_samples import at, samples
 
-from service.metrics import CONTENT_TYPE, Registry, ServiceMetrics, start_metrics_server
+from espalier.service.metrics import CONTENT_TYPE, Registry, ServiceMetrics, start_metrics_server
 
 
 def test_counters_gauges_and_labels_render_in_text_format() -> None:

@@ -1,4 +1,4 @@
-"""service.server and serve_cli over the fake engine: lifecycle (health while loading, SERVING, drain
+"""espalier.service.server and serve_cli over the fake engine: lifecycle (health while loading, SERVING, drain
 and the fixed shutdown order), the shared-token check, TLS and mutual TLS, reflection, /metrics,
 and the `espalier serve` command line."""
 
@@ -15,16 +15,16 @@ from typing import Any
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
-from espalier.v1 import espalier_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from metric_samples import at, samples
 from service_fakes import QUESTION, FakeEngine, engine_with_skeletons, running, settings
 
-from service import serve_cli
-from service.server import SERVICE_NAME, serve
-from service.servicer import REQUEST_ID
+from espalier.service import serve_cli
+from espalier.service.server import SERVICE_NAME, serve
+from espalier.service.servicer import REQUEST_ID
+from espalier.v1 import espalier_pb2 as pb
+from espalier.v1 import espalier_pb2_grpc
 
 C = grpc.StatusCode
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -281,7 +281,7 @@ def test_serve_cli_reports_bad_settings_and_prints_settings(capsys: pytest.Captu
 
 
 def test_espalier_serve_is_registered(capsys: pytest.CaptureFixture[str]) -> None:
-    from service.cli import main
+    from espalier.service.cli import main
 
     with pytest.raises(SystemExit) as info:
         main(["serve", "--help"])

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 from grpc_health.v1 import health_pb2
 from metric_samples import at, samples
 from service_fakes import QUESTION, FakeEngine, engine_with_skeletons, running, settings
 
-from planner.engine import EngineFault, Role
-from service import errors
+from espalier.planner.engine import EngineFault, Role
+from espalier.service import errors
+from espalier.v1 import espalier_pb2 as pb
 
 C = grpc.StatusCode
 

@@ -1,4 +1,4 @@
-"""service.settings: defaults < TOML file < environment < flags; bounds, help and clear errors."""
+"""espalier.service.settings: defaults < TOML file < environment < flags; bounds, help and clear errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from planner.engine import Role
-from planner.plan import Route
-from service.settings import (
+from espalier.planner.engine import Role
+from espalier.planner.plan import Route
+from espalier.service.settings import (
     ServerSettings,
     SettingsError,
     build_parser,

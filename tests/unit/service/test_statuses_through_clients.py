@@ -10,10 +10,10 @@ import sys
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 from service_fakes import engine_with_skeletons, running, settings
 
-from clients.python.client import EspalierClient, RetryPolicy
+from espalier.clients.python.client import EspalierClient, RetryPolicy
+from espalier.v1 import espalier_pb2 as pb
 
 C = grpc.StatusCode
 QUESTION = "Why is the sky blue?"
@@ -65,7 +65,7 @@ async def test_unavailable_while_loading_reaches_the_client_after_its_retries() 
 async def ask_cli(port: int, *argv: str) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "ask", "--target", f"127.0.0.1:{port}", "--timeout", "20", *argv,
+        sys.executable, "-m", "espalier.service.cli", "ask", "--target", f"127.0.0.1:{port}", "--timeout", "20", *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, err.decode()

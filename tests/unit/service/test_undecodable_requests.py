@@ -9,11 +9,11 @@ import logging
 
 import grpc
 import pytest
-from espalier.v1 import espalier_pb2 as pb
 from service_fakes import engine_with_skeletons, running, settings
 
-from service import errors
-from service.wire_decoding import Undecodable, tolerant
+from espalier.service import errors
+from espalier.service.wire_decoding import Undecodable, tolerant
+from espalier.v1 import espalier_pb2 as pb
 
 C = grpc.StatusCode
 PATH = "/espalier.v1.EspalierService/"
