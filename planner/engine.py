@@ -8,9 +8,9 @@ Nothing here imports grpc or llama_cpp: the planner depends on this module only.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Self, runtime_checkable
+from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from espalier.planner.fields import field_meta, first_bad_field
 
@@ -80,6 +80,21 @@ class NoEmbeddings(EngineError):
 
 class EngineClosed(EngineError):
     """The engine is draining or closed and takes no new work."""
+
+
+_Entry = TypeVar("_Entry")
+
+
+def role_entry(entries: Mapping[Role, _Entry], role: Role, *, closing: bool, missing: str, held: str) -> _Entry:
+    """An engine's entry for a role (its worker, its servers): EngineClosed while the engine closes, and
+    for a role it has none of, RoleNotLoaded saying so ("the small <missing> (<held>: large)")."""
+    if closing:
+        raise EngineClosed("the engine is shutting down")
+    entry = entries.get(role)
+    if entry is None:
+        names = ", ".join(sorted(r.value for r in entries)) or "none"
+        raise RoleNotLoaded(f"the {Role(role).value} {missing} ({held}: {names})")
+    return entry
 
 
 class EngineFault(EngineError):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from espalier.planner.engine import (
     Chunk,
-    EngineClosed,
     EngineFault,
     EngineStats,
     GenerateRequest,
@@ -26,6 +25,7 @@ from espalier.planner.engine import (
     Role,
     RoleNotLoaded,
     Speculation,
+    role_entry,
 )
 from espalier.service.engine.calibrate import measure_curve
 from espalier.service.engine.config import ConfigError, ContextConfig, EngineConfig
@@ -249,13 +249,7 @@ class LlamaEngine:
     def worker(self, role: Role) -> ContextWorker:
         """The role's context worker (for this engine's own prefixes); EngineClosed while
         closing, RoleNotLoaded for a role not loaded."""
-        if self._closing:
-            raise EngineClosed("the engine is shutting down")
-        worker = self._workers.get(role)
-        if worker is None:
-            loaded = ", ".join(sorted(r.value for r in self._workers)) or "none"
-            raise RoleNotLoaded(f"the {Role(role).value} model is not loaded (loaded: {loaded})")
-        return worker
+        return role_entry(self._workers, role, closing=self._closing, missing="model is not loaded", held="loaded")
 
 
 def _resolve(model: str, models_dir: str | None) -> Path:

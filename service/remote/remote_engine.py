@@ -21,7 +21,6 @@ from contextlib import aclosing
 
 from espalier.planner.engine import (
     Chunk,
-    EngineClosed,
     EngineStats,
     GenerateRequest,
     InvalidRequest,
@@ -30,6 +29,7 @@ from espalier.planner.engine import (
     PrefixBase,
     Role,
     RoleNotLoaded,
+    role_entry,
 )
 from espalier.service.remote import http_client
 from espalier.service.remote.chat_templates import TEMPLATES
@@ -127,13 +127,7 @@ class RemoteEngine:
     # --- internals ----------------------------------------------------------------------------
 
     def _servers(self, role: Role) -> RoleServers:
-        if self._closing:
-            raise EngineClosed("the engine is shutting down")
-        servers = self._roles.get(role)
-        if servers is None:
-            served = ", ".join(sorted(r.value for r in self._roles)) or "none"
-            raise RoleNotLoaded(f"the {Role(role).value} role has no remote servers (served: {served})")
-        return servers
+        return role_entry(self._roles, role, closing=self._closing, missing="role has no remote servers", held="served")
 
 
 async def _probe(url: str, cfg: RemoteRoleConfig) -> str:
