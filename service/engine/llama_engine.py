@@ -249,7 +249,8 @@ class LlamaEngine:
     def worker(self, role: Role) -> ContextWorker:
         """The role's context worker (for this engine's own prefixes); EngineClosed while
         closing, RoleNotLoaded for a role not loaded."""
-        return role_entry(self._workers, role, closing=self._closing, missing="model is not loaded", held="loaded")
+        return role_entry(self._workers, role, closing=self._closing, missing="model is not loaded",
+                          held="loaded")
 
 
 def _resolve(model: str, models_dir: str | None) -> Path:

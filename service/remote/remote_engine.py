@@ -127,7 +127,8 @@ class RemoteEngine:
     # --- internals ----------------------------------------------------------------------------
 
     def _servers(self, role: Role) -> RoleServers:
-        return role_entry(self._roles, role, closing=self._closing, missing="role has no remote servers", held="served")
+        return role_entry(self._roles, role, closing=self._closing, missing="role has no remote servers",
+                          held="served")
 
 
 async def _probe(url: str, cfg: RemoteRoleConfig) -> str:
