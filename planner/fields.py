@@ -63,18 +63,15 @@ def within(value: float, meta: typing.Mapping[str, Any]) -> bool:
 def first_bad_field(settings: Any) -> tuple[str, str] | None:
     """(field name, "must be ... (got ...)") for the first field that breaks its type or metadata, or None.
 
-    Checks every field that has metadata: an enum field holds a member of its enum, bool a bool, int an
-    int (not a bool) and float a number within the bounds, str one of its choices when it has any.
-    Nested settings and fields without metadata are their owner's to check.
+    Checks every field that has metadata (see `fits`). Nested settings and fields without metadata are
+    their owner's to check.
     """
     hints = _hints(type(settings))
     for f in dataclasses.fields(settings):
-        if not f.metadata:
-            continue
-        why = _why_bad(hints[f.name], getattr(settings, f.name), f.metadata)
-        if why:
-            shown = "<hidden>" if f.metadata.get("secret") else repr(getattr(settings, f.name))
-            return f.name, f"must be {why} (got {shown})"
+        value = getattr(settings, f.name)
+        if f.metadata and not fits(hints[f.name], value, f.metadata):
+            shown = "<hidden>" if f.metadata.get("secret") else repr(value)
+            return f.name, f"must be {expected(hints[f.name], f.metadata)} (got {shown})"
     return None
 
 
@@ -83,26 +80,46 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _why_bad(kind: Any, value: Any, meta: typing.Mapping[str, Any]) -> str:
-    """What the value must be, when it is not; "" when it is fine."""
-    span = bounds_text(meta)
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        allowed = meta.get("choices") or tuple(str(e.value) for e in kind)
-        return "" if isinstance(value, kind) and str(value.value) in allowed else "one of " + ", ".join(allowed)
+def choices_of(kind: Any, meta: typing.Mapping[str, Any]) -> tuple[str, ...]:
+    """The values a field may take: its metadata's choices, else an enum's values, else none (any)."""
+    if meta.get("choices"):
+        return tuple(meta["choices"])
+    if _is_enum(kind):
+        return tuple(str(e.value) for e in kind)
+    return ()
+
+
+def fits(kind: Any, value: Any, meta: typing.Mapping[str, Any]) -> bool:
+    """Whether a value fits its field: an enum field holds a member of its enum among its choices, bool a
+    bool, int an int (not a bool) and float a number within the bounds, str one of its choices when it
+    has any. Other kinds (lists, nested settings) are their owner's to check."""
+    if _is_enum(kind):
+        return isinstance(value, kind) and str(value.value) in choices_of(kind, meta)
     if kind is bool:
-        return "" if isinstance(value, bool) else "true or false"
-    if kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and within(value, meta)
-        return "" if ok else ("an integer " + span).strip()
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and within(value, meta)
-        return "" if ok else ("a number " + span).strip()
+        return isinstance(value, bool)
+    if kind in (int, float):
+        number = (int,) if kind is int else (int, float)
+        return isinstance(value, number) and not isinstance(value, bool) and within(value, meta)
     if kind is str:
-        choices = meta.get("choices", ())
-        if not isinstance(value, str):
-            return "a string"
-        return "one of " + ", ".join(choices) if choices and value not in choices else ""
-    return ""
+        choices = choices_of(kind, meta)
+        return isinstance(value, str) and (not choices or value in choices)
+    return True
+
+
+def expected(kind: Any, meta: typing.Mapping[str, Any]) -> str:
+    """What a field's value must be, as help and errors say it: "an integer from 1 to 8", "one of a, b"."""
+    choices = choices_of(kind, meta)
+    if choices:
+        return "one of " + ", ".join(choices)
+    if kind is bool:
+        return "true or false"
+    if kind in (int, float):
+        return (("an integer " if kind is int else "a number ") + bounds_text(meta)).strip()
+    return "a string"
+
+
+def _is_enum(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, enum.Enum)
 
 
 def _num(x: float) -> str:

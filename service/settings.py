@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from espalier.planner.engine import InvalidRequest, Role, Sampling
-from espalier.planner.fields import bounds_text, field_meta, within
+from espalier.planner.fields import choices_of, expected, field_meta, fits
 from espalier.planner.settings import PlannerSettings
 from espalier.service.engine.config import ConfigError, ContextConfig, EngineConfig
 from espalier.service.remote.config import RemoteConfig, RemoteConfigError, RemoteRoleConfig
@@ -218,11 +218,7 @@ class Option:
         return value
 
     def all_choices(self) -> tuple[str, ...]:
-        if self.meta.get("choices"):
-            return tuple(self.meta["choices"])
-        if isinstance(self.kind, type) and issubclass(self.kind, enum.Enum):
-            return tuple(str(e.value) for e in self.kind)
-        return ()
+        return choices_of(self.kind, self.meta)
 
     def parse(self, raw: Any, source: str, *, text: bool) -> Any:
         """A TOML value (text=False: its type must fit) or a string from the environment or a flag
@@ -258,42 +254,16 @@ class Option:
         return value
 
     def check(self, value: Any, source: str) -> None:
-        shown = "<hidden>" if self.secret else repr(value)
-        bad = SettingsError(f"{self.key} must be {self.describe()} (got {shown}, from {source})")
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise bad
-        elif self.kind is tuple:
-            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-                raise bad
-        elif self.kind in (int, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad
-            if self.kind is int and not isinstance(value, int):
-                raise bad
-            if not within(value, self.meta):
-                raise bad
-        else:
-            if not isinstance(value, str):
-                raise bad
-            choices = self.all_choices()
-            if choices and str(getattr(value, "value", value)) not in choices:
-                raise bad
-            if isinstance(self.kind, type) and issubclass(self.kind, enum.Enum) and not isinstance(value, self.kind):
-                raise bad
+        ok = (isinstance(value, tuple) and all(isinstance(v, str) for v in value) if self.kind is tuple
+              else fits(self.kind, value, self.meta))
+        if not ok:
+            shown = "<hidden>" if self.secret else repr(value)
+            raise SettingsError(f"{self.key} must be {self.describe()} (got {shown}, from {source})")
 
     def describe(self) -> str:
-        if self.kind is bool:
-            return "true or false"
         if self.kind is tuple:
             return "a list of strings (comma-separated in the environment and flags)"
-        choices = self.all_choices()
-        if choices:
-            return "one of " + ", ".join(choices)
-        if self.kind in (int, float):
-            word = "an integer" if self.kind is int else "a number"
-            return f"{word} {bounds_text(self.meta)}".strip()
-        return "a string"
+        return expected(self.kind, self.meta)
 
 
 def _walk(cls: type, prefix: tuple[str, ...], default: Any, out: list[Option]) -> None:
