@@ -233,9 +233,10 @@ class ContextWorker:
         """Called on the event loop: the speculator's counters as the worker published them last."""
         return self._published.spec
 
-    def _publish(self) -> None:
-        """Worker thread: what the event loop reads (one frozen tuple, replaced whole: an atomic store)."""
-        spec = self.spec.stats() if self.spec is not None else None
+    def _publish(self, stepped: bool) -> None:
+        """Worker thread: what the event loop reads (one frozen tuple, replaced whole: an atomic store).
+        The speculator's counters change only in a step, so a command drain keeps the last ones."""
+        spec = self.spec.stats() if stepped and self.spec is not None else self._published.spec
         self._published = _Published(self.sched.slots_busy, self.sched.queue_depth, spec)
 
     def join(self, timeout: float | None = None) -> None:
@@ -271,11 +272,11 @@ class ContextWorker:
         try:
             while True:
                 self._drain_commands(block=not self.sched.has_work() and not self._stopping)
-                self._publish()
+                self._publish(stepped=False)
                 if self._stopping and self._drain_done():
                     break
                 self._step()
-                self._publish()
+                self._publish(stepped=True)
                 self._flush()
         except BaseException:  # pragma: no cover - a bug in the loop itself: fail everyone loudly
             log.exception("worker %s crashed", self.role.value)
