@@ -52,6 +52,9 @@ def _spec(args: argparse.Namespace) -> int:
             print(f"    first difference: round {d['round']}, sequence {d['sequence']}, after {d['common']!r}: "
                   f"plain {d['expected']!r}, {row['mode']} {d['got']!r}")
     print(f"verify cost (k tokens vs 1): {result['verify_cost']}")
+    exact = result["exact_rows"]
+    print(f"verify rows: {result['verify_rows'] or 'no limit'}"
+          + (f" (measured: a batch of {exact} token(s) gives the logits of one-at-a-time decoding)" if exact >= 0 else ""))
     return 0
 
 
@@ -238,8 +241,9 @@ def _spec_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     spec.add_argument("--sequences", type=int, nargs="+", default=[1, 4], help="concurrency levels (default 1 4)")
     _hardware_args(spec)
     spec.add_argument("--draft-max", type=int, default=8, help="most drafts per sequence per step (default 8)")
-    spec.add_argument("--verify-rows", type=int, default=7,
-                      help="most tokens per verify call; 0 = no limit (GPU); default 7 keeps greedy output exact")
+    spec.add_argument("--verify-rows", type=int, default=-1,
+                      help="most tokens per verify call: -1 = measure at start-up as the server does (default), "
+                           "0 = no limit, n = at most n")
     spec.set_defaults(func=_spec)
 
 

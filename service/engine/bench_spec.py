@@ -44,7 +44,7 @@ class SpecBenchSettings:
     threads: int = 0
     gpu_layers: int = 0
     draft_max: int = 8
-    verify_rows: int = 7
+    verify_rows: int = -1  # measured at start-up, as `espalier serve` does by default
 
 
 _progress = progress_lines("bench spec")
@@ -151,7 +151,9 @@ async def run_spec_bench(s: SpecBenchSettings) -> dict[str, object]:
                 })
         return {
             "target": s.target, "draft": s.draft if source != "lookup" else None, "source": source,
-            "tokens_per_sequence": s.tokens, "rounds": s.rounds, "verify_rows": s.verify_rows,
+            "tokens_per_sequence": s.tokens, "rounds": s.rounds, "verify_rows_setting": s.verify_rows,
+            # the limit in use (0 = none) and, when measured, the most rows the start-up probe found exact
+            "verify_rows": stats.verify_rows, "exact_rows": stats.exact_rows,
             "verify_cost": {str(k): c for k, c in stats.verify_cost},
             "results": results,
         }

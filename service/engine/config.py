@@ -60,12 +60,12 @@ class ContextConfig:
     draft_max: int = field(default=8, metadata=field_meta("most drafted tokens per sequence per step", 0, 32))
     draft_p_min: float = field(default=0.3, metadata=field_meta(
         "a draft stops where its top token is less likely than this", 0, 1, hi_open=True))
-    # llama.cpp's CPU attention switches to a tiled kernel with other rounding at 8 rows, so 7 keeps greedy
-    # output identical to plain decoding; 0 = no limit (fastest on a GPU, where outputs may then differ
-    # from plain decoding in near-ties).
-    verify_rows: int = field(default=7, metadata=field_meta(
-        "most tokens per verify call; 7 keeps greedy output identical to plain decoding on the CPU, "
-        "0 = no limit (fastest on a GPU)", 0, 512))
+    # Whether a row limit keeps greedy output identical to plain decoding depends on the hardware's kernels
+    # and on how much of the KV cache is in use (service/engine/exact_rows.py), so by default it is measured
+    # at start-up: the largest exact count, or no limit where none keeps output exact.
+    verify_rows: int = field(default=-1, metadata=field_meta(
+        "most tokens per verify call: -1 = measure at start-up the most that keep greedy output identical to "
+        "plain decoding (no limit where none does), 0 = no limit, n = at most n", -1, 512))
 
     def validate(self, where: str) -> None:
         bad = first_bad_field(self)

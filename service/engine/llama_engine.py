@@ -31,6 +31,13 @@ from espalier.service.engine.calibrate import measure_curve
 from espalier.service.engine.config import ConfigError, ContextConfig, EngineConfig
 from espalier.service.engine.drafter import Drafter
 from espalier.service.engine.embedder import RoleEmbedder
+from espalier.service.engine.exact_rows import (
+    MEASURE,
+    PROBE_DEPTH,
+    log_choice,
+    measure_exact_rows,
+    verify_rows_from,
+)
 from espalier.service.engine.native import Context, ContextParams, Model
 from espalier.service.engine.scheduler import Scheduler
 from espalier.service.engine.spec_policy import CostCurve, DraftSource, SpecPolicy
@@ -296,10 +303,21 @@ def _speculator(model: Model, ctx: Context, cfg: ContextConfig, draft: Model | N
         if dctx is not None:
             dctx.close()
         raise
-    policy = SpecPolicy(target_curve, draft_curve, max_k=cfg.draft_max, verify_rows=cfg.verify_rows)
+    exact = -1
+    rows = cfg.verify_rows
+    if rows == MEASURE:
+        exact = measure_exact_rows(ctx, scratch, _probe_tokens(model), most=cfg.draft_max + 1,
+                                   depth=min(PROBE_DEPTH, params.n_ctx - cfg.draft_max - 2))
+        rows = verify_rows_from(exact)
+        log_choice(model.description, exact, rows)
+    policy = SpecPolicy(target_curve, draft_curve, max_k=cfg.draft_max, verify_rows=rows)
     drafter = None
     if draft is not None and dctx is not None:
         drafter = Drafter(draft, dctx, p_min=cfg.draft_p_min,
                           observe=lambda n, s: policy.observe(draft_tokens=n, draft_s=s))
     log.info("speculation costs: target %s, draft %s", target_curve.points, draft_curve.points if draft_curve else None)
-    return Speculator(policy, DraftSource(cfg.draft_source), drafter, Speculation(cfg.speculation))
+    return Speculator(policy, DraftSource(cfg.draft_source), drafter, Speculation(cfg.speculation), exact_rows=exact)
+
+
+def _probe_tokens(model: Model) -> list[int]:
+    return model.tokenize("Espalier trains a fruit tree flat against a wall, one tier of branches at a time. " * 40)

@@ -46,17 +46,20 @@ class SpecStats:
     draft_round_s: float  # measured cost of one draft round of one token (0 without a draft model)
     target_token_s: float  # measured cost of a one-token target batch
     choices: tuple[tuple[int, int], ...] = ()  # (k, how often the cost model chose it)
+    verify_rows: int = 0  # the policy's limit (0 = none)
+    exact_rows: int = -1  # what the start-up probe measured (-1: not measured)
 
 
 class Speculator:
     def __init__(self, policy: SpecPolicy, source: DraftSource, drafter: Drafter | None,
-                 default_mode: Speculation = Speculation.AUTO) -> None:
+                 default_mode: Speculation = Speculation.AUTO, *, exact_rows: int = -1) -> None:
         if source is not DraftSource.LOOKUP and drafter is None:
             raise ValueError(f"draft source {source.value} needs a draft model")
         self.policy = policy
         self.source = source
         self.drafter = drafter
         self.default_mode = default_mode
+        self.exact_rows = exact_rows  # what the start-up probe measured, for stats (-1: not measured)
         self._acc: dict[tuple[int, DraftSource], Acceptance] = {}
         # Role-wide acceptance per source: the starting estimate of a new sequence.
         self._prior = {s: Acceptance(decay=0.98) for s in (DraftSource.MODEL, DraftSource.LOOKUP)}
@@ -146,7 +149,8 @@ class Speculator:
         return SpecStats(k=self.policy.last_k, drafted=self.drafted, accepted=self.accepted,
                          verify_cost=tuple(self.policy.target.relative(ks).items()),
                          draft_round_s=round(draft, 5), target_token_s=round(self.policy.target(1), 5),
-                         choices=tuple(sorted(self.policy.choices.items())))
+                         choices=tuple(sorted(self.policy.choices.items())),
+                         verify_rows=self.policy.verify_rows, exact_rows=self.exact_rows)
 
     # --- internals ---------------------------------------------------------------------------------------
 

@@ -222,6 +222,7 @@ class ContextWorker:
             tokens_per_s=round(self._rate, 2), steps=self.steps,
             spec_k=spec.k if spec else -1, spec_drafted=spec.drafted if spec else 0,
             spec_accepted=spec.accepted if spec else 0, verify_cost=spec.verify_cost if spec else (),
+            verify_rows=spec.verify_rows if spec else 0, exact_rows=spec.exact_rows if spec else -1,
             batch_cost=self._batch_cost,
         )
 
