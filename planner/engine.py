@@ -282,7 +282,7 @@ class RoleStats:
     verify_cost: tuple[tuple[int, float], ...] = ()  # (k, measured cost of a k-token batch / 1 token)
     verify_rows: int = 0  # most tokens per verify call in use (0 = no limit)
     # most tokens one decode call held and still gave each the logits it gets alone, as measured at
-    # start-up with the cache's used range past its first 256 cells (-1: not measured)
+    # start-up in a short context (-1: not measured)
     exact_rows: int = -1
     # (n, measured cost of a decode step of n sequences / one sequence), measured at start-up on this
     # hardware: what running more sequences beside one costs it (a planner's scheduling input). Empty

@@ -12,7 +12,6 @@ second thread would only contend for the same cores.
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,8 +136,7 @@ class Drafter:
 
     def _confident(self, index: int) -> int | None:
         """The draft's greedy token at a batch index, or None when it is not sure enough."""
-        ptr = self.ctx.logits(index)
-        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.model.n_vocab,))
+        logits = self.ctx.logits(index)
         token = int(np.argmax(logits))
         if self.p_min > 0.0:
             top = float(logits[token])

@@ -34,7 +34,8 @@ PROBE_DEPTH = 32
 LONG_DEPTH = 320
 
 
-def measure_exact_rows(ctx: Context, slot: int, tokens: Sequence[int], *, most: int, depth: int = 32) -> int:
+def measure_exact_rows(ctx: Context, slot: int, tokens: Sequence[int], *, most: int,
+                       depth: int = PROBE_DEPTH) -> int:
     """The largest n <= `most` such that every batch of 1..n tokens after a `depth`-token context
     gives each token bit for bit the logits it gets decoded one at a time (1 when even 2 differ).
 
@@ -46,7 +47,6 @@ def measure_exact_rows(ctx: Context, slot: int, tokens: Sequence[int], *, most: 
         raise ValueError(f"the probe needs {depth + most} token ids, got {len(tokens)}")
     batch = ctx.batch
     most = min(most, batch.capacity)
-    n_vocab = ctx.model.n_vocab
 
     def decode(ids: Sequence[int], pos: int) -> list[np.ndarray]:
         batch.clear()
@@ -54,7 +54,7 @@ def measure_exact_rows(ctx: Context, slot: int, tokens: Sequence[int], *, most: 
         rc = ctx.decode()
         if rc != 0:
             raise RuntimeError(f"verify-row probe: a decode of {len(ids)} tokens failed with status {rc}")
-        return [np.ctypeslib.as_array(ctx.logits(i), shape=(n_vocab,)).copy() for i in range(len(ids))]
+        return [ctx.logits(i).copy() for i in range(len(ids))]
 
     probe = list(tokens[depth:depth + most])
     try:
@@ -83,7 +83,7 @@ def verify_rows_from(exact: int) -> int:
 
 
 def log_choice(role: str, exact: int, rows: int) -> None:
-    if rows == 0 and exact < 2:
+    if exact < 2:  # so verify_rows_from gave no limit
         log.warning("%s: a verify batch of 2 tokens already gives other logits than decoding them one at a "
                     "time on this hardware, so greedy output with speculation may differ from plain decoding "
                     "in near-ties; verify calls are not limited (set speculation off for exact output)", role)

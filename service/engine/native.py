@@ -191,14 +191,15 @@ class Context:
         """0 ok, 1 no KV slot for the batch (retry smaller), other values are errors."""
         return int(llama_cpp.llama_decode(self.ptr, self.batch.raw))
 
-    def logits(self, index: int) -> ctypes.Array[ctypes.c_float]:
-        return llama_cpp.llama_get_logits_ith(self.ptr, index)
+    def logits(self, index: int) -> np.ndarray:
+        """The raw logits at batch `index`: a view into llama.cpp's own buffer (no copy), valid until the
+        next decode; copy it to keep it."""
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ptr, index), shape=(self.model.n_vocab,))
 
     def ban(self, index: int, tokens: np.ndarray) -> None:
         """Make `tokens` impossible at batch `index`: their logits become -inf in llama.cpp's own buffer,
         which every sampler reads next (log_probs, read earlier, still shows the model's own view)."""
-        row = np.ctypeslib.as_array(self.logits(index), shape=(self.model.n_vocab,))
-        row[tokens] = -np.inf
+        self.logits(index)[tokens] = -np.inf
 
     def log_probs(self, index: int) -> np.ndarray:
         """Log-softmax of the raw logits at batch `index` (n_vocab float64s, a copy).
@@ -206,7 +207,7 @@ class Context:
         The model's own distribution, before any sampler: temperature, top-k and penalties live in
         the sampler chain, which reads the logits without changing them.
         """
-        row = np.ctypeslib.as_array(self.logits(index), shape=(self.model.n_vocab,)).astype(np.float64)
+        row = self.logits(index).astype(np.float64)
         row -= row.max()
         row -= np.log(np.exp(row).sum())
         return row

@@ -44,7 +44,7 @@ def _logits(ctx: Context, ids: list[int], pos: int) -> list[np.ndarray]:
     ctx.batch.clear()
     ctx.batch.add(SLOT, ids, pos, True, logits_all=True)
     assert ctx.decode() == 0
-    return [np.ctypeslib.as_array(ctx.logits(i), shape=(ctx.model.n_vocab,)).copy() for i in range(len(ids))]
+    return [ctx.logits(i).copy() for i in range(len(ids))]
 
 
 @pytest.mark.parametrize("depth", [PROBE_DEPTH, LONG_DEPTH])

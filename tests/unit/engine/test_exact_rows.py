@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 from types import SimpleNamespace
+
+import numpy as np
 
 from espalier.service.engine.exact_rows import measure_exact_rows, verify_rows_from
 
@@ -20,7 +21,7 @@ class FakeContext:
         self.capacity = 64
         self.rows: list[tuple[int, int]] = []  # (seq, pos) of this batch
         self.cells: set[tuple[int, int]] = set()
-        self.out: list[ctypes.Array[ctypes.c_float]] = []
+        self.out: list[np.ndarray] = []
 
     def clear(self) -> None:
         self.rows = []
@@ -30,12 +31,12 @@ class FakeContext:
         return len(self.rows) - 1
 
     def decode(self) -> int:
-        err = 1e-6 if len(self.rows) in self.off else 0.0
+        err = 1e-3 if len(self.rows) in self.off else 0.0
         self.cells |= set(self.rows)
-        self.out = [(ctypes.c_float * N_VOCAB)(*[pos + err] * N_VOCAB) for _, pos in self.rows]
+        self.out = [np.full(N_VOCAB, pos + err, dtype=np.float32) for _, pos in self.rows]
         return 0
 
-    def logits(self, index: int) -> ctypes.Array[ctypes.c_float]:
+    def logits(self, index: int) -> np.ndarray:
         return self.out[index]
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
