@@ -118,6 +118,13 @@ class Sampling:
     top_k: int = field(default=0, metadata=field_meta("top-k sampling; 0 = off", 0, 1000))
     min_p: float = field(default=0.0, metadata=field_meta("min-p sampling; 0 = off", 0, 1, hi_open=True))
     repeat_penalty: float = field(default=1.0, metadata=field_meta("repetition penalty; 1 = off", 0.5, 2))
+    # Like repeat_penalty, over every token the reply wrote, but only tokens that hold a letter: a list's
+    # numbers, punctuation and line breaks keep their odds. The skeleton uses it so that points do not
+    # repeat each other's words ("No rock music would exist", "No rock culture would develop", ...);
+    # repeat_penalty there cut the list short instead (it also pushes away "\n", "." and the digits).
+    # Embedded engine only: an OpenAI-compatible server has no such setting and does not get it.
+    word_repeat_penalty: float = field(default=1.0, metadata=field_meta(
+        "penalty on words the reply already wrote (numbers, punctuation and line breaks exempt); 1 = off", 1, 2))
     seed: int = field(default=0, metadata=field_meta("seed of the random sampler when temperature > 0",
                                                      0, 2**32 - 1))
     max_tokens: int = field(default=256, metadata=field_meta("most tokens to generate", 1, 32768))

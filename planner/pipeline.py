@@ -88,7 +88,8 @@ async def _write_skeleton(engine: Engine, question: str, route: Route, settings:
                                        context=context),
         role=role,
         sampling=dataclasses.replace(
-            settings.sampling, max_tokens=settings.skeleton_max_tokens, stop=prompts.skeleton_stop()
+            settings.sampling, max_tokens=settings.skeleton_max_tokens, stop=prompts.skeleton_stop(),
+            word_repeat_penalty=settings.skeleton_word_penalty,
         ),
         request_id=f"{request_id}/skeleton" if request_id else "",
         speculation=settings.speculation,

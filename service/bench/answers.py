@@ -62,7 +62,7 @@ MODES: tuple[str, ...] = tuple(m.value for m in Mode)  # auto, direct, sot, sgd
 BASELINE = "direct"
 VARIANT_MODES = ("sot", "sgd", "auto")  # modes that write a skeleton: these take `:` variants
 _VARIANT_TYPES: dict[str, Callable[[str], Any]] = {
-    "Role": Role, "Route": Route, "Speculation": Speculation, "PointLength": PointLength, "int": int,
+    "Role": Role, "Route": Route, "Speculation": Speculation, "PointLength": PointLength, "int": int, "float": float,
     "bool": lambda v: {"true": True, "false": False}[v.lower()],
 }
 

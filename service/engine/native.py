@@ -108,6 +108,15 @@ class Model:
         until its first word). Computed once, on first use."""
         return np.asarray([t for t in range(self.n_vocab) if b"\n" in self.piece(t)], dtype=np.int64)
 
+    @functools.cached_property
+    def _letter_tokens(self) -> np.ndarray:
+        """Per token id, whether its text holds a letter (Sampling.word_repeat_penalty). Computed once."""
+        return np.fromiter((any(c.isalpha() for c in self.piece(t).decode(errors="ignore"))
+                            for t in range(self.n_vocab)), dtype=bool, count=self.n_vocab)
+
+    def has_letter(self, token: int) -> bool:
+        return bool(self._letter_tokens[token])
+
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 

@@ -81,6 +81,7 @@ class Job:
     history: list[int] = field(default_factory=list)  # prompt + generated; last = the pending token
     top_logprobs: int = 0  # > 0: each emitted token carries its TokenLogprobs
     said_word: bool = False  # a token with a letter or digit has been emitted (Sampling.min_tokens)
+    words_written: set[int] = field(default_factory=set)  # tokens with a letter it emitted (word_repeat_penalty)
 
 
 @dataclass(eq=False)
@@ -403,12 +404,29 @@ class ContextWorker:
     def _sample(self, job: Job, index: int) -> None:
         assert job.sampler is not None
         row = self.ctx.log_probs(index) if job.top_logprobs > 0 else None  # read before the sampler runs
-        self._ban_openers(job, index, job.seq.generated)
+        self._shape(job, index, job.seq.generated)
         token = job.sampler.sample(self.ctx, index)
         logprobs = self._token_logprobs(row, token, job.top_logprobs) if row is not None else None
         if self._take(job, token, logprobs):
             self.sched.accept(job.seq, token)
             job.history.append(token)
+
+    def _shape(self, job: Job, index: int, generated: int) -> None:
+        """What the sampler chain cannot do, done to the logits row before it runs (plain and verify
+        alike, so speculation still yields the tokens plain decoding would)."""
+        self._ban_openers(job, index, generated)
+        self._penalise_words(job, index)
+
+    def _penalise_words(self, job: Job, index: int) -> None:
+        """Sampling.word_repeat_penalty: each word token the reply wrote loses odds as under llama.cpp's
+        repeat penalty (a positive logit divided by it, a negative one multiplied)."""
+        penalty = job.sampling.word_repeat_penalty
+        if penalty == 1.0 or not job.words_written:
+            return
+        row = self.ctx.logits(index)
+        ids = np.fromiter(job.words_written, dtype=np.int64, count=len(job.words_written))
+        seen = row[ids]
+        row[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
 
     def _ban_openers(self, job: Job, index: int, generated: int) -> None:
         """Under Sampling.min_tokens: no end of generation among the first min_tokens tokens, and no line
@@ -436,6 +454,8 @@ class ContextWorker:
             self._end(job, FinishReason.STOP)
             return False
         piece = self.model.piece(token)
+        if job.sampling.word_repeat_penalty != 1.0 and self.model.has_letter(token):
+            job.words_written.add(token)
         if not job.said_word and job.sampling.min_tokens > 0:
             job.said_word = any(c.isalnum() for c in piece.decode("utf-8", errors="ignore"))
         text = job.text.push(piece)
@@ -484,7 +504,7 @@ class ContextWorker:
         base = seq.n_past - len(drafts) - 1  # its position
         kept = 0
         for j in range(len(drafts) + 1):
-            self._ban_openers(job, first + j, seq.generated)
+            self._shape(job, first + j, seq.generated)
             token = job.sampler.sample(self.ctx, first + j)
             if not self._take(job, token):
                 self.spec.record(seq.key, proposal.source, len(drafts), kept)

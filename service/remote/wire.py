@@ -10,6 +10,8 @@ do `min_p: 0` and `top_p: 1`. `cache_prompt: true` asks llama-server to keep the
 slot and reuse its longest common prefix on the next request; vLLM's automatic prefix caching needs
 no flag. `stream_options.include_usage` makes vLLM (and recent llama-server) send token counts at the
 end of the stream; llama-cpp-python's server sends none, and then prompt_tokens stays 0.
+`word_repeat_penalty` has no counterpart on these servers and is not sent (a remote skeleton is
+decoded without it).
 """
 
 from __future__ import annotations

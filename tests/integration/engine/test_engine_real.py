@@ -160,3 +160,18 @@ async def test_resident_prefix_is_reused_and_exact(small_engine):
     after = await collect(small_engine, GenerateRequest(prompt, Role.SMALL, sampling))
     assert after[2].reused_tokens == n > 0
     assert after[:2] == before[:2]
+
+
+async def test_word_repeat_penalty_spares_numbers_and_line_breaks(small_engine):
+    # Greedy, the small model writes "Apple" on all ten lines; a penalty on the words it wrote makes it
+    # write other words, while the list's numbers and line breaks (exempt) stay as they were.
+    prompt = chat(small_engine, "Write the word apple on ten lines, one per line, numbered 1 to 10.")
+    plain, _, _ = await collect(small_engine, GenerateRequest(prompt, Role.SMALL, Sampling(max_tokens=60)))
+    varied, _, _ = await collect(small_engine, GenerateRequest(
+        prompt, Role.SMALL, Sampling(max_tokens=60, word_repeat_penalty=1.5)))
+    plain_lines, varied_lines = plain.strip().splitlines(), varied.strip().splitlines()
+    assert plain.lower().count("apple") >= 5  # the case the penalty is for
+    assert varied.lower().count("apple") <= 2
+    numbers = [line.split(".")[0] for line in varied_lines]
+    assert numbers[:5] == ["1", "2", "3", "4", "5"] and len(varied_lines) >= 5
+    assert len(plain_lines) >= 5

@@ -22,6 +22,7 @@ from espalier.service.bench.answers import (
     rejudge,
     rotated,
     run_bench,
+    split_mode,
     write_outputs,
 )
 from espalier.service.bench.judge import EngineJudge
@@ -274,9 +275,11 @@ def test_command_refuses_bad_input_before_loading_models(tmp_path: Path, capsys:
 async def test_a_skeleton_variant_runs_the_mode_with_that_skeleton_writer() -> None:
     assert check_modes(["direct", "sgd:small", "sgd", "SOT:large"]) == ("direct", "sgd:small", "sgd", "sot:large")
     assert check_modes(["direct", "sgd:easy_role=large:point_max_tokens=64"])[1] == "sgd:easy_role=large:point_max_tokens=64"
+    assert split_mode("sgd:skeleton_word_penalty=1") == ("sgd", {"skeleton_word_penalty": 1.0})
     for bad, why in (("direct:small", "take variants"), ("sgd:medium", "not a value"), ("live:small", "take variants"),
                      ("sgd:sampling=x", "not a planner setting"), ("sgd:point_max_tokens=0", "point_max_tokens"),
-                     ("sgd:max_depth=two", "not a value")):
+                     ("sgd:max_depth=two", "not a value"), ("sgd:skeleton_word_penalty=3", "skeleton_word_penalty"),
+                     ("sgd:skeleton_word_penalty=x", "not a value")):
         with pytest.raises(ValueError, match=why):
             check_modes(["direct", bad])
     engine = FakeEngine()

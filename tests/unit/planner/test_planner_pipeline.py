@@ -61,6 +61,11 @@ async def test_sgd_mode_plans_a_graph_on_the_large_role() -> None:
     assert "forced" in plan.reason and plan.skeleton.startswith("1. Thrill of fear")
     (call,) = engine.calls
     assert call.request.role is Role.LARGE and call.request.sampling.stop == ("\n\n",)
+    # the skeleton's words are penalised so its points differ; a setting turns it off
+    assert call.request.sampling.word_repeat_penalty == PlannerSettings().skeleton_word_penalty > 1
+    plain = engine_with_skeletons()
+    await run(lambda: pipeline.make_plan(plain, OPEN_Q, Mode.SGD, PlannerSettings(skeleton_word_penalty=1.0)))
+    assert plain.calls[0].request.sampling.word_repeat_penalty == 1.0
     assert call.full_prompt.endswith(OPEN_Q + "<|im_end|>\n<|im_start|>assistant\n1.")
     assert "Now the answer" not in plan.skeleton  # the stop string ended the list
     # easy and hard points go to one model by default, so the skeleton is not asked to rate them

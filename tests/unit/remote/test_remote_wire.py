@@ -12,7 +12,7 @@ from espalier.service.remote.wire import StreamEvent, WireError, completion_body
 
 def test_sampling_maps_to_request_fields() -> None:
     s = Sampling(temperature=0.7, top_p=0.9, top_k=20, min_p=0.05, repeat_penalty=1.1, seed=42, max_tokens=33,
-                 stop=("\n\n", "3."), min_tokens=4)
+                 stop=("\n\n", "3."), min_tokens=4, word_repeat_penalty=1.2)  # the last has no wire name
     body = completion_body("Hi", s, "qwen")
     assert body == {
         "prompt": "Hi", "model": "qwen", "stream": True, "stream_options": {"include_usage": True},
