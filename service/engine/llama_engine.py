@@ -285,7 +285,7 @@ def _start_worker(role: Role, model: Model, cfg: ContextConfig, draft: Model | N
         # speculation policy's input, and the batch cost the planner reads (RoleStats.batch_cost).
         sample = model.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
         curve = measure_curve(ctx, params.n_seq_max - 1, sample, max_tokens=64 if cfg.speculates else 16)
-        model.has_letter(0)  # builds the table of word tokens (word_repeat_penalty) now, not in a first skeleton
+        model.warm_token_tables()  # sampling's per-token tables, now rather than in a first answer
         speculator = _speculator(model, ctx, cfg, draft, params, curve, sample) if cfg.speculates else None
     except BaseException:
         ctx.close()

@@ -103,19 +103,32 @@ class Model:
         return np.asarray([t for t in range(self.n_vocab) if self.is_eog(t)], dtype=np.int64)
 
     @functools.cached_property
+    def _token_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """One pass over the vocabulary (about 0.2 s per model here): the ids whose text holds a line
+        break, and per id whether its text holds a letter. Built at start-up (warm_token_tables), so
+        neither an answer's first skeleton nor its first point pays for it."""
+        breaks: list[int] = []
+        letters = np.zeros(self.n_vocab, dtype=bool)
+        for t in range(self.n_vocab):
+            piece = self.piece(t)
+            if b"\n" in piece:
+                breaks.append(t)
+            letters[t] = any(c.isalpha() for c in piece.decode(errors="ignore"))
+        return np.asarray(breaks, dtype=np.int64), letters
+
+    def warm_token_tables(self) -> None:
+        """Build the per-token tables that sampling reads, now rather than in a first request."""
+        _ = self._token_classes
+
+    @property
     def line_break_tokens(self) -> np.ndarray:
         """Every token id whose text holds a line break (Sampling.min_tokens keeps them out of a reply
-        until its first word). Computed once, on first use."""
-        return np.asarray([t for t in range(self.n_vocab) if b"\n" in self.piece(t)], dtype=np.int64)
-
-    @functools.cached_property
-    def _letter_tokens(self) -> np.ndarray:
-        """Per token id, whether its text holds a letter (Sampling.word_repeat_penalty). Computed once."""
-        return np.fromiter((any(c.isalpha() for c in self.piece(t).decode(errors="ignore"))
-                            for t in range(self.n_vocab)), dtype=bool, count=self.n_vocab)
+        until its first word)."""
+        return self._token_classes[0]
 
     def has_letter(self, token: int) -> bool:
-        return bool(self._letter_tokens[token])
+        """Whether the token's text holds a letter (Sampling.word_repeat_penalty penalises only those)."""
+        return bool(self._token_classes[1][token])
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))

@@ -162,6 +162,23 @@ async def test_resident_prefix_is_reused_and_exact(small_engine):
     assert after[:2] == before[:2]
 
 
+def test_token_tables_sort_line_breaks_and_words(small_model):
+    # The per-token tables that sampling reads (built in one pass over the vocabulary at start-up):
+    # line breaks, which a point may not open with, and words, the only tokens word_repeat_penalty touches.
+    from espalier.service.engine.native import Model
+
+    model = Model(str(small_model))
+    try:
+        model.warm_token_tables()
+        breaks = set(model.line_break_tokens.tolist())
+        newline, word, digits = (model.tokenize(t, add_bos=False) for t in ("\n", " apple", "42"))
+        assert set(newline) <= breaks and not set(word) & breaks
+        assert all(model.has_letter(t) for t in word)
+        assert not any(model.has_letter(t) for t in newline + digits)
+    finally:
+        model.close()
+
+
 async def test_word_repeat_penalty_spares_numbers_and_line_breaks(small_engine):
     # Greedy, the small model writes "Apple" on all ten lines; a penalty on the words it wrote makes it
     # write other words, while the list's numbers and line breaks (exempt) stay as they were.
