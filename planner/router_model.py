@@ -27,9 +27,21 @@ FEATURE_SYSTEM = "You are a helpful assistant."
 FEATURE_INSTRUCTION = ("Could a good answer to the request below be written as a list of several independent "
                        "points, each explained on its own? Answer yes or no.")
 DEFAULT_WEIGHTS = "router_weights.json"  # in planner/data/, for the default small model
-FORMAT = 1
+FORMAT = 2
+READS = (1, 2)  # format 1: one model's state, no `also` (still written for those)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """One model's state of the feature prompt: which model (the weights fit its states only), the role
+    that holds it, and where and how the state is read (Embedder.embed)."""
+
+    model: ModelIdentity
+    role: Role
+    pooling: Pooling
+    depth: float
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,11 @@ class RouterWeights:
     bias: float
     threshold: float  # probability at or above which a skeleton is chosen (chosen by cross-validation)
     trained: dict[str, object] = field(default_factory=dict)  # data, regularisation, cross-validated figures
+    # Further models' states of the same prompt, appended to the first one's in this order.
+    also: tuple[FeatureSource, ...] = ()
+
+    def sources(self) -> tuple[FeatureSource, ...]:
+        return (FeatureSource(self.model, self.role, self.pooling, self.depth), *self.also)
 
     def probability(self, vector: Sequence[float]) -> float:
         if len(vector) != len(self.coef):
@@ -59,17 +76,23 @@ class RouterWeights:
 
     def to_json(self) -> str:
         record = asdict(self)
-        record["format"] = FORMAT
         record["role"], record["pooling"] = self.role.value, self.pooling.value
+        for source in record["also"]:
+            source["role"], source["pooling"] = source["role"].value, source["pooling"].value
+        if not self.also:  # one model's weights stay readable by builds from before `also`
+            del record["also"]
+        record["format"] = FORMAT if self.also else 1
         return json.dumps(record, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> RouterWeights:
         record = json.loads(text)
-        if record.pop("format", None) != FORMAT:
-            raise ValueError(f"router weights of another format (this build reads format {FORMAT})")
+        if record.pop("format", None) not in READS:
+            raise ValueError(f"router weights of another format (this build reads formats {READS})")
         record["model"] = ModelIdentity(**record["model"])
         record["role"], record["pooling"] = Role(record["role"]), Pooling(record["pooling"])
+        record["also"] = tuple(FeatureSource(ModelIdentity(**a["model"]), Role(a["role"]), Pooling(a["pooling"]),
+                                             float(a["depth"])) for a in record.get("also", ()))
         for key in ("mean", "scale", "coef"):
             record[key] = tuple(float(x) for x in record[key])
         weights = cls(**record)
@@ -100,8 +123,12 @@ class LearnedRouter:
 
     async def probability(self, engine: Embedder, question: str) -> float:
         w = self.weights
-        text = feature_prompt(engine, w.role, question, w.instruction, w.max_question_chars)  # type: ignore[arg-type]
-        (vector,) = await engine.embed(w.role, [text], w.pooling, w.depth)
+        vector: list[float] = []
+        for source in w.sources():  # one after another: on a CPU the two passes share its cores anyway
+            text = feature_prompt(engine, source.role, question, w.instruction,  # type: ignore[arg-type]
+                                  w.max_question_chars)
+            (state,) = await engine.embed(source.role, [text], source.pooling, source.depth)
+            vector.extend(state)
         return w.probability(vector)
 
 
@@ -131,13 +158,14 @@ async def _load(engine: Engine, source: str) -> LearnedRouter | str:
         return f"router weights {name} unreadable ({exc})"
     if not isinstance(engine, Embedder):
         return "this engine gives no embeddings"
-    if weights.role not in engine.roles():
-        return f"router weights {name} need the {weights.role.value} model, which is not loaded"
-    try:
-        identity = await engine.model_identity(weights.role)
-    except EngineError as exc:  # NoEmbeddings from a mixed engine whose role is remote, or a file gone
-        return f"no identity of the {weights.role.value} model ({exc})"
-    if not weights.fits(identity):
-        return (f"router weights {name} were trained for {weights.model.name} (sha256 {weights.model.sha256[:12]}), "
-                f"not the loaded {identity.name} (sha256 {identity.sha256[:12]})")
+    for part in weights.sources():
+        if part.role not in engine.roles():
+            return f"router weights {name} need the {part.role.value} model, which is not loaded"
+        try:
+            identity = await engine.model_identity(part.role)
+        except EngineError as exc:  # NoEmbeddings from a mixed engine whose role is remote, or a file gone
+            return f"no identity of the {part.role.value} model ({exc})"
+        if identity.sha256 != part.model.sha256:
+            return (f"router weights {name} were trained for {part.model.name} "
+                    f"(sha256 {part.model.sha256[:12]}), not the loaded {identity.name} (sha256 {identity.sha256[:12]})")
     return LearnedRouter(weights)

@@ -33,21 +33,35 @@ def _progress(label: str):
     return show
 
 
-async def _engine(args: argparse.Namespace, role: Role):
+async def _engine(args: argparse.Namespace, roles: Sequence[Role]):
+    """An engine with these roles loaded; --model names the first role's model, the others are their defaults."""
     from espalier.service.engine.config import ContextConfig, EngineConfig
     from espalier.service.engine.llama_engine import LlamaEngine
 
-    model = args.model or role.value  # "small" / "large": the default model of that role
-    print(f"[router] loading the {role.value} model ({model})", file=sys.stderr, flush=True)
-    cfg = ContextConfig(model=model, slots=1, n_ctx=2048, threads=args.threads, n_gpu_layers=args.gpu_layers)
-    return await LlamaEngine.load(EngineConfig(**{role.value: cfg}))
+    contexts = {}
+    for i, role in enumerate(dict.fromkeys(roles)):
+        model = (args.model if i == 0 else "") or role.value  # "small" / "large": the default model of that role
+        print(f"[router] loading the {role.value} model ({model})", file=sys.stderr, flush=True)
+        contexts[role.value] = ContextConfig(model=model, slots=1, n_ctx=2048, threads=args.threads,
+                                             n_gpu_layers=args.gpu_layers)
+    return await LlamaEngine.load(EngineConfig(**contexts))
+
+
+def _also(text: str) -> tuple[Role, Pooling, float]:
+    """`large:0.5` or `large:0.5:mean`: another model state to append to the feature."""
+    role, _, rest = text.partition(":")
+    depth, _, pooling = rest.partition(":")
+    try:
+        return Role(role), Pooling(pooling or "last"), float(depth)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--also wants ROLE:DEPTH[:POOLING] (like large:0.5), got {text!r}") from None
 
 
 async def _train(args: argparse.Namespace) -> int:
     from espalier.service.router_training import Recipe, train
 
-    recipe = Recipe(role=Role(args.role), pooling=Pooling(args.pooling), depth=args.depth)
-    engine = await _engine(args, recipe.role)
+    recipe = Recipe(role=Role(args.role), pooling=Pooling(args.pooling), depth=args.depth, also=tuple(args.also))
+    engine = await _engine(args, [part.role for part in recipe.parts()])
     try:
         weights = await train(engine, args.labels, recipe, _progress("features"), _cache(args))
     finally:
@@ -77,9 +91,9 @@ async def _cross_validate(args: argparse.Namespace) -> dict[str, object]:
 
     w = RouterWeights.load(args.weights or None)
     recipe = Recipe(role=w.role, pooling=w.pooling, depth=w.depth, instruction=w.instruction,
-                    max_question_chars=w.max_question_chars)
+                    max_question_chars=w.max_question_chars, also=tuple((a.role, a.pooling, a.depth) for a in w.also))
     rows = label_rows(args.labels)
-    engine = await _engine(args, recipe.role)
+    engine = await _engine(args, [part.role for part in recipe.parts()])
     try:
         x = await features(engine, recipe, [q for _, q in rows], _progress("features"), _cache(args))
     finally:
@@ -96,14 +110,13 @@ async def _cross_validate(args: argparse.Namespace) -> dict[str, object]:
 
 
 async def _evaluate(args: argparse.Namespace) -> dict[str, object]:
+    from espalier.planner.router_model import RouterWeights
     from espalier.service.router_training import evaluate
 
-    role = Role.SMALL
-    if args.weights not in ("", "none"):
-        from espalier.planner.router_model import RouterWeights
-
-        role = RouterWeights.load(args.weights).role
-    engine = await _engine(args, role)
+    roles = [Role.SMALL]  # the rules alone need no model, but an engine needs one
+    if args.weights != "none":  # every model the weights read (the packaged default: the first of them)
+        roles = [source.role for source in RouterWeights.load(args.weights or None).sources()]
+    engine = await _engine(args, roles)
     try:
         return await evaluate(engine, args.labels, DEFAULT_SETTINGS.replace(router_weights=args.weights),
                               _progress("router"))
@@ -147,6 +160,9 @@ def run(argv: Sequence[str]) -> int:
                     help="the state after the instruction (last) or the mean over the prompt")
     tr.add_argument("--depth", type=float, default=0.75,
                     help="where in the model the state is read: 1.0 the final layer, 0.75 (default) three quarters down")
+    tr.add_argument("--also", type=_also, action="append", default=[], metavar="ROLE:DEPTH[:POOLING]",
+                    help="another model's state of the same prompt, appended to the feature (e.g. large:0.5); "
+                         "routing then needs that model loaded too")
     _add_model_args(tr)
     ev = sub.add_parser("eval", help="accuracy, precision, recall and balanced accuracy on labelled questions")
     ev.add_argument("--labels", required=True, help="`label;request` CSV (1 = suits a skeleton)")

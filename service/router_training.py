@@ -9,6 +9,7 @@ accuracy and the confusion counts. numpy only (a dependency of llama-cpp-python 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -22,7 +23,7 @@ import numpy as np
 from espalier.planner.engine import Embedder, Engine, ModelIdentity, Pooling, Role
 from espalier.planner.plan import Route
 from espalier.planner.router import route, rules_only_route, scores
-from espalier.planner.router_model import FEATURE_INSTRUCTION, RouterWeights, feature_prompt
+from espalier.planner.router_model import FEATURE_INSTRUCTION, FeatureSource, RouterWeights, feature_prompt
 from espalier.planner.settings import PlannerSettings
 from espalier.service.bench.questions import label_rows
 
@@ -45,6 +46,13 @@ class Recipe:
     depth: float = 0.75
     instruction: str = FEATURE_INSTRUCTION
     max_question_chars: int = MAX_QUESTION_CHARS
+    # Further (role, pooling, depth) states of the same prompt, appended to the first one's.
+    also: tuple[tuple[Role, Pooling, float], ...] = ()
+
+    def parts(self) -> tuple[Recipe, ...]:
+        """One recipe per model state the feature joins, the first one first."""
+        one = dataclasses.replace(self, also=())
+        return (one, *(dataclasses.replace(one, role=r, pooling=p, depth=d) for r, p, d in self.also))
 
 
 async def features(engine: Engine, recipe: Recipe, questions: Sequence[str],
@@ -55,6 +63,8 @@ async def features(engine: Engine, recipe: Recipe, questions: Sequence[str],
     questions on 2 cores: training again with other settings should not pay them twice)."""
     if not isinstance(engine, Embedder):
         raise TypeError("this engine gives no embeddings (the embedded llama.cpp engine does)")
+    if recipe.also:
+        return np.hstack([await features(engine, part, questions, progress, cache_dir) for part in recipe.parts()])
     cached = None
     if cache_dir is not None:
         identity = await engine.model_identity(recipe.role)
@@ -118,8 +128,10 @@ def _best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return max(THRESHOLDS, key=lambda t: (scores(y.tolist(), (p >= t).tolist())["accuracy"], -abs(t - 0.5)))
 
 
-def fit_router(x: np.ndarray, y: np.ndarray, recipe: Recipe, model: ModelIdentity, trained_on: str) -> RouterWeights:
-    """Choose regularisation and threshold by cross-validation, then fit on every question."""
+def fit_router(x: np.ndarray, y: np.ndarray, recipe: Recipe, models: Sequence[ModelIdentity],
+               trained_on: str) -> RouterWeights:
+    """Choose regularisation and threshold by cross-validation, then fit on every question. models: the
+    model of each of the recipe's parts, in order."""
     results = []
     for c in C_GRID:
         p = out_of_fold(x, y, c)
@@ -128,8 +140,10 @@ def fit_router(x: np.ndarray, y: np.ndarray, recipe: Recipe, model: ModelIdentit
     cv, c, threshold = max(results, key=lambda r: (r[0]["accuracy"], r[0]["balanced_accuracy"]))
     mean, scale = _standardise(x)
     coef, bias = fit_logistic((x - mean) / scale, y, c)
+    also = tuple(FeatureSource(m, part.role, part.pooling, part.depth)
+                 for m, part in zip(models[1:], recipe.parts()[1:], strict=True))
     return RouterWeights(
-        model=model, role=recipe.role, pooling=recipe.pooling, depth=recipe.depth, instruction=recipe.instruction,
+        model=models[0], also=also, role=recipe.role, pooling=recipe.pooling, depth=recipe.depth, instruction=recipe.instruction,
         max_question_chars=recipe.max_question_chars, mean=tuple(mean.tolist()), scale=tuple(scale.tolist()),
         coef=tuple(coef.tolist()), bias=bias, threshold=threshold,
         trained={"labels": Path(trained_on).name, "n": len(y), "positives": int(y.sum()), "c": c,
@@ -146,7 +160,8 @@ async def train(engine: Engine, labels_path: str | Path, recipe: Recipe,
     rows = label_rows(labels_path)
     x = await features(engine, recipe, [q for _, q in rows], progress, cache_dir)
     y = np.asarray([label for label, _ in rows], dtype=np.float64)
-    return fit_router(x, y, recipe, await engine.model_identity(recipe.role), str(labels_path))
+    models = [await engine.model_identity(part.role) for part in recipe.parts()]
+    return fit_router(x, y, recipe, models, str(labels_path))
 
 
 def nested_cross_validation(x: np.ndarray, y: np.ndarray, ruled: Sequence[bool | None], recipe: Recipe,
@@ -157,7 +172,8 @@ def nested_cross_validation(x: np.ndarray, y: np.ndarray, ruled: Sequence[bool |
     chosen = [False] * len(y)
     for fold in range(folds):
         held = np.arange(len(y)) % folds == fold
-        weights = fit_router(x[~held], y[~held], recipe, ModelIdentity("a cross-validation fold", ""), "")
+        weights = fit_router(x[~held], y[~held], recipe,
+                             [ModelIdentity("a cross-validation fold", "")] * len(recipe.parts()), "")
         for i in np.where(held)[0]:
             rule = ruled[i]
             chosen[i] = rule if rule is not None else weights.probability(x[i].tolist()) >= weights.threshold

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,18 +244,22 @@ class FakeEmbeddingEngine(FakeEngine):
     """A FakeEngine that also embeds (espalier.planner.engine.Embedder): a text's vector is `featurize(text)`;
     the model's identity is what `identity` says."""
 
-    def __init__(self, featurize: Callable[[str], Sequence[float]], identity: ModelIdentity, **kw: Any) -> None:
+    def __init__(self, featurize: Callable[[str], Sequence[float]], identity: ModelIdentity, *,
+                 identities: Mapping[Role, ModelIdentity] | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.featurize = featurize
         self.identity = identity
+        self.identities = dict(identities or {})  # a role's own model, where it differs from `identity`
         self.embedded: list[str] = []
+        self.embedded_roles: list[Role] = []
 
     async def embed(self, role: Role, texts: Sequence[str], pooling: Pooling,
                     depth: float = 1.0) -> list[tuple[float, ...]]:
         if role not in self._roles:
             raise RoleNotLoaded(f"the {role.value} model is not loaded")
         self.embedded.extend(texts)
+        self.embedded_roles.extend([role] * len(texts))
         return [tuple(float(x) for x in self.featurize(t)) for t in texts]
 
     async def model_identity(self, role: Role) -> ModelIdentity:
-        return self.identity
+        return self.identities.get(role, self.identity)

@@ -283,6 +283,11 @@ class _LayerTap:
             out = np.empty(n, dtype=np.float32)
             self._get(tensor, out.ctypes.data, 0, n * 4)
             self.states = out.reshape(-1, self.n_embd)
+            # Nothing above this layer is wanted: false ends the graph's compute here, so reading layer
+            # k of n costs about k/n of a pass (the router's read of the 0.5B model at three quarters:
+            # 0.14 s to 0.075 s a question here, the same numbers). The layers above keep no cache of
+            # these tokens, so EmbeddingContext reuses a cached prefix only for the same layer.
+            return False
         return True
 
 

@@ -37,6 +37,10 @@ async def test_vectors_per_pooling_and_depth_and_a_shared_start_changes_nothing(
     (alone,) = await small_engine.embed(Role.SMALL, [second], Pooling.LAST, 0.5)  # another depth: fresh
     (again,) = await small_engine.embed(Role.SMALL, [second], Pooling.LAST, 0.75)
     assert close(shared[0], inner) and close(shared[1], again) and not close(alone, again)
+    # an inner read stops the pass at its layer (the layers above keep no cache of the text): a final
+    # read afterwards still gives the first one's vector
+    (final_again,) = await small_engine.embed(Role.SMALL, [first], Pooling.LAST)
+    assert close(final_again, last[0])
 
 
 async def test_bad_embedding_requests_are_refused_and_decoding_goes_on(small_engine) -> None:

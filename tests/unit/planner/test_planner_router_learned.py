@@ -4,6 +4,7 @@ near-certain rules stay in front, and weights of another model (or none) fall ba
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from engine_fakes import FakeEmbeddingEngine, FakeEngine
@@ -11,11 +12,13 @@ from engine_fakes import FakeEmbeddingEngine, FakeEngine
 from espalier.planner.engine import ModelIdentity, Pooling, Role
 from espalier.planner.plan import Route
 from espalier.planner.router import route
-from espalier.planner.router_model import FEATURE_INSTRUCTION, RouterWeights
+from espalier.planner.router_model import FEATURE_INSTRUCTION, FeatureSource, RouterWeights
 from espalier.planner.settings import PlannerSettings
+from espalier.service.engine.models import MODELS
 
 MODEL = ModelIdentity("tiny.gguf", "ab" * 32)
 OTHER = ModelIdentity("other.gguf", "cd" * 32)
+LARGE = ModelIdentity("large.gguf", "ef" * 32)
 
 
 def listy(text: str) -> list[float]:
@@ -89,3 +92,42 @@ def test_weights_survive_a_round_trip_and_refuse_a_wrong_shape() -> None:
         w.probability([1.0])
     with pytest.raises(ValueError, match="differ in length"):
         RouterWeights.from_json(weights(coef=(1.0,)).to_json())
+
+
+def two_models(**kw: object) -> RouterWeights:
+    """Weights over the small model's state and the large one's, appended: four numbers."""
+    return weights(also=(FeatureSource(LARGE, Role.LARGE, Pooling.LAST, 0.5),), mean=(0.5, 0.5, 0.5, 0.5),
+                   scale=(0.5, 1.0, 0.5, 1.0), coef=(2.0, 0.0, 2.0, 0.0), **kw)
+
+
+async def test_weights_over_two_models_read_both_states_in_order(weights_file) -> None:
+    engine = FakeEmbeddingEngine(listy, MODEL, identities={Role.LARGE: LARGE})
+    yes = await route(engine, "What are some ways to sleep better at night?", weights_file(two_models()))
+    assert (yes.route, yes.source) == (Route.PARALLEL, "classifier") and "0.98 >= 0.60" in yes.reason
+    assert engine.embedded_roles == [Role.SMALL, Role.LARGE]  # the first model's state first
+
+
+async def test_weights_over_two_models_need_both_loaded_and_matching(weights_file) -> None:
+    settings = weights_file(two_models())
+    small_only = FakeEmbeddingEngine(listy, MODEL, roles=(Role.SMALL,))
+    decision = await route(small_only, "What are some ways to sleep better at night?", settings)
+    assert decision.source in ("rules", "default") and "need the large model" in decision.reason
+    wrong_large = FakeEmbeddingEngine(listy, MODEL, identities={Role.LARGE: OTHER})
+    decision = await route(wrong_large, "What are some ways to sleep better at night?", settings)
+    assert "trained for large.gguf" in decision.reason and wrong_large.embedded == []
+
+
+def test_weights_over_two_models_survive_a_round_trip_and_one_model_files_still_read() -> None:
+    w = two_models(trained={"n": 3})
+    assert RouterWeights.from_json(w.to_json()) == w
+    assert [s.role for s in w.sources()] == [Role.SMALL, Role.LARGE]
+    assert json.loads(w.to_json())["format"] == 2
+    record = json.loads(weights().to_json())
+    assert record["format"] == 1 and "also" not in record  # one model: as builds before `also` read them
+    assert RouterWeights.from_json(json.dumps(record)) == weights()
+
+
+def test_the_packaged_weights_fit_the_default_small_model() -> None:
+    packaged = RouterWeights.load()
+    assert packaged.role is Role.SMALL and packaged.also == ()  # routing needs only the small model
+    assert packaged.model.sha256 == MODELS["small"].sha256  # checked against the loaded model's

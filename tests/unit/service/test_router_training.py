@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from engine_fakes import FakeEmbeddingEngine, FakeEngine
 
-from espalier.planner.engine import ModelIdentity, Role
+from espalier.planner.engine import ModelIdentity, Pooling, Role
 from espalier.planner.router import scores
 from espalier.planner.router_model import RouterWeights, feature_prompt
 from espalier.planner.settings import PlannerSettings
@@ -52,6 +52,18 @@ async def test_training_reads_the_labels_and_is_deterministic(labels_csv) -> Non
     assert p("Who first wrote about chess in a book, and when?") < loaded.threshold
 
 
+async def test_training_on_two_models_appends_the_second_state_and_names_its_model(labels_csv) -> None:
+    large = ModelIdentity("large.gguf", "ef" * 32)
+    engine = FakeEmbeddingEngine(featurize, MODEL, identities={Role.LARGE: large})
+    recipe = Recipe(also=((Role.LARGE, Pooling.LAST, 0.5),))
+    weights = await train(engine, labels_csv, recipe)
+    assert [(s.model, s.role, s.depth) for s in weights.sources()] == [(MODEL, Role.SMALL, 0.75), (large, Role.LARGE, 0.5)]
+    assert len(weights.coef) == 2 * len(featurize("x"))  # both states, side by side
+    assert engine.embedded_roles == [Role.SMALL] * 48 + [Role.LARGE] * 48
+    assert weights.trained["cross_validated"]["accuracy"] == 1.0
+    assert RouterWeights.from_json(weights.to_json()) == weights
+
+
 async def test_training_needs_an_engine_that_embeds(labels_csv) -> None:
     with pytest.raises(TypeError, match="no embeddings"):
         await train(FakeEngine(), labels_csv, Recipe())
@@ -92,3 +104,15 @@ async def test_evaluation_reads_the_labels_and_reports_who_decided(labels_csv, t
     assert "classifier" not in other["decided_by"]
     reasons = [q["reason"] for q in other["questions"] if q["reason"] != "rules: writing"]
     assert len(reasons) == 48 and all("were trained for tiny.gguf" in r for r in reasons), reasons[:2]
+
+
+def test_router_train_reads_another_model_state_as_role_depth_and_pooling() -> None:
+    import argparse
+
+    from espalier.service.router_cli import _also
+
+    assert _also("large:0.5") == (Role.LARGE, Pooling.LAST, 0.5)
+    assert _also("small:1:mean") == (Role.SMALL, Pooling.MEAN, 1.0)
+    for bad in ("large", "huge:0.5", "large:half", "large:0.5:max"):
+        with pytest.raises(argparse.ArgumentTypeError, match="ROLE:DEPTH"):
+            _also(bad)
