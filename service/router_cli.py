@@ -52,9 +52,13 @@ def _also(text: str) -> tuple[Role, Pooling, float]:
     role, _, rest = text.partition(":")
     depth, _, pooling = rest.partition(":")
     try:
-        return Role(role), Pooling(pooling or "last"), float(depth)
+        parsed = Role(role), Pooling(pooling or "last"), float(depth)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--also wants ROLE:DEPTH[:POOLING] (like large:0.5), got {text!r}") from None
+        parsed = None
+    if parsed is None or not 0.0 < parsed[2] <= 1.0:
+        raise argparse.ArgumentTypeError(f"--also wants ROLE:DEPTH[:POOLING] with DEPTH in (0, 1] (like large:0.5), "
+                                         f"got {text!r}")
+    return parsed
 
 
 async def _train(args: argparse.Namespace) -> int:
@@ -114,7 +118,7 @@ async def _evaluate(args: argparse.Namespace) -> dict[str, object]:
     from espalier.service.router_training import evaluate
 
     roles = [Role.SMALL]  # the rules alone need no model, but an engine needs one
-    if args.weights != "none":  # every model the weights read (the packaged default: the first of them)
+    if args.weights != "none":  # every model the weights read (the packaged default's: the small model)
         roles = [source.role for source in RouterWeights.load(args.weights or None).sources()]
     engine = await _engine(args, roles)
     try:

@@ -113,6 +113,6 @@ def test_router_train_reads_another_model_state_as_role_depth_and_pooling() -> N
 
     assert _also("large:0.5") == (Role.LARGE, Pooling.LAST, 0.5)
     assert _also("small:1:mean") == (Role.SMALL, Pooling.MEAN, 1.0)
-    for bad in ("large", "huge:0.5", "large:half", "large:0.5:max"):
+    for bad in ("large", "huge:0.5", "large:half", "large:0.5:max", "large:0", "large:1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="ROLE:DEPTH"):
             _also(bad)
