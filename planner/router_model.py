@@ -43,6 +43,9 @@ class FeatureSource:
     pooling: Pooling
     depth: float
 
+    def fits(self, identity: ModelIdentity) -> bool:
+        return identity.sha256 == self.model.sha256
+
 
 @dataclass(frozen=True)
 class RouterWeights:
@@ -70,9 +73,6 @@ class RouterWeights:
         z = self.bias + math.fsum(c * (x - m) / s for c, x, m, s in zip(self.coef, vector, self.mean, self.scale,
                                                                         strict=True))
         return 1.0 / (1.0 + math.exp(-z)) if z >= -700 else 0.0
-
-    def fits(self, identity: ModelIdentity) -> bool:
-        return identity.sha256 == self.model.sha256
 
     def to_json(self) -> str:
         record = asdict(self)
@@ -165,7 +165,7 @@ async def _load(engine: Engine, source: str) -> LearnedRouter | str:
             identity = await engine.model_identity(part.role)
         except EngineError as exc:  # NoEmbeddings from a mixed engine whose role is remote, or a file gone
             return f"no identity of the {part.role.value} model ({exc})"
-        if identity.sha256 != part.model.sha256:
+        if not part.fits(identity):
             return (f"router weights {name} were trained for {part.model.name} "
                     f"(sha256 {part.model.sha256[:12]}), not the loaded {identity.name} (sha256 {identity.sha256[:12]})")
     return LearnedRouter(weights)

@@ -58,7 +58,7 @@ async def test_bad_embedding_requests_are_refused_and_decoding_goes_on(small_eng
 async def test_the_packaged_router_fits_the_default_small_model_and_decides(small_engine) -> None:
     weights = RouterWeights.load()
     identity = await small_engine.model_identity(Role.SMALL)
-    assert weights.fits(identity), (weights.model, identity)
+    assert weights.sources()[0].fits(identity), (weights.model, identity)
     listy = await route(small_engine, "What are the most effective ways to deal with stress?")
     direct = await route(small_engine, "What is the boiling point of water at sea level in Celsius?")
     assert listy.source == direct.source == "classifier", (listy, direct)
